@@ -1,0 +1,162 @@
+"""The ``t2i`` command: stage training through LightningCLI plus the project's own tools.
+
+    t2i fit|validate|test|predict --config stages/X.yaml [--trainer.* ...]
+    t2i data shapes|coco|folder|inspect ...
+
+``lightning`` (also installed) is the same as ``t2i`` restricted to the LightningCLI
+subcommands, so ``lightning fit --config stages/decoder.yaml`` works as users type it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .lightning_cli import SUBCOMMANDS
+
+
+def _data_parser(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="make, import and inspect WebDataset shards")
+    kinds = data.add_subparsers(dest="data_command", metavar="{shapes,coco,folder,inspect}", required=True)
+
+    shapes = kinds.add_parser(
+        "shapes",
+        help="generate the embedded shapes dataset",
+        description="Render shapes scenes with exact captions into WebDataset shards (deterministic, resumable).",
+    )
+    shapes.add_argument("--out", default="data/shapes", help="output directory (default: data/shapes)")
+    shapes.add_argument("--train", type=int, default=20000, help="training samples (default: 20000)")
+    shapes.add_argument("--val", type=int, default=1000, help="validation samples (default: 1000)")
+    shapes.add_argument("--test", type=int, default=1000, help="test samples (default: 1000)")
+    shapes.add_argument("--size", type=int, default=256, help="image side in pixels (default: 256)")
+    shapes.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
+    shapes.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
+    shapes.add_argument(
+        "--format", choices=("png", "jpg"), default="png", help="image encoding (default: png)"
+    )
+    shapes.add_argument(
+        "--samples-per-shard", type=int, default=1000, help="samples per shard (default: 1000)"
+    )
+    shapes.add_argument(
+        "--overwrite", action="store_true", help="replace a dataset made with other arguments"
+    )
+
+    def add_import_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--out", required=True, help="output directory for the shards")
+        parser.add_argument("--size", type=int, default=256, help="output image side (default: 256)")
+        parser.add_argument(
+            "--resize",
+            choices=("border", "center-crop"),
+            default="border",
+            help="border: pad to a square with white, then resize (default); center-crop: crop the centre",
+        )
+        parser.add_argument(
+            "--format", choices=("png", "jpg"), default="png", help="image encoding (default: png)"
+        )
+        parser.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
+
+    coco = kinds.add_parser(
+        "coco", help="import COCO captions", description="Import COCO images and captions."
+    )
+    coco.add_argument("--images", required=True, help="directory of COCO images (e.g. val2017/)")
+    coco.add_argument("--captions", required=True, help="COCO captions JSON (e.g. captions_val2017.json)")
+    coco.add_argument("--split", default=None, help="split name (default: from the captions file name)")
+    add_import_options(coco)
+
+    folder = kinds.add_parser(
+        "folder",
+        help="import a folder of images with captions",
+        description="Import images with captions from sidecar .txt files or a .csv/.jsonl table of file,caption.",
+    )
+    folder.add_argument("--images", required=True, help="directory of images (searched recursively)")
+    folder.add_argument(
+        "--captions", default=None, help="file,caption table (.csv or .jsonl); default: sidecar .txt"
+    )
+    folder.add_argument("--split", default="train", help="split name (default: train)")
+    add_import_options(folder)
+
+    inspect = kinds.add_parser("inspect", help="counts, captions and a grid of a shard dataset")
+    inspect.add_argument("path", help="dataset directory, .tar file, glob or brace pattern")
+    inspect.add_argument("--out", default=None, help="write a grid of images with captions to this PNG")
+    inspect.add_argument("--n", type=int, default=16, help="images in the grid (default: 16)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="t2i",
+        description="t2i_lightning: staged text-to-image diffusion with PyTorch Lightning.",
+        epilog="Stage commands take LightningCLI arguments: t2i fit --config stages/X.yaml [--trainer.max_steps N]. "
+        "Run `t2i fit --help` for all of them.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        subparsers.add_parser(name, help=f"LightningCLI {name} of a stage: {name} --config stages/X.yaml ...")
+    _data_parser(subparsers)
+    return parser
+
+
+def _run_data(args: argparse.Namespace) -> None:
+    if args.data_command == "shapes":
+        from .data.shapes.generate import ShapesConfig, generate_shapes
+
+        config = ShapesConfig(args.seed, args.size, args.format, args.samples_per_shard)
+        index = generate_shapes(
+            args.out,
+            {"train": args.train, "val": args.val, "test": args.test},
+            config,
+            args.workers,
+            args.overwrite,
+        )
+        counts = ", ".join(f"{split} {entry['count']}" for split, entry in index["splits"].items())
+        print(f"shapes dataset in {args.out}: {counts}")
+    elif args.data_command in ("coco", "folder"):
+        from .data import importers
+
+        options = dict(size=args.size, resize=args.resize, image_format=args.format, workers=args.workers)
+        if args.data_command == "coco":
+            report = importers.import_coco(args.images, args.captions, args.out, split=args.split, **options)
+        else:
+            report = importers.import_folder(
+                args.images, args.out, captions=args.captions, split=args.split, **options
+            )
+        print(report.summary())
+    elif args.data_command == "inspect":
+        from .data.inspect import inspect_dataset
+
+        print(inspect_dataset(args.path, args.out, n_images=args.n))
+
+
+USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``t2i``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        from .lightning_cli import run_lightning
+
+        run_lightning(argv)
+        return
+    args = build_parser().parse_args(argv)
+    try:
+        _run_data(args)
+    except USER_ERRORS as error:
+        if os.environ.get("T2I_DEBUG"):
+            raise
+        sys.exit(f"t2i {args.command} {args.data_command}: error: {error}\n(set T2I_DEBUG=1 for a traceback)")
+
+
+def lightning_main(argv: list[str] | None = None) -> None:
+    """Entry point of ``lightning``: the LightningCLI subcommands of ``t2i``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        from .lightning_cli import run_lightning
+
+        if not argv or argv[0] in ("-h", "--help"):
+            run_lightning(["--help"])
+            return
+        sys.exit(
+            f"lightning: unknown command {argv[0]!r}; use one of {', '.join(SUBCOMMANDS)} (e.g. `lightning fit --config stages/decoder.yaml`)"
+        )
+    main(argv)

@@ -1,0 +1,124 @@
+"""The shard DataModule every stage builds on: image + caption batches from WebDataset shards.
+
+A stage's DataModule subclasses :class:`ShardDataModule` and overrides :meth:`decode` (and,
+for joined embedding shards, :meth:`shard_urls`) while keeping the streaming, splitting,
+skip counting and batching defined here.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from .decode import collate, decode_image_caption
+from .shards import ShardSpecError, resolve_shards
+from .streams import RankWorkerShards, build_stream
+
+
+class ShardDataModule(pl.LightningDataModule):
+    """Batches of ``image`` (B x 3 x S x S, float32 in [-1, 1]), ``caption``, ``key``, ``meta``, ``skipped``.
+
+    Args:
+        train: training shards: a dataset directory (its ``train-*.tar``), a ``.tar`` file, a
+            glob, a brace pattern, or None for no training data.
+        val: validation shards, the same forms (a directory yields its ``val-*.tar``).
+        test: test shards, the same forms (a directory yields its ``test-*.tar``).
+        image_size: side of the square images in a batch (antialiased resize).
+        batch_size: samples per batch (per device).
+        num_workers: DataLoader worker processes.
+        epoch_size: training samples per epoch over all devices (the stream is resampled).
+        shuffle_buffer: samples held for shuffling the training stream.
+        hflip: mirror training images with probability 0.5, swapping left/right in their
+            captions and metadata (off by default: shapes captions name sides).
+        seed: seed of the shard resampling and shuffling.
+    """
+
+    def __init__(
+        self,
+        train: str | None = "data/shapes",
+        val: str | None = "data/shapes",
+        test: str | None = None,
+        image_size: int = 64,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        epoch_size: int = 10000,
+        shuffle_buffer: int = 1000,
+        hflip: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if image_size <= 0 or batch_size <= 0 or epoch_size <= 0:
+            raise ValueError("image_size, batch_size and epoch_size must be positive")
+        self.save_hyperparameters()
+        self.urls: dict[str, list[str]] = {}
+
+    def shard_urls(self, split: str) -> list[str] | None:
+        """The shards of ``split`` ("train", "val" or "test"), or None when not configured."""
+        spec = getattr(self.hparams, split)
+        if spec is None:
+            return None
+        try:
+            return resolve_shards(spec, split)
+        except ShardSpecError as error:
+            raise ShardSpecError(
+                f"{error}\n  (configured as data.{split}; for the embedded dataset run `make data`)"
+            ) from None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Resolve every configured split now, so a missing path fails before training starts."""
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
+            stage, ("train", "val", "test")
+        )
+        for split in wanted:
+            urls = self.shard_urls(split)
+            if urls is not None:
+                self.urls[split] = urls
+        if stage == "fit" and "train" not in self.urls:
+            raise ShardSpecError("Training needs shards: set data.train")
+
+    def decode(self, sample: dict[str, Any], train: bool) -> dict[str, Any]:
+        """Turn one raw webdataset sample into an example; raise to skip it (counted)."""
+        return decode_image_caption(sample, self.hparams.image_size, hflip=train and self.hparams.hflip)
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, split: str) -> DataLoader:
+        if split not in self.urls:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        if split not in self.urls:
+            raise ShardSpecError(f"No {split} shards configured: set data.{split}")
+        hp = self.hparams
+        rank, world = self._rank()
+        train = split == "train"
+        stream = build_stream(
+            RankWorkerShards(self.urls[split], rank, world, resampled=train, seed=hp.seed),
+            functools.partial(self.decode, train=train),
+            collate,
+            hp.batch_size,
+            shuffle_buffer=hp.shuffle_buffer if train else 0,
+            partial=not train,
+            seed=hp.seed,
+        )
+        workers = hp.num_workers
+        if train:
+            per_worker = max(1, hp.epoch_size // (hp.batch_size * world * max(1, workers)))
+            stream = stream.with_epoch(per_worker).with_length(per_worker * max(1, workers), silent=True)
+        else:
+            workers = min(workers, max(1, len(self.urls[split]) // world))
+        return DataLoader(
+            stream, batch_size=None, num_workers=workers, persistent_workers=False, pin_memory=False
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

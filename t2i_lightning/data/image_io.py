@@ -1,0 +1,81 @@
+"""Image decoding, colour-mode conversion, square resizing and encoding for shards.
+
+Every image that enters a shard or a batch passes through :func:`to_rgb`, so greyscale,
+16-bit, RGBA/LA, palette and CMYK inputs all become 8-bit RGB the same way.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps
+
+ResizeMode = Literal["border", "center-crop"]
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+
+
+def open_image(data: bytes | str) -> Image.Image:
+    """Open and fully decode an image from bytes or a path (raises on truncated or invalid data)."""
+    image = Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
+    image.load()
+    return image
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; transparency is composited onto ``background``."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        hi = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, background)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if image.mode == "CMYK":
+        return image.convert("RGB")
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def resize_square(
+    image: Image.Image,
+    size: int,
+    mode: ResizeMode = "border",
+    fill: tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
+    """Make ``image`` a ``size`` x ``size`` square with antialiased resampling.
+
+    ``border`` pads the short side with ``fill`` (the unCLIP-lite study's white border) so
+    nothing is cropped; ``center-crop`` scales the short side to ``size`` and crops the centre.
+    """
+    if mode == "border":
+        side = max(image.size)
+        canvas = Image.new("RGB", (side, side), fill)
+        canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+        image = canvas
+    elif mode == "center-crop":
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    else:
+        raise ValueError(f"Unknown resize mode {mode!r}: use 'border' or 'center-crop'")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return image
+
+
+def encode_image(image: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
+    """Encode an RGB image as PNG (lossless, deterministic) or JPEG bytes."""
+    buffer = io.BytesIO()
+    if fmt == "png":
+        image.save(buffer, format="PNG", optimize=False, compress_level=6)
+    elif fmt in ("jpg", "jpeg"):
+        image.save(buffer, format="JPEG", quality=quality, subsampling=0)
+    else:
+        raise ValueError(f"Unknown image format {fmt!r}: use 'png' or 'jpg'")
+    return buffer.getvalue()

@@ -1,0 +1,104 @@
+"""``t2i data inspect``: what a shard dataset holds (counts per split, captions) and a picture grid."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from .image_io import IMAGE_EXTENSIONS, open_image, to_rgb
+from .shards import read_index, resolve_shards
+
+SPLITS = ("train", "val", "test")
+
+
+def split_of(shard: str) -> str:
+    """The split a shard belongs to by its name (``val-000000.tar`` -> ``val``; img2dataset -> ``all``)."""
+    stem = Path(shard).name.split(".")[0]
+    prefix = stem.rsplit("-", 1)[0] if "-" in stem else ""
+    return prefix or "all"
+
+
+def read_samples(shard: str, limit: int | None = None) -> list[dict]:
+    """The samples of one local shard as ``{"__key__", ext: bytes}`` dicts (in order)."""
+    samples: dict[str, dict] = {}
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            base = os.path.basename(member.name)
+            key, _, ext = base.partition(".")
+            if key not in samples:
+                if limit is not None and len(samples) >= limit:
+                    break
+                samples[key] = {"__key__": key}
+            samples[key][ext] = tar.extractfile(member).read()
+    return list(samples.values())
+
+
+def count_samples(shard: str) -> int:
+    """Number of distinct keys in a local shard (reads tar headers only)."""
+    with tarfile.open(shard) as tar:
+        return len({os.path.basename(m.name).split(".", 1)[0] for m in tar if m.isfile()})
+
+
+def captioned_grid(
+    images: list[Image.Image], captions: list[str], tile: int = 128, columns: int = 4
+) -> Image.Image:
+    """Tile images in a grid with each caption wrapped beneath its image."""
+    font = ImageFont.load_default(size=max(9, tile // 11))
+    width_chars = max(10, int(tile / (font.size * 0.55)))
+    wrapped = [textwrap.wrap(c, width_chars)[:5] for c in captions]
+    line = font.size + 2
+    cell_h = tile + 4 + line * max((len(w) for w in wrapped), default=1)
+    rows = (len(images) + columns - 1) // columns
+    grid = Image.new("RGB", (columns * (tile + 4) + 4, rows * cell_h + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for i, (image, lines) in enumerate(zip(images, wrapped, strict=True)):
+        x, y = 4 + (i % columns) * (tile + 4), 4 + (i // columns) * cell_h
+        grid.paste(image.resize((tile, tile), Image.Resampling.LANCZOS), (x, y))
+        for j, text in enumerate(lines):
+            draw.text((x, y + tile + 2 + j * line), text, fill=(0, 0, 0), font=font)
+    return grid
+
+
+def inspect_dataset(path: str, out: str | None = None, n_images: int = 16, n_captions: int = 5) -> str:
+    """Describe the dataset at ``path`` (directory or shard spec); write a grid to ``out`` if given."""
+    urls = resolve_shards(path)
+    lines = [f"{path}: {len(urls)} shard(s)"]
+    index = read_index(path) if os.path.isdir(path) else None
+    if index and "args" in index:
+        lines.append(f"  made by: {index['args']}")
+    by_split: dict[str, list[str]] = defaultdict(list)
+    for url in urls:
+        by_split[split_of(url)].append(url)
+    order = [s for s in SPLITS if s in by_split] + sorted(set(by_split) - set(SPLITS))
+    lines.append(f"  {'split':<8}{'shards':>8}{'samples':>10}")
+    for split in order:
+        lines.append(f"  {split:<8}{len(by_split[split]):>8}{sum(map(count_samples, by_split[split])):>10}")
+    first = by_split[order[0]][0]
+    samples = read_samples(first, limit=max(n_images, n_captions))
+    lines.append(f"  captions ({first}):")
+    for sample in samples[:n_captions]:
+        caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip() or "(no caption)"
+        lines.append(f"    {sample['__key__']}: {caption}")
+    if out:
+        images, captions = [], []
+        for sample in samples:
+            ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+            if ext is None or len(images) >= n_images:
+                continue
+            images.append(to_rgb(open_image(sample[ext])))
+            captions.append(sample.get("txt", b"").decode("utf-8", errors="replace").strip())
+        if images:
+            grid = captioned_grid(images, captions)
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(out).with_name(f".{Path(out).name}.tmp")
+            grid.save(tmp, format="PNG")
+            os.replace(tmp, out)
+            lines.append(f"  grid of {len(images)} images: {out}")
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""WebDataset shard files: naming, atomic writing, the dataset index, and resolving shard specs.
+
+Every shard is written under a temporary name and renamed when complete, so a file under a
+final ``*.tar`` name is always a whole shard. Tar members carry a fixed mtime and owner so the
+same samples always give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import braceexpand
+import webdataset as wds
+
+SAMPLES_PER_SHARD = 1000
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+INDEX_NAME = "index.json"
+INDEX_FORMAT = "t2i-lightning-shards/1"
+REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "hf://")
+
+
+class ShardSpecError(FileNotFoundError):
+    """A shard path or pattern that names no readable shard."""
+
+
+def shard_name(split: str, index: int) -> str:
+    """File name of shard ``index`` of ``split``: ``train-000003.tar``."""
+    return f"{split}-{index:06d}.tar"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> int:
+    """Delete temporary files that a killed :func:`atomic_path` left in ``directory``."""
+    stale = list(Path(directory).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_shard(path: str | os.PathLike, samples: Iterable[dict[str, Any]]) -> int:
+    """Write ``samples`` (``__key__`` plus ``ext -> bytes|str``) to a tar shard atomically.
+
+    Members are ordered by sample, then by extension, with mtime 0 and a fixed owner, so the
+    output depends on the samples alone. Returns the number of samples written.
+    """
+    count = 0
+    with atomic_path(path) as tmp:
+        with (
+            open(tmp, "wb") as stream,
+            wds.TarWriter(stream, user="t2i", group="t2i", mtime=0, encoder=False) as writer,
+        ):
+            for sample in samples:
+                writer.write(sample)
+                count += 1
+    return count
+
+
+def read_index(root: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``index.json`` of a dataset directory, or None when there is none."""
+    path = Path(root) / INDEX_NAME
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def update_index(root: str | os.PathLike, split: str, entry: dict[str, Any], **top: Any) -> dict:
+    """Record ``split``'s shards and counts in ``root/index.json`` (other splits are kept)."""
+    index = read_index(root) or {"format": INDEX_FORMAT, "splits": {}}
+    index.update(top)
+    index["splits"][split] = entry
+    write_json_atomic(Path(root) / INDEX_NAME, index)
+    return index
+
+
+def _is_remote(spec: str) -> bool:
+    return spec.startswith(REMOTE_PREFIXES)
+
+
+def resolve_shards(spec: str | os.PathLike | list, split: str | None = None) -> list[str]:
+    """Turn a shard spec into a sorted list of shard URLs, failing loudly when it names nothing.
+
+    A spec is a brace pattern (``data/x/train-{000000..000009}.tar``), a glob
+    (``data/x/train-*.tar``), a single ``.tar`` file, a directory, or a list of these. A
+    directory yields its ``{split}-*.tar`` shards when ``split`` is given and any exist, else
+    all its ``*.tar`` files (img2dataset output). Remote URLs (``pipe:``, ``http(s)://``, ...)
+    are passed through unchecked.
+    """
+    if isinstance(spec, (list, tuple)):
+        urls = [u for s in spec for u in resolve_shards(s, split)]
+        if not urls:
+            raise ShardSpecError(f"No shards in {spec!r}")
+        return urls
+    spec = os.fspath(spec)
+    if not spec.strip():
+        raise ShardSpecError("Empty shard path: give a directory, a .tar file, a glob or a brace pattern")
+    if _is_remote(spec):
+        return list(braceexpand.braceexpand(spec))
+    if os.path.isdir(spec):
+        found = sorted(glob.glob(os.path.join(spec, f"{split}-*.tar"))) if split else []
+        found = found or sorted(glob.glob(os.path.join(spec, "*.tar")))
+        if not found:
+            what = f"'{split}-*.tar' or '*.tar'" if split else "'*.tar'"
+            raise ShardSpecError(f"No shards ({what}) in directory '{spec}'")
+        return found
+    expanded = list(braceexpand.braceexpand(spec))
+    urls: list[str] = []
+    missing: list[str] = []
+    for item in expanded:
+        if glob.has_magic(item):
+            urls.extend(sorted(glob.glob(item)))
+        elif os.path.isfile(item):
+            urls.append(item)
+        else:
+            missing.append(item)
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ShardSpecError(f"Shard path(s) not found for '{spec}': {shown}")
+    if not urls:
+        raise ShardSpecError(f"No shards match '{spec}'")
+    return urls

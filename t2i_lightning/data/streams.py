@@ -1,0 +1,129 @@
+"""WebDataset streams split by rank and worker, with skipped samples counted into each batch.
+
+Training streams resample shards forever from this rank's share (``resampled``) and are cut
+into epochs by ``with_epoch``; evaluation streams read each shard of this rank's share once,
+in order. Corrupt or incomplete samples are skipped with a warning, and the number skipped
+travels with the next batch as ``batch["skipped"]`` so the main process can log it, whatever
+the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+log = logging.getLogger(__name__)
+
+
+def worker_position() -> tuple[int, int, int]:
+    """``(worker id, number of workers, worker seed)`` of the calling DataLoader process."""
+    info = get_worker_info()
+    if info is None:
+        return 0, 1, torch.initial_seed()
+    return info.id, info.num_workers, info.seed
+
+
+def share(items: list[str], index: int, count: int) -> list[str]:
+    """The ``index``-th of ``count`` interleaved shares of ``items``; all of them if too few to split."""
+    return items[index::count] if len(items) >= count else list(items)
+
+
+class RankWorkerShards(IterableDataset):
+    """Yields ``{"url": ...}`` for the shards of this rank and worker.
+
+    ``resampled=False``: the shard list is split by rank, then by worker, and read once in
+    order (deterministic and finite). ``resampled=True``: each worker draws shards with
+    replacement from its own share, forever, seeded by (seed, rank, worker seed), which the
+    DataLoader derives from the global seed and the epoch.
+    """
+
+    def __init__(
+        self, urls: list[str], rank: int = 0, world_size: int = 1, resampled: bool = False, seed: int = 0
+    ):
+        super().__init__()
+        if not urls:
+            raise ValueError("RankWorkerShards needs at least one shard")
+        self.urls, self.rank, self.world_size = list(urls), rank, world_size
+        self.resampled, self.seed = resampled, seed
+        self.iterations = 0
+        if len(self.urls) < world_size:
+            log.warning("%d shards for %d ranks: every rank reads all of them", len(self.urls), world_size)
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        worker, workers, worker_seed = worker_position()
+        mine = share(share(self.urls, self.rank, self.world_size), worker, workers)
+        if not self.resampled:
+            for url in mine:
+                yield {"url": url}
+            return
+        self.iterations += 1
+        rng = random.Random(hash((self.seed, self.rank, worker_seed, self.iterations)))
+        while True:
+            yield {"url": rng.choice(mine)}
+
+
+class SkipCounter:
+    """Counts and reports skipped samples inside one worker process (a webdataset handler)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, error: BaseException) -> bool:
+        self.count += 1
+        log.warning("skipping: %s", error)
+        return True
+
+    def take(self) -> int:
+        count, self.count = self.count, 0
+        return count
+
+
+def batches_with_skips(
+    samples: Iterator[dict], batch_size: int, collate: Callable, counter: SkipCounter, partial: bool
+) -> Iterator[dict[str, Any]]:
+    """Group examples into collated batches, each carrying the samples skipped since the last."""
+    bucket: list[dict] = []
+    for sample in samples:
+        bucket.append(sample)
+        if len(bucket) == batch_size:
+            yield {**collate(bucket), "skipped": torch.tensor(counter.take())}
+            bucket = []
+    if bucket and partial:
+        yield {**collate(bucket), "skipped": torch.tensor(counter.take())}
+
+
+def seeded_shuffle(samples: Iterator[dict], bufsize: int, seed: int) -> Iterator[dict]:
+    """webdataset's buffer shuffle, with an rng seeded per worker and epoch (reproducible runs)."""
+    _, _, worker_seed = worker_position()
+    rng = random.Random(hash((seed, worker_seed)))
+    yield from wds.shuffle(bufsize, min(bufsize, 100), rng=rng)(samples)
+
+
+def build_stream(
+    shards: RankWorkerShards,
+    decode: Callable[[dict], dict],
+    collate: Callable[[list[dict]], dict],
+    batch_size: int,
+    shuffle_buffer: int = 0,
+    partial: bool = True,
+    seed: int = 0,
+) -> wds.DataPipeline:
+    """shards -> tar members -> samples -> (shuffle) -> decode -> batches with skip counts."""
+    counter = SkipCounter()
+    stages: list = [shards, wds.tarfile_to_samples(handler=counter)]
+    if shuffle_buffer > 0:
+        stages.append(functools.partial(seeded_shuffle, bufsize=shuffle_buffer, seed=seed))
+    stages.append(wds.map(decode, handler=counter))
+    stages.append(
+        functools.partial(
+            batches_with_skips, batch_size=batch_size, collate=collate, counter=counter, partial=partial
+        )
+    )
+    return wds.DataPipeline(*stages)

@@ -1,0 +1,81 @@
+"""LightningCLI for every stage: ``t2i fit|validate|test|predict --config stages/X.yaml``.
+
+Also installed as the ``lightning`` command, so ``lightning fit --config stages/decoder.yaml``
+works as users type it. Models and DataModules are chosen by ``class_path`` in the stage YAML
+(subclass mode). A shared ``_trainer.yaml`` beside the stage config (or one directory up, for
+``stages/paper/``) is applied first, so stage configs hold only what is their own.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+TRAINER_DEFAULTS = "_trainer.yaml"
+
+
+def _config_paths(argv: list[str]) -> list[str]:
+    paths = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            paths.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.split("=", 1)[1])
+    return paths
+
+
+def trainer_defaults_for(config: str | Path) -> Path | None:
+    """The ``_trainer.yaml`` that applies to a stage config: in its directory, else its parent's."""
+    config = Path(config).resolve()
+    for directory in (config.parent, config.parent.parent):
+        candidate = directory / TRAINER_DEFAULTS
+        if candidate.is_file() and candidate != config:
+            return candidate
+    return None
+
+
+def with_trainer_defaults(argv: list[str]) -> list[str]:
+    """``argv`` with ``--config <_trainer.yaml>`` inserted before the user's arguments, when one applies."""
+    if not argv or argv[0] not in SUBCOMMANDS:
+        return argv
+    configs = _config_paths(argv)
+    if not configs or any(Path(c).name == TRAINER_DEFAULTS for c in configs):
+        return argv
+    defaults = trainer_defaults_for(configs[0])
+    if defaults is None:
+        return argv
+    return [argv[0], "--config", str(defaults), *argv[1:]]
+
+
+class T2ILightningCLI(LightningCLI):
+    """LightningCLI in subclass mode for models and data, overwriting a previous run's config.yaml."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        warnings.filterwarnings("ignore", message=r".*IterableDataset.* has `__len__` defined.*")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        super().__init__(
+            model_class=LightningModule,
+            datamodule_class=LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+            auto_configure_optimizers=True,
+        )
+
+
+def run_lightning(argv: list[str] | None = None) -> None:
+    """Run a LightningCLI subcommand (``fit`` ...) with the stage's shared trainer defaults applied."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "t2i", *with_trainer_defaults(argv)]
+    try:
+        T2ILightningCLI()
+    finally:
+        sys.argv = saved
