@@ -78,9 +78,12 @@ def decode_image_caption(
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors and keep everything else (captions, keys, metadata dicts) as lists."""
+    """Stack tensors and keep everything else (captions, keys, metadata dicts) as lists.
+
+    webdataset's ``map`` re-attaches ``__key__`` to each example; ``key`` already holds it.
+    """
     batch: dict[str, Any] = {}
-    for name in examples[0]:
+    for name in (n for n in examples[0] if not n.startswith("__")):
         values = [example[name] for example in examples]
         batch[name] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
     return batch

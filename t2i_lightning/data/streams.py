@@ -2,9 +2,9 @@
 
 Training streams resample shards forever from this rank's share (``resampled``) and are cut
 into epochs by ``with_epoch``; evaluation streams read each shard of this rank's share once,
-in order. Corrupt or incomplete samples are skipped with a warning, and the number skipped
-travels with the next batch as ``batch["skipped"]`` so the main process can log it, whatever
-the number of worker processes.
+in order. Corrupt or incomplete samples are skipped with a warning, and the number of skips
+(samples, or unreadable stretches of a damaged tar) travels with a batch as
+``batch["skipped"]`` so the main process can log it, whatever the number of worker processes.
 """
 
 from __future__ import annotations
@@ -88,15 +88,29 @@ class SkipCounter:
 def batches_with_skips(
     samples: Iterator[dict], batch_size: int, collate: Callable, counter: SkipCounter, partial: bool
 ) -> Iterator[dict[str, Any]]:
-    """Group examples into collated batches, each carrying the samples skipped since the last."""
+    """Group examples into collated batches, each carrying the skips counted up to its release.
+
+    Each batch is held back until the next one is complete (or the stream ends), so skips
+    found after the last full batch, e.g. in a truncated final shard, are still reported.
+    """
+    held: dict | None = None
     bucket: list[dict] = []
+
+    def release(batch: dict) -> dict:
+        return {**batch, "skipped": torch.tensor(counter.take())}
+
     for sample in samples:
         bucket.append(sample)
         if len(bucket) == batch_size:
-            yield {**collate(bucket), "skipped": torch.tensor(counter.take())}
-            bucket = []
+            if held is not None:
+                yield release(held)
+            held, bucket = collate(bucket), []
     if bucket and partial:
-        yield {**collate(bucket), "skipped": torch.tensor(counter.take())}
+        if held is not None:
+            yield release(held)
+        held = collate(bucket)
+    if held is not None:
+        yield release(held)
 
 
 def seeded_shuffle(samples: Iterator[dict], bufsize: int, seed: int) -> Iterator[dict]:

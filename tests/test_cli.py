@@ -1,0 +1,107 @@
+"""The command line: help texts, shared trainer defaults, and a tiny fit through the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from t2i_lightning.lightning_cli import trainer_defaults_for, with_trainer_defaults
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run(*args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        (["t2i", "--help"], ["fit", "data"]),
+        (["lightning", "--help"], ["fit", "validate", "predict"]),
+        (["t2i", "data", "shapes", "--help"], ["--train", "--size", "--seed", "--workers"]),
+        (["t2i", "data", "coco", "--help"], ["--captions", "--resize"]),
+        (["t2i", "data", "inspect", "--help"], ["--out"]),
+        (["t2i", "fit", "--help"], ["--trainer.max_steps", "--config"]),
+    ],
+)
+def test_help_texts(command, expected):
+    result = run(str(BIN / command[0]), *command[1:])
+    for word in expected:
+        assert word in result.stdout
+
+
+def test_lightning_rejects_unknown_command():
+    result = run(str(BIN / "lightning"), "train", check=False)
+    assert result.returncode != 0 and "fit" in result.stderr
+
+
+def test_trainer_defaults_are_found_beside_or_above_a_stage_config(tmp_path):
+    assert trainer_defaults_for(ROOT / "stages" / "decoder.yaml") == ROOT / "stages" / "_trainer.yaml"
+    assert (
+        trainer_defaults_for(ROOT / "stages" / "paper" / "decoder.yaml") == ROOT / "stages" / "_trainer.yaml"
+    )
+    assert trainer_defaults_for(tmp_path / "x.yaml") is None
+    argv = ["fit", "--config", str(ROOT / "stages" / "clip.yaml"), "--trainer.max_steps", "3"]
+    assert with_trainer_defaults(argv) == [
+        "fit",
+        "--config",
+        str(ROOT / "stages" / "_trainer.yaml"),
+        *argv[1:],
+    ]
+    explicit = ["fit", "--config", "stages/_trainer.yaml", "--config", "stages/clip.yaml"]
+    assert with_trainer_defaults(explicit) == explicit
+    assert with_trainer_defaults(["data", "shapes"]) == ["data", "shapes"]
+
+
+@pytest.mark.parametrize("command", ["t2i", "lightning"])
+def test_tiny_fit_through_the_real_cli_writes_checkpoint_and_events(command, tmp_path, shapes_dir):
+    runs = tmp_path / "runs"
+    args = [
+        "fit",
+        "--config", "stages/_trainer.yaml",
+        "--config", "tests/configs/tiny_fit.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs),
+        "--data.init_args.train", str(shapes_dir),
+        "--data.init_args.val", str(shapes_dir),
+    ]  # fmt: skip
+    run(str(BIN / command), *args)
+    run_dir = runs / "tiny"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert "MeanColourRegressor" in (run_dir / "config.yaml").read_text()
+    run(str(BIN / command), *args, "--trainer.max_steps", "2")  # a second run in the same directory works
+
+    import torch
+
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 2
+    assert any("SkippedSamplesLogger" in key for key in checkpoint["callbacks"])
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir)).Reload()
+    tags = events.Tags()["scalars"]
+    assert "train/loss" in tags and "val/loss" in tags and "data/skipped_train" in tags
+
+
+def test_fit_with_a_missing_data_path_names_it(tmp_path):
+    result = run(
+        str(BIN / "t2i"), "fit", "--config", "stages/_trainer.yaml", "--config", "tests/configs/tiny_fit.yaml",
+        "--trainer.logger.init_args.save_dir", str(tmp_path), "--data.init_args.train", str(tmp_path / "missing"),
+        "--data.init_args.val", "null", check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert str(tmp_path / "missing") in result.stderr and "make data" in result.stderr
+    assert not (tmp_path / "tiny" / "checkpoints").exists()

@@ -1,0 +1,167 @@
+"""The shard DataModule base: batch layout, skipping and counting bad samples, clear path errors,
+deterministic evaluation streams, rank/worker splitting, and caption-consistent flips."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from t2i_lightning.data.datamodule import ShardDataModule
+from t2i_lightning.data.image_io import encode_image
+from t2i_lightning.data.shapes.captions import caption_matches, parse_caption
+from t2i_lightning.data.shards import ShardSpecError, resolve_shards, write_shard
+from t2i_lightning.data.streams import RankWorkerShards
+
+
+def _all_batches(loader):
+    return list(iter(loader))
+
+
+def _keys(batches):
+    return [k for b in batches for k in b["key"]]
+
+
+def test_batches_have_documented_keys_shapes_and_dtypes(shapes_dir):
+    dm = ShardDataModule(
+        train=str(shapes_dir), val=str(shapes_dir), image_size=32, batch_size=8, num_workers=0, epoch_size=32
+    )
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"image", "caption", "key", "meta", "skipped"}
+    assert batch["image"].shape == (8, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert -1.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+    assert batch["image"].min() < -0.5 and batch["image"].max() > 0.5  # really spans the range
+    assert all(isinstance(c, str) and c for c in batch["caption"])
+    assert all(k.startswith("train_") for k in batch["key"])
+    assert all(m["caption"] == c for m, c in zip(batch["meta"], batch["caption"], strict=True))
+    assert batch["skipped"].item() == 0
+    assert len(dm.train_dataloader()) == 32 // 8
+
+
+def test_image_matches_the_shard_png_resized(shapes_dir):
+    dm = ShardDataModule(train=None, val=str(shapes_dir), image_size=64, batch_size=4, num_workers=0)
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    import tarfile
+
+    first = resolve_shards(str(shapes_dir), "val")[0]
+    with tarfile.open(first) as tar:
+        png = tar.extractfile(f"{batch['key'][0]}.png").read()
+    expected = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 127.5 - 1
+    got = batch["image"][0].permute(1, 2, 0).numpy()
+    assert np.abs(got - expected).max() < 1e-5  # 64px shards at image_size 64: no resize
+
+
+def test_validation_stream_is_deterministic_complete_and_split_across_workers(shapes_dir):
+    index = json.loads((shapes_dir / "index.json").read_text())
+    dm = ShardDataModule(train=None, val=str(shapes_dir), image_size=16, batch_size=5, num_workers=2)
+    dm.setup("validate")
+    first, second = _keys(_all_batches(dm.val_dataloader())), _keys(_all_batches(dm.val_dataloader()))
+    assert sorted(first) == sorted(second) and first == second
+    assert len(first) == len(set(first)) == index["splits"]["val"]["count"]
+
+
+def test_rank_split_gives_each_shard_to_exactly_one_rank():
+    urls = [f"s{i}.tar" for i in range(7)]
+    seen = [u["url"] for rank in range(3) for u in RankWorkerShards(urls, rank, 3, resampled=False)]
+    assert sorted(seen) == sorted(urls)
+    stream = iter(RankWorkerShards(urls, 1, 3, resampled=True, seed=0))
+    drawn = {next(stream)["url"] for _ in range(200)}
+    assert drawn == set(urls[1::3])
+
+
+def _write_bad_shard(path, good_png: bytes):
+    samples = [
+        {"__key__": "ok_0", "png": good_png, "txt": b"a red circle"},
+        {"__key__": "bad_image", "png": b"this is not a png", "txt": b"a red circle"},
+        {"__key__": "no_caption", "png": good_png},
+        {"__key__": "empty_caption", "png": good_png, "txt": b"   "},
+        {"__key__": "ok_1", "png": good_png, "txt": b"a blue square"},
+    ]
+    write_shard(path, samples)
+
+
+def test_corrupt_and_incomplete_samples_are_skipped_and_counted(tmp_path, caplog):
+    good = encode_image(Image.new("RGB", (20, 20), (200, 10, 10)))
+    _write_bad_shard(tmp_path / "val-000000.tar", good)
+    dm = ShardDataModule(train=None, val=str(tmp_path), image_size=16, batch_size=2, num_workers=0)
+    dm.setup("validate")
+    with caplog.at_level("WARNING"):
+        batches = _all_batches(dm.val_dataloader())
+    assert _keys(batches) == ["ok_0", "ok_1"]
+    assert sum(int(b["skipped"]) for b in batches) == 3
+    text = caplog.text
+    assert "bad_image" in text and "no_caption" in text and "empty_caption" in text
+
+
+def test_truncated_shard_is_skipped_with_a_count(tmp_path, shapes_dir):
+    shard = resolve_shards(str(shapes_dir), "val")[0]
+    data = open(shard, "rb").read()
+    (tmp_path / "val-000000.tar").write_bytes(data[: len(data) // 2 + 100])
+    dm = ShardDataModule(train=None, val=str(tmp_path), image_size=16, batch_size=4, num_workers=0)
+    dm.setup("validate")
+    batches = _all_batches(dm.val_dataloader())
+    assert sum(int(b["skipped"]) for b in batches) >= 1
+    assert 0 < len(_keys(batches)) < 16
+
+
+@pytest.mark.parametrize("spec", ["{root}/nope", "{root}/train-{{000000..000003}}.tar", "{root}/*.tar", ""])
+def test_missing_path_fails_at_setup_naming_it(tmp_path, spec):
+    spec = spec.format(root=tmp_path)
+    dm = ShardDataModule(train=spec, val=None)
+    with pytest.raises(ShardSpecError) as error:
+        dm.setup("fit")
+    message = str(error.value)
+    assert "data.train" in message and "make data" in message
+    if spec:
+        assert str(tmp_path) in message
+
+
+def test_hflip_mirrors_image_and_keeps_caption_true(shapes_dir):
+    plain = ShardDataModule(
+        train=str(shapes_dir),
+        val=None,
+        image_size=64,
+        batch_size=16,
+        num_workers=0,
+        epoch_size=64,
+        shuffle_buffer=0,
+    )
+    flipped = ShardDataModule(
+        train=str(shapes_dir),
+        val=None,
+        image_size=64,
+        batch_size=16,
+        num_workers=0,
+        epoch_size=64,
+        shuffle_buffer=0,
+        hflip=True,
+    )
+    torch.manual_seed(0)
+    plain.setup("fit")
+    flipped.setup("fit")
+    a = {
+        k: (i, c, m)
+        for b in _all_batches(plain.train_dataloader())
+        for k, i, c, m in zip(b["key"], b["image"], b["caption"], b["meta"], strict=True)
+    }
+    torch.manual_seed(0)
+    b = {
+        k: (i, c, m)
+        for bb in _all_batches(flipped.train_dataloader())
+        for k, i, c, m in zip(bb["key"], bb["image"], bb["caption"], bb["meta"], strict=True)
+    }
+    common = set(a) & set(b)
+    was_flipped = [k for k in common if b[k][2].get("flipped")]
+    assert was_flipped and len(was_flipped) < len(common)
+    for key in was_flipped:
+        assert torch.equal(b[key][0], a[key][0].flip(-1))
+        assert caption_matches(parse_caption(b[key][1]), b[key][2])
+    sided = [k for k in was_flipped if "left" in a[k][1] or "right" in a[k][1]]
+    for key in sided:
+        assert b[key][1] != a[key][1]
