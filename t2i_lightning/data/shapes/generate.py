@@ -182,13 +182,16 @@ def generate_shapes(
         raise ValueError(f"Sample counts must be >= 0, got {counts}")
     if config.size < 32:
         raise ValueError(f"--size must be at least 32 pixels, got {config.size}")
+    if config.samples_per_shard < 1:
+        raise ValueError(f"--samples-per-shard must be at least 1, got {config.samples_per_shard}")
     counts = {split: n for split, n in counts.items() if n > 0}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record = config.record(counts)
-    if _check_existing(out, record, overwrite):
-        return read_index(out)
     remove_stale_temporaries(out)
+    if _check_existing(out, record, overwrite):
+        (out / PENDING_NAME).unlink(missing_ok=True)  # a kill after index.json was written
+        return read_index(out)
     write_json_atomic(out / PENDING_NAME, record)
     jobs = _shard_jobs(config, out, counts)
     todo = [job for job in jobs if not Path(job[4]).exists()]
@@ -219,7 +222,7 @@ def generate_shapes(
             "positions": list(POSITIONS),
             "relations": list(RELATIONS),
             "background_styles": list(BACKGROUND_STYLES),
-            "kind_words": captions_module.KIND_WORDS,
+            "kind_words": {k: list(v) for k, v in captions_module.KIND_WORDS.items()},
         },
     }
     write_json_atomic(out / INDEX_NAME, index)
