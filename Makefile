@@ -22,7 +22,20 @@ VAL_N        ?= 1000
 TEST_N       ?= 1000
 PYTEST_ARGS  ?=
 
-.PHONY: help install data inspect demo test test-all lint tensorboard clean
+# CLIP space. By default the project trains its own small CLIP (`make clip`); name a pretrained
+# open_clip model instead with CLIP_MODEL=ViT-B-32 CLIP=laion2b_s34b_b79k (a tag, fetched where
+# there is internet) or CLIP=/path/to/weights.safetensors, and `make clip` does nothing.
+CLIP_MODEL   ?= shapes-vit-tiny
+CLIP         ?=
+CLIP_CKPT    ?= $(RUNS)/clip/checkpoints/last.ckpt
+CLIP_WEIGHTS := $(if $(CLIP),$(CLIP),$(CLIP_CKPT))
+CLIP_ID      ?= $(CLIP_MODEL)$(if $(CLIP),-$(notdir $(basename $(CLIP))),)
+EMB          ?= $(DATA)/emb-$(CLIP_ID)
+TRANSLATOR_CKPT ?= $(RUNS)/translator/checkpoints/last.ckpt
+PROMPT       ?= a red circle
+TRAINER_FLAGS = --trainer.accelerator $(ACCELERATOR) --trainer.devices $(DEVICES)
+
+.PHONY: help install data inspect clip embed train-translator embed-text demo test test-all lint tensorboard clean
 
 help: ## list the targets (this message)
 	@echo "t2i_lightning: staged text-to-image diffusion with PyTorch Lightning"
@@ -47,7 +60,41 @@ data: install ## generate the embedded "shapes" dataset as WebDataset shards und
 inspect: install ## print counts and captions of $(DATA) and write a grid to $(RUNS)/demo/shapes_grid.png
 	$(T2I) data inspect $(DATA) --out $(RUNS)/demo/shapes_grid.png
 
-demo: data inspect ## the whole pipeline that exists so far, on the embedded data
+# Stages are file targets chained by their outputs: each runs only when what it reads is newer
+# than what it wrote, so a second `make demo` redoes nothing. A stage's stamp is touched only
+# after it finished; `make -B <target>` (or deleting its run directory) forces a rerun.
+CLIP_DONE       := $(RUNS)/clip/done.stamp
+TRANSLATOR_DONE := $(RUNS)/translator/done.stamp
+
+$(DATA)/index.json: | $(STAMP)
+	$(MAKE) --no-print-directory data
+
+clip: $(if $(strip $(CLIP)),,$(CLIP_DONE)) ## train the project's CLIP on $(DATA) -> $(CLIP_CKPT) (skipped when CLIP names pretrained weights)
+	@$(if $(strip $(CLIP)),echo "CLIP=$(CLIP) names pretrained $(CLIP_MODEL) weights: nothing to train",true)
+
+$(CLIP_DONE): $(DATA)/index.json | $(STAMP)
+	$(T2I) fit --config stages/clip.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
+	    --model.init_args.model_name $(CLIP_MODEL) --data.init_args.train $(DATA) --data.init_args.val $(DATA)
+	@touch $@
+
+embed: $(EMB)/stats.json ## extract CLIP image/text embeddings of $(DATA) -> $(EMB) (resumable)
+
+$(EMB)/stats.json: $(DATA)/index.json $(if $(strip $(CLIP)),,$(CLIP_DONE)) | $(STAMP)
+	$(T2I) predict --config stages/embed.yaml $(TRAINER_FLAGS) --model.init_args.model_name $(CLIP_MODEL) \
+	    --model.init_args.pretrained $(CLIP_WEIGHTS) --model.init_args.out $(EMB) \
+	    --model.init_args.replace_other_clip true --data.init_args.predict $(DATA)
+
+train-translator: $(TRANSLATOR_DONE) ## train the translator on $(EMB) -> $(TRANSLATOR_CKPT)
+
+$(TRANSLATOR_DONE): $(EMB)/stats.json | $(STAMP)
+	$(T2I) fit --config stages/translator.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
+	    --model.init_args.stats $(EMB)/stats.json --data.init_args.train $(EMB) --data.init_args.val $(EMB)
+	@touch $@
+
+embed-text: $(TRANSLATOR_DONE) ## show PROMPT's translated image embedding and its nearest validation images
+	$(T2I) embed-text "$(PROMPT)" --translator $(TRANSLATOR_CKPT) --emb $(EMB)
+
+demo: data inspect clip embed train-translator embed-text ## the whole pipeline that exists so far, on the embedded data
 
 test: install ## run the fast test suite (what CI runs)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+import torch
+
 from .lightning_cli import SUBCOMMANDS
 
 
@@ -93,7 +95,46 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMANDS:
         subparsers.add_parser(name, help=f"LightningCLI {name} of a stage: {name} --config stages/X.yaml ...")
     _data_parser(subparsers)
+    embed_text = subparsers.add_parser(
+        "embed-text",
+        help="translate captions to CLIP image embeddings and show the nearest validation images' captions",
+    )
+    embed_text.add_argument("prompts", nargs="+", help="one or more captions")
+    embed_text.add_argument(
+        "--translator", default="runs/translator/checkpoints/last.ckpt", help="translator checkpoint"
+    )
+    embed_text.add_argument(
+        "--clip", default=None, help="CLIP checkpoint or weights (default: the one the translator recorded)"
+    )
+    embed_text.add_argument(
+        "--emb", default=None, help="embedding directory to search (default: the translator's)"
+    )
+    embed_text.add_argument("--k", type=int, default=5, help="neighbours to show (default: 5)")
     return parser
+
+
+def _run_embed_text(args: argparse.Namespace) -> None:
+    import os
+
+    from .eval.nearest import load_split_embeddings, nearest
+    from .pipeline import TextToImageEmbedding
+
+    if args.k <= 0:
+        raise ValueError(f"--k must be positive, got {args.k}")
+    chain = TextToImageEmbedding.from_checkpoints(args.translator, args.clip)
+    embeddings = chain(args.prompts)
+    texts = chain.text_embeddings(args.prompts)
+    emb_dir = args.emb or os.path.dirname(chain.translator.hparams.stats or "")
+    keys, bank, captions = load_split_embeddings(emb_dir, "val")
+    scores, indices = nearest(embeddings, bank, args.k)
+    for prompt, emb, text, row_scores, row in zip(
+        args.prompts, embeddings, texts, scores, indices, strict=True
+    ):
+        cosine = float(torch.nn.functional.cosine_similarity(emb, text, dim=0))
+        print(f"{prompt!r}: image embedding norm {emb.norm():.3f}, cosine to its text embedding {cosine:.3f}")
+        print(f"  nearest of {len(keys)} validation images ({emb_dir}):")
+        for score, i in zip(row_scores.tolist(), row.tolist(), strict=True):
+            print(f"    {score:.3f}  {keys[i]}: {captions[i]}")
 
 
 def _run_data(args: argparse.Namespace) -> None:
@@ -139,12 +180,13 @@ def main(argv: list[str] | None = None) -> None:
         run_lightning(argv)
         return
     args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
     try:
-        _run_data(args)
+        _run_embed_text(args) if args.command == "embed-text" else _run_data(args)
     except USER_ERRORS as error:
         if os.environ.get("T2I_DEBUG"):
             raise
-        sys.exit(f"t2i {args.command} {args.data_command}: error: {error}\n(set T2I_DEBUG=1 for a traceback)")
+        sys.exit(f"t2i {command}: error: {error}\n(set T2I_DEBUG=1 for a traceback)")
 
 
 def lightning_main(argv: list[str] | None = None) -> None:

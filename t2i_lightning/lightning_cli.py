@@ -58,6 +58,7 @@ class T2ILightningCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         warnings.filterwarnings("ignore", message=r".*IterableDataset.* has `__len__` defined.*")
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        warnings.filterwarnings("ignore", message=r".*Couldn't infer the batch indices.*")
         super().__init__(
             model_class=LightningModule,
             datamodule_class=LightningDataModule,

@@ -8,14 +8,17 @@ skip counting and batching defined here.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from .decode import collate, decode_image_caption
 from .shards import ShardSpecError, resolve_shards
-from .streams import RankWorkerShards, build_stream
+from .streams import RankWorkerShards, ShardAlignedBatches, build_stream
 
 
 class ShardDataModule(pl.LightningDataModule):
@@ -26,6 +29,8 @@ class ShardDataModule(pl.LightningDataModule):
             glob, a brace pattern, or None for no training data.
         val: validation shards, the same forms (a directory yields its ``val-*.tar``).
         test: test shards, the same forms (a directory yields its ``test-*.tar``).
+        predict: shards for ``predict`` jobs (e.g. embedding extraction): a directory yields all
+            its ``*.tar``; batches never span two shards (see ``ShardAlignedBatches``).
         image_size: side of the square images in a batch (antialiased resize).
         batch_size: samples per batch (per device).
         num_workers: DataLoader worker processes.
@@ -36,11 +41,14 @@ class ShardDataModule(pl.LightningDataModule):
         seed: seed of the shard resampling and shuffling.
     """
 
+    missing_hint = "for the embedded dataset run `make data`"
+
     def __init__(
         self,
         train: str | None = "data/shapes",
         val: str | None = "data/shapes",
         test: str | None = None,
+        predict: str | None = None,
         image_size: int = 64,
         batch_size: int = 32,
         num_workers: int = 2,
@@ -54,6 +62,10 @@ class ShardDataModule(pl.LightningDataModule):
             raise ValueError("image_size, batch_size and epoch_size must be positive")
         self.save_hyperparameters()
         self.urls: dict[str, list[str]] = {}
+        # Set by a stage whose network needs its own preprocessing (e.g. CLIP's resize and
+        # normalisation) before the dataloaders are built; None means resize to [-1, 1].
+        self.image_transform: Callable[[Image.Image], torch.Tensor] | None = None
+        self.excluded: set[str] = set()
 
     def shard_urls(self, split: str) -> list[str] | None:
         """The shards of ``split`` ("train", "val" or "test"), or None when not configured."""
@@ -61,18 +73,14 @@ class ShardDataModule(pl.LightningDataModule):
         if spec is None:
             return None
         try:
-            return resolve_shards(spec, split)
+            return resolve_shards(spec, None if split == "predict" else split)
         except ShardSpecError as error:
-            raise ShardSpecError(
-                f"{error}\n  (configured as data.{split}; for the embedded dataset run `make data`)"
-            ) from None
+            raise ShardSpecError(f"{error}\n  (configured as data.{split}; {self.missing_hint})") from None
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve every configured split now, so a missing path fails before training starts."""
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
-            stage, ("train", "val", "test")
-        )
-        for split in wanted:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+        for split in wanted.get(stage, ("train", "val", "test")):
             urls = self.shard_urls(split)
             if urls is not None:
                 self.urls[split] = urls
@@ -81,7 +89,12 @@ class ShardDataModule(pl.LightningDataModule):
 
     def decode(self, sample: dict[str, Any], train: bool) -> dict[str, Any]:
         """Turn one raw webdataset sample into an example; raise to skip it (counted)."""
-        return decode_image_caption(sample, self.hparams.image_size, hflip=train and self.hparams.hflip)
+        return decode_image_caption(
+            sample,
+            self.hparams.image_size,
+            hflip=train and self.hparams.hflip,
+            transform=self.image_transform,
+        )
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -122,3 +135,21 @@ class ShardDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """Shard-aligned batches of the ``predict`` shards not excluded by :meth:`exclude_shards`."""
+        if "predict" not in self.urls:
+            self.setup("predict")
+        if "predict" not in self.urls:
+            raise ShardSpecError("No predict shards configured: set data.predict")
+        rank, world = self._rank()
+        urls = [u for u in self.urls["predict"] if u not in self.excluded]
+        stream = ShardAlignedBatches(
+            urls, functools.partial(self.decode, train=False), collate, self.hparams.batch_size, rank, world
+        )
+        workers = min(self.hparams.num_workers, max(1, len(urls) // max(1, world)))
+        return DataLoader(stream, batch_size=None, num_workers=workers if urls else 0)
+
+    def exclude_shards(self, urls: set[str]) -> None:
+        """Leave ``urls`` out of the predict stream (e.g. shards whose output already exists)."""
+        self.excluded = set(urls)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -39,12 +40,17 @@ def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
 
 
 def decode_image_caption(
-    sample: dict[str, Any], image_size: int, hflip: bool = False, rng: random.Random | None = None
+    sample: dict[str, Any],
+    image_size: int,
+    hflip: bool = False,
+    rng: random.Random | None = None,
+    transform: Callable[[Image.Image], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Decode one raw sample into ``image`` (3xSxS in [-1, 1]), ``caption``, ``key``, ``meta``.
 
     With ``hflip`` the image is mirrored with probability 0.5, and its caption and metadata
-    are flipped to match (:mod:`t2i_lightning.data.flip`). Raises :class:`SampleError` with the
+    are flipped to match (:mod:`t2i_lightning.data.flip`). ``transform`` (e.g. CLIP's own
+    preprocessing) replaces the default resize-and-scale. Raises :class:`SampleError` with the
     sample's key and shard on any defect.
     """
     ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
@@ -70,7 +76,7 @@ def decode_image_caption(
         caption = flip_caption(caption)
         meta = flip_meta(meta)
     return {
-        "image": image_to_tensor(image, image_size),
+        "image": transform(image) if transform is not None else image_to_tensor(image, image_size),
         "caption": caption,
         "key": sample["__key__"],
         "meta": meta,

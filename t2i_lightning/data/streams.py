@@ -141,3 +141,52 @@ def build_stream(
         )
     )
     return wds.DataPipeline(*stages)
+
+
+class ShardAlignedBatches(IterableDataset):
+    """Batches that never span two shards, for jobs that write one output per input shard.
+
+    Each shard of this rank and worker is read once, in order. Every batch carries ``shard``
+    (its URL), ``skipped`` and ``shard_done``, which is True on the shard's last batch; a
+    shard with no usable sample still yields one empty batch (``key == []``) so that its
+    output is written too.
+    """
+
+    def __init__(
+        self,
+        urls: list[str],
+        decode: Callable[[dict], dict],
+        collate: Callable[[list[dict]], dict],
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        super().__init__()
+        self.urls, self.decode, self.collate = list(urls), decode, collate
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+
+    def _batch(self, examples: list[dict], url: str, counter: SkipCounter, done: bool) -> dict[str, Any]:
+        batch = self.collate(examples) if examples else {"key": []}
+        return {**batch, "shard": url, "shard_done": done, "skipped": torch.tensor(counter.take())}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, workers, _ = worker_position()
+        for url in share(share(self.urls, self.rank, self.world_size), worker, workers):
+            counter = SkipCounter()
+            samples = wds.DataPipeline(
+                wds.SimpleShardList([url]),
+                wds.tarfile_to_samples(handler=counter),
+                wds.map(self.decode, handler=counter),
+            )
+            held: list[dict] | None = None
+            bucket: list[dict] = []
+            for example in samples:
+                bucket.append(example)
+                if len(bucket) == self.batch_size:
+                    if held is not None:
+                        yield self._batch(held, url, counter, done=False)
+                    held, bucket = bucket, []
+            if held is not None and bucket:
+                yield self._batch(held, url, counter, done=False)
+                held = None
+            yield self._batch(held if held is not None else bucket, url, counter, done=True)

@@ -1,0 +1,159 @@
+"""Writes embedding shards that mirror image shards, resumably and atomically, and ``stats.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+from lightning.pytorch.callbacks import BasePredictionWriter
+from tqdm.auto import tqdm
+
+from ..data.embeddings import IMAGE_MEMBER, STATS_NAME, TEXT_MEMBER, embedding_statistics, load_npy, npy_bytes
+from ..data.shards import read_index, remove_stale_temporaries, write_json_atomic, write_shard
+
+log = logging.getLogger(__name__)
+IN_PROGRESS_NAME = ".extracting.json"  # the CLIP identity of an unfinished extraction
+
+
+class EmbeddingShardWriter(BasePredictionWriter):
+    """Collects a predict stage's per-batch embeddings by shard and writes each finished shard.
+
+    Output shard ``<out>/<name>.tar`` mirrors image shard ``<name>.tar``: the same keys in the
+    same order, ``KEY.img.npy`` and ``KEY.txt.npy`` as float16. A shard whose output exists
+    is complete (atomic rename) and is not read again, so a killed extraction resumes where it
+    stopped and ends with the same bytes. When every shard is done, rank 0 computes
+    ``stats.json`` from the written arrays (float64).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(write_interval="batch")
+        self.out: Path | None = None
+        self.pending: dict[str, dict[str, list]] = {}
+        self.sources: list[str] = []
+        self.written = self.samples = self.skipped = 0
+        self.bar = None
+
+    def output_path(self, source: str) -> Path:
+        return self.out / Path(source).name
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        self.sources = list(datamodule.urls["predict"])
+        dataset_dir = os.path.commonpath([os.path.dirname(os.path.abspath(u)) for u in self.sources])
+        self.out = pl_module.output_dir(dataset_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if trainer.is_global_zero:
+            self._check_identity(pl_module.identity, pl_module.hparams.replace_other_clip)
+            remove_stale_temporaries(self.out)
+            write_json_atomic(self.out / IN_PROGRESS_NAME, pl_module.identity)
+        trainer.strategy.barrier()
+        done = {u for u in self.sources if self.output_path(u).exists()}
+        datamodule.exclude_shards(done)
+        if trainer.is_global_zero:
+            print(f"embeddings -> {self.out}: {len(done)} of {len(self.sources)} shards already done")
+            self.bar = tqdm(total=len(self.sources), initial=len(done), unit="shard", desc="extract")
+
+    def _check_identity(self, identity: dict, replace: bool) -> None:
+        """Refuse (or, with ``replace``, delete) embeddings that another CLIP wrote in ``out``."""
+        previous = None
+        for name in (STATS_NAME, IN_PROGRESS_NAME):
+            if (self.out / name).exists():
+                previous = json.loads((self.out / name).read_text())
+                break
+        same = previous is None or all(
+            previous.get(k) == identity[k] for k in ("model", "checkpoint_sha256", "pretrained")
+        )
+        if same:
+            return
+        if not replace:
+            raise FileExistsError(
+                f"'{self.out}' holds embeddings of another CLIP ({previous.get('model')}, {previous.get('pretrained')}); "
+                "remove it, set model.init_args.out to another directory, or set model.init_args.replace_other_clip true"
+            )
+        log.warning("replacing embeddings of another CLIP in %s", self.out)
+        for path in [*self.out.glob("*.tar"), self.out / STATS_NAME, self.out / IN_PROGRESS_NAME]:
+            path.unlink(missing_ok=True)
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ):
+        shard = batch["shard"]
+        entry = self.pending.setdefault(shard, {"key": [], "img": [], "txt": [], "skipped": 0})
+        entry["skipped"] += int(batch["skipped"])
+        if prediction["key"]:
+            entry["key"] += prediction["key"]
+            entry["img"].append(prediction["img"].numpy().astype(np.float16))
+            entry["txt"].append(prediction["txt"].numpy().astype(np.float16))
+        if batch["shard_done"]:
+            self._write(self.pending.pop(shard), shard)
+
+    def _write(self, entry: dict, shard: str) -> None:
+        img = np.concatenate(entry["img"]) if entry["img"] else np.zeros((0, 0), np.float16)
+        txt = np.concatenate(entry["txt"]) if entry["txt"] else np.zeros((0, 0), np.float16)
+        samples = (
+            {"__key__": key, IMAGE_MEMBER: npy_bytes(img[i]), TEXT_MEMBER: npy_bytes(txt[i])}
+            for i, key in enumerate(entry["key"])
+        )
+        write_shard(self.output_path(shard), samples)
+        self.written += 1
+        self.samples += len(entry["key"])
+        self.skipped += entry["skipped"]
+        if entry["skipped"]:
+            log.warning("%s: %d sample(s) skipped (see warnings above)", shard, entry["skipped"])
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(samples=self.samples, skipped=self.skipped)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.strategy.barrier()
+        if self.bar is not None:
+            self.bar.close()
+        if not trainer.is_global_zero:
+            return
+        missing = [u for u in self.sources if not self.output_path(u).exists()]
+        if missing:
+            raise RuntimeError(
+                f"{len(missing)} shard(s) were not written, e.g. {missing[0]}; run the command again"
+            )
+        self.write_stats(pl_module.identity)
+
+    def write_stats(self, identity: dict) -> dict:
+        """Compute ``stats.json`` from every written embedding shard (float64 over float16 arrays)."""
+        from ..data.inspect import read_samples
+
+        images, texts, shards, count = [], [], [], 0
+        for source in self.sources:
+            for sample in read_samples(str(self.output_path(source))):
+                images.append(load_npy(sample[IMAGE_MEMBER])[None])
+                texts.append(load_npy(sample[TEXT_MEMBER])[None])
+                count += 1
+            shards.append(self.output_path(source).name)
+        if not count:
+            raise RuntimeError(f"No embeddings were written to {self.out}: every sample was skipped")
+        mean_img, std_img = embedding_statistics(images)
+        mean_txt, std_txt = embedding_statistics(texts)
+        source_dir = os.path.dirname(os.path.abspath(self.sources[0]))
+        index = read_index(source_dir) or {}
+        stats = {
+            **identity,
+            "dim": len(mean_img),
+            "count": count,
+            "source": source_dir,
+            "source_count": sum(s["count"] for s in index.get("splits", {}).values()) if index else None,
+            "source_args": index.get("args"),
+            "shards": shards,
+            "mean_img": mean_img,
+            "std_img": std_img,
+            "mean_txt": mean_txt,
+            "std_txt": std_txt,
+        }
+        write_json_atomic(self.out / STATS_NAME, stats)
+        (self.out / IN_PROGRESS_NAME).unlink(missing_ok=True)
+        print(
+            f"embeddings -> {self.out}: {count} samples in {len(shards)} shards, dim {len(mean_img)}; {STATS_NAME} written"
+        )
+        return stats

@@ -1,0 +1,1 @@
+"""Measurements: retrieval, zero-shot classification, and (later) the evaluation table."""

@@ -1,0 +1,120 @@
+"""open_clip models: the project's small configs, and loading by name, tag or local file.
+
+``shapes-vit-tiny`` (``clip_configs/``) is a small ViT/8 image tower at 64px with a 3-layer text
+transformer, sized to train on the shapes data on a CPU in minutes; ``shapes-vit-micro`` is a
+one-layer 32px model for tests. Any open_clip model name
+works the same way (``ViT-B-32`` ...), with ``pretrained`` naming an open_clip tag
+(``laion2b_s34b_b79k``, downloaded where there is internet), an open_clip weights file, or a
+checkpoint of this project's CLIP stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import open_clip
+import torch
+
+CONFIG_DIR = Path(__file__).parent / "clip_configs"
+_registered = False
+
+
+class PretrainedWeightsError(FileNotFoundError):
+    """Pretrained CLIP weights that cannot be found or loaded."""
+
+
+def register_project_configs() -> None:
+    """Make the project's model configs (``shapes-vit-tiny`` ...) known to open_clip."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+def _weights_locations() -> str:
+    hf = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
+    )
+    return f"the Hugging Face cache ({hf}) or ~/.cache/clip"
+
+
+def file_digest(path: str | os.PathLike, length: int = 12) -> str:
+    """The first ``length`` hex digits of a file's SHA-256 (identifies a checkpoint)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()[:length]
+
+
+def stage_state_dict(checkpoint: dict) -> dict[str, torch.Tensor] | None:
+    """The open_clip weights inside a CLIP-stage Lightning checkpoint (keys ``clip.*``), or None."""
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not state:
+        return None
+    weights = {k[len("clip.") :]: v for k, v in state.items() if k.startswith("clip.")}
+    return weights or None
+
+
+def create_clip(model_name: str, pretrained: str | None = None) -> torch.nn.Module:
+    """Build an open_clip model, randomly initialised or with ``pretrained`` weights.
+
+    ``pretrained`` is None (random init, to be trained), an existing file (a checkpoint of the
+    CLIP stage, or an open_clip/OpenAI weights file), or an open_clip pretrained tag.
+    """
+    register_project_configs()
+    if model_name not in open_clip.list_models():
+        raise ValueError(f"Unknown open_clip model {model_name!r}; e.g. shapes-vit-tiny, ViT-B-32")
+    if pretrained is None:
+        return open_clip.create_model(model_name)
+    if os.path.isfile(pretrained):
+        checkpoint = torch.load(pretrained, map_location="cpu", weights_only=True)
+        weights = stage_state_dict(checkpoint)
+        if weights is None:
+            return open_clip.create_model(model_name, pretrained=pretrained)
+        model = open_clip.create_model(model_name)
+        model.load_state_dict(weights)
+        return model
+    if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".ckpt", ".safetensors")):
+        raise PretrainedWeightsError(f"CLIP weights file not found: {pretrained}")
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if pretrained not in tags:
+        raise ValueError(
+            f"{model_name} has no pretrained tag {pretrained!r}; known tags: {', '.join(tags) or 'none'}"
+        )
+    try:
+        return open_clip.create_model(model_name, pretrained=pretrained)
+    except Exception as error:  # network, hub and cache errors all mean "not available here"
+        raise PretrainedWeightsError(
+            f"Cannot load {model_name} weights {pretrained!r} ({type(error).__name__}: {error}). "
+            f"They are downloaded into {_weights_locations()} where there is internet; offline, copy the "
+            f"weights file there, or pass its path as pretrained (e.g. pretrained: /path/to/open_clip_model.safetensors)."
+        ) from error
+
+
+def clip_id(model_name: str, pretrained: str | None) -> str:
+    """A short name for a CLIP (model and weights), used in embedding directory names."""
+    if pretrained is None:
+        return f"{model_name}-random"
+    if os.path.isfile(pretrained):
+        return f"{model_name}-{file_digest(pretrained, 8)}"
+    return f"{model_name}-{pretrained}"
+
+
+def preprocess_for(model: torch.nn.Module):
+    """CLIP's own evaluation preprocessing for ``model`` (resize, centre crop, normalise)."""
+    return open_clip.image_transform(model.visual.image_size, is_train=False, **_preprocess_cfg(model))
+
+
+def _preprocess_cfg(model: torch.nn.Module) -> dict:
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    keys = ("mean", "std", "interpolation", "resize_mode")
+    return {key: cfg[key] for key in keys if key in cfg}
+
+
+def tokenizer_for(model_name: str):
+    """open_clip's tokenizer for ``model_name`` (its context length)."""
+    register_project_configs()
+    return open_clip.get_tokenizer(model_name)

@@ -1,0 +1,73 @@
+"""Text-to-image inference chain built from stage checkpoints.
+
+So far: caption -> CLIP text embedding -> translator -> CLIP image embedding, the entry the
+decoder's sampling will call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from .nn.clip import create_clip, file_digest, tokenizer_for
+from .stages.translator import TranslatorStage
+
+DEFAULT_CLIP = "runs/clip/checkpoints/last.ckpt"
+DEFAULT_TRANSLATOR = "runs/translator/checkpoints/last.ckpt"
+
+
+def require_checkpoint(path: str, target: str) -> None:
+    """Fail with the path and the make target that produces it when a checkpoint is missing."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint not found: {path} (produce it with `make {target}`)")
+
+
+class TextToImageEmbedding:
+    """Captions -> translated CLIP image embeddings (raw CLIP space, as the decoder is conditioned).
+
+    Build it with :meth:`from_checkpoints`; call it with a list of captions.
+    """
+
+    def __init__(self, clip: torch.nn.Module, tokenizer, translator: TranslatorStage):
+        self.clip = clip.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.translator = translator.eval().requires_grad_(False)
+
+    @classmethod
+    def from_checkpoints(
+        cls, translator: str = DEFAULT_TRANSLATOR, clip: str | None = None, model_name: str | None = None
+    ) -> TextToImageEmbedding:
+        """Load the translator and the CLIP it was trained with.
+
+        ``clip`` and ``model_name`` default to what the translator's checkpoint recorded from
+        its embeddings' ``stats.json``; a CLIP checkpoint whose hash differs from the recorded
+        one is refused (its embeddings would not be the ones the translator learnt).
+        """
+        require_checkpoint(translator, "train-translator")
+        stage = TranslatorStage.load_from_checkpoint(translator, map_location="cpu", weights_only=False)
+        identity = stage.clip_identity
+        model_name = model_name or identity.get("model")
+        clip = clip or identity.get("pretrained") or DEFAULT_CLIP
+        if clip.endswith(".ckpt"):
+            require_checkpoint(clip, "clip")
+        recorded = identity.get("checkpoint_sha256")
+        if recorded and os.path.isfile(clip) and file_digest(clip, 64) != recorded:
+            raise ValueError(
+                f"CLIP checkpoint {clip} is not the one the translator's embeddings were extracted with "
+                f"(sha256 {recorded[:12]}...); re-run `make embed train-translator` or pass the matching --clip"
+            )
+        return cls(create_clip(model_name, clip), tokenizer_for(model_name), stage)
+
+    @torch.no_grad()
+    def text_embeddings(self, captions: Sequence[str]) -> torch.Tensor:
+        """Raw CLIP text embeddings of ``captions`` (as extraction computes them)."""
+        if isinstance(captions, str) or not captions or not all(c.strip() for c in captions):
+            raise ValueError("Give a non-empty list of non-empty captions")
+        return self.clip.encode_text(self.tokenizer(list(captions)))
+
+    @torch.no_grad()
+    def __call__(self, captions: Sequence[str]) -> torch.Tensor:
+        """Translated CLIP image embeddings of ``captions``, shape ``(len(captions), dim)``."""
+        return self.translator(self.text_embeddings(captions))

@@ -1,0 +1,268 @@
+"""CLIP space: the CLIP stage, embedding extraction into mirrored shards, the translator, and the
+text-to-image-embedding chain, run through the real CLI with the micro CLIP config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from t2i_lightning.data.embeddings import IMAGE_MEMBER, TEXT_MEMBER, load_npy
+from t2i_lightning.data.inspect import read_samples
+from t2i_lightning.data.shards import resolve_shards, write_shard
+from t2i_lightning.nn.clip import PretrainedWeightsError, create_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+T2I = str(Path(sys.executable).parent / "t2i")
+MICRO = "shapes-vit-micro"
+
+
+def run(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    result = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def fit_clip(runs: Path, data: Path, steps: int = 40) -> Path:
+    run(
+        T2I, "fit", "--config", "stages/clip.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", str(steps),
+        "--trainer.val_check_interval", str(steps), "--trainer.log_every_n_steps", "1",
+        "--model.init_args.model_name", MICRO, "--model.init_args.warmup_steps", "5",
+        "--data.init_args.train", str(data), "--data.init_args.val", str(data),
+        "--data.init_args.image_size", "32", "--data.init_args.batch_size", "32",
+        "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "320",
+    )  # fmt: skip
+    return runs / "clip" / "checkpoints" / "last.ckpt"
+
+
+def extract(clip_ckpt: Path, data: Path, out: Path, check: bool = True, popen: bool = False):
+    args = [
+        T2I, "predict", "--config", "stages/embed.yaml",
+        "--model.init_args.model_name", MICRO, "--model.init_args.pretrained", str(clip_ckpt),
+        "--model.init_args.out", str(out), "--data.init_args.predict", str(data),
+        "--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0",
+    ]  # fmt: skip
+    if popen:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return run(*args, check=check)
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir)).Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def dir_bytes(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, shapes_dir):
+    """A micro CLIP fitted, embeddings extracted, and a translator fitted, all through the CLI."""
+    root = tmp_path_factory.mktemp("clip_space")
+    runs = root / "runs"
+    clip_ckpt = fit_clip(runs, shapes_dir)
+    emb = root / "emb"
+    extract(clip_ckpt, shapes_dir, emb)
+    run(
+        T2I, "fit", "--config", "stages/translator.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_epochs", "6",
+        "--trainer.log_every_n_steps", "1",
+        "--model.init_args.net.init_args.in_dim", "32", "--model.init_args.net.init_args.out_dim", "32",
+        "--model.init_args.net.init_args.width", "64", "--model.init_args.net.init_args.depth", "2",
+        "--model.init_args.stats", str(emb / "stats.json"),
+        "--data.init_args.train", str(emb), "--data.init_args.val", str(emb),
+        "--data.init_args.batch_size", "32", "--data.init_args.num_workers", "0",
+        "--data.init_args.epoch_size", "96",
+    )  # fmt: skip
+    return {"runs": runs, "clip": clip_ckpt, "emb": emb, "data": shapes_dir,
+            "translator": runs / "translator" / "checkpoints" / "last.ckpt"}  # fmt: skip
+
+
+def test_clip_fit_lowers_the_loss_and_logs_retrieval_and_zero_shot(pipeline):
+    logged = scalars(pipeline["runs"] / "clip")
+    loss = logged["train/loss"]
+    assert np.mean(loss[-5:]) < np.mean(loss[:5]) - 0.1
+    for tag in ("val/t2i_R@1", "val/t2i_R@5", "val/i2t_R@1", "val/i2t_R@5", "val/pair_cosine",
+                "val/zeroshot_colour_acc", "val/zeroshot_shape_acc", "train/temperature"):  # fmt: skip
+        assert tag in logged, tag
+    assert 0 <= logged["val/t2i_R@1"][-1] <= logged["val/t2i_R@5"][-1] <= 1
+
+
+def test_local_weights_files_load_as_pretrained(pipeline, tmp_path):
+    from_stage = create_clip(MICRO, str(pipeline["clip"]))
+    state = torch.load(pipeline["clip"], map_location="cpu", weights_only=True)["state_dict"]
+    assert torch.equal(from_stage.visual.conv1.weight, state["clip.visual.conv1.weight"])
+    plain = tmp_path / "open_clip_micro.pt"
+    torch.save(from_stage.state_dict(), plain)
+    from_file = create_clip(MICRO, str(plain))
+    for (name, a), (_, b) in zip(
+        from_stage.state_dict().items(), from_file.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    with pytest.raises(PretrainedWeightsError, match="not found"):
+        create_clip(MICRO, str(tmp_path / "missing.pt"))
+
+
+def test_unavailable_pretrained_tag_fails_clearly():
+    code = (
+        "from t2i_lightning.nn.clip import create_clip\n"
+        "try:\n    create_clip('ViT-B-32', 'laion2b_s34b_b79k')\n"
+        "except Exception as e:\n    print(type(e).__name__, '|', e)\n"
+    )
+    result = run(sys.executable, "-c", code, env={"HF_HUB_OFFLINE": "1"})
+    assert result.stdout.startswith("PretrainedWeightsError")
+    assert "huggingface" in result.stdout and "pretrained" in result.stdout
+    with pytest.raises(ValueError, match="no pretrained tag"):
+        create_clip("ViT-B-32", "not-a-tag")
+
+
+def test_embedding_shards_mirror_the_image_shards(pipeline):
+    data, emb = pipeline["data"], pipeline["emb"]
+    sources = resolve_shards(str(data))
+    assert sorted(p.name for p in emb.glob("*.tar")) == sorted(Path(s).name for s in sources)
+    total = 0
+    for source in sources:
+        source_keys = [s["__key__"] for s in read_samples(source)]
+        with tarfile.open(emb / Path(source).name) as tar:
+            names = tar.getnames()
+        assert names == [f"{k}.{m}" for k in source_keys for m in (IMAGE_MEMBER, TEXT_MEMBER)]
+        total += len(source_keys)
+    stats = json.loads((emb / "stats.json").read_text())
+    assert stats["count"] == stats["source_count"] == total and stats["dim"] == 32
+    assert stats["model"] == MICRO and len(stats["checkpoint_sha256"]) == 64
+
+
+def test_stats_equal_numpy_on_the_written_arrays(pipeline):
+    emb = pipeline["emb"]
+    img, txt = [], []
+    for shard in sorted(emb.glob("*.tar")):
+        for sample in read_samples(str(shard)):
+            img.append(load_npy(sample[IMAGE_MEMBER]))
+            txt.append(load_npy(sample[TEXT_MEMBER]))
+    assert img[0].dtype == np.float16 and img[0].shape == (32,)
+    stats = json.loads((emb / "stats.json").read_text())
+    img64, txt64 = np.stack(img).astype(np.float64), np.stack(txt).astype(np.float64)
+    np.testing.assert_allclose(stats["mean_img"], img64.mean(0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(stats["std_img"], img64.std(0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(stats["mean_txt"], txt64.mean(0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(stats["std_txt"], txt64.std(0), rtol=0, atol=1e-12)
+
+
+def test_killed_extraction_resumes_to_identical_bytes(pipeline, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for shard in resolve_shards(str(pipeline["data"])):
+        shutil.copy(shard, data)
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    extract(pipeline["clip"], data, reference)
+    process = extract(pipeline["clip"], data, killed, popen=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(killed.glob("*.tar")) and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written = len(list(killed.glob("*.tar")))
+    assert 0 < written < len(list(reference.glob("*.tar"))), "the kill did not land mid-extraction"
+    assert not (killed / "stats.json").exists()
+    extract(pipeline["clip"], data, killed)
+    assert dir_bytes(killed) == dir_bytes(reference)
+
+
+def test_corrupt_source_sample_is_skipped_on_both_sides(pipeline, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    sources = resolve_shards(str(pipeline["data"]), "val")
+    shutil.copy(sources[0], data / Path(sources[0]).name)
+    samples = read_samples(sources[0])
+    bad_key = samples[3]["__key__"]
+    samples[3]["png"] = b"not an image"
+    write_shard(data / Path(sources[0]).name, samples)
+    out = tmp_path / "emb"
+    for attempt in range(2):
+        if attempt:
+            shutil.rmtree(out)
+        extract(pipeline["clip"], data, out)
+        keys = [s["__key__"] for s in read_samples(str(out / Path(sources[0]).name))]
+        assert bad_key not in keys and keys == [s["__key__"] for s in samples if s["__key__"] != bad_key]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["count"] == len(samples) - 1
+
+
+def test_extraction_refuses_another_clips_directory(pipeline, tmp_path):
+    out = tmp_path / "emb"
+    shutil.copytree(pipeline["emb"], out)
+    other = tmp_path / "other.pt"
+    torch.save(create_clip(MICRO).state_dict(), other)
+    args = [
+        T2I, "predict", "--config", "stages/embed.yaml", "--model.init_args.model_name", MICRO,
+        "--model.init_args.pretrained", str(other), "--model.init_args.out", str(out),
+        "--data.init_args.predict", str(pipeline["data"]), "--data.init_args.num_workers", "0",
+    ]  # fmt: skip
+    result = run(*args, check=False)
+    assert result.returncode != 0 and "another CLIP" in result.stderr
+    run(*args, "--model.init_args.replace_other_clip", "true")
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["pretrained"] == str(other)
+
+
+def test_translator_beats_the_identity_baseline(pipeline):
+    logged = scalars(pipeline["runs"] / "translator")
+    assert logged["val/mse"][-1] < logged["val/identity_mse"][-1]
+    assert "val/R@1" in logged and "val/cosine" in logged
+
+
+def test_translator_checkpoint_and_clip_reproduce_the_training_embeddings(pipeline):
+    from t2i_lightning.pipeline import TextToImageEmbedding
+    from t2i_lightning.stages.translator import TranslatorStage
+
+    chain = TextToImageEmbedding.from_checkpoints(str(pipeline["translator"]), str(pipeline["clip"]))
+    stats = json.loads((pipeline["emb"] / "stats.json").read_text())
+    assert torch.allclose(chain.translator.mean_img, torch.tensor(stats["mean_img"], dtype=torch.float32))
+    val = resolve_shards(str(pipeline["emb"]), "val")[0]
+    emb_samples = read_samples(val)[:8]
+    captions = {
+        s["__key__"]: s["txt"].decode() for s in read_samples(resolve_shards(str(pipeline["data"]), "val")[0])
+    }
+    texts = [captions[s["__key__"]] for s in emb_samples]
+    stored_txt = torch.from_numpy(
+        np.stack([load_npy(s[TEXT_MEMBER]) for s in emb_samples]).astype(np.float32)
+    )
+    recomputed_txt = chain.text_embeddings(texts)
+    assert torch.allclose(recomputed_txt, stored_txt, atol=2e-2, rtol=1e-2)  # float16 storage
+    fresh = TranslatorStage(
+        chain.translator.net.__class__(32, 32, 64, 2), stats=str(pipeline["emb"] / "stats.json")
+    )
+    state = torch.load(pipeline["translator"], map_location="cpu", weights_only=False)["state_dict"]
+    fresh.load_state_dict(state)
+    fresh.eval()
+    assert torch.allclose(chain(texts), fresh(recomputed_txt), atol=1e-6)
+    with pytest.raises(ValueError, match="non-empty"):
+        chain(["  "])
+
+
+def test_embed_text_prints_neighbours(pipeline):
+    result = run(T2I, "embed-text", "a red circle", "--translator", str(pipeline["translator"]),
+                 "--clip", str(pipeline["clip"]), "--emb", str(pipeline["emb"]), "--k", "3")  # fmt: skip
+    assert "norm" in result.stdout and result.stdout.count("val_") == 3
+
+
+def test_missing_checkpoints_name_the_make_target(tmp_path):
+    result = run(T2I, "embed-text", "a red circle", "--translator", str(tmp_path / "none.ckpt"), check=False)
+    assert result.returncode != 0 and "make train-translator" in result.stderr
