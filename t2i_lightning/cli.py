@@ -110,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--emb", default=None, help="embedding directory to search (default: the translator's)"
     )
     embed_text.add_argument("--k", type=int, default=5, help="neighbours to show (default: 5)")
+    bench = subparsers.add_parser("bench", help="benchmarks as ratios against a baseline run side by side")
+    kinds = bench.add_subparsers(dest="bench_command", metavar="{extraction}", required=True)
+    extraction = kinds.add_parser(
+        "extraction", help="embedding extraction vs a bare encode loop on the same batches"
+    )
+    extraction.add_argument("--data", default="data/shapes", help="image shards (default: data/shapes)")
+    extraction.add_argument("--model", default="shapes-vit-tiny", help="open_clip model name")
+    extraction.add_argument("--clip", default="runs/clip/checkpoints/last.ckpt", help="CLIP weights")
+    extraction.add_argument("--shards", type=int, default=2, help="shards to use (default: 2)")
+    extraction.add_argument("--batch-size", type=int, default=256)
+    extraction.add_argument("--workers", type=int, default=1)
     return parser
 
 
@@ -135,6 +146,17 @@ def _run_embed_text(args: argparse.Namespace) -> None:
         print(f"  nearest of {len(keys)} validation images ({emb_dir}):")
         for score, i in zip(row_scores.tolist(), row.tolist(), strict=True):
             print(f"    {score:.3f}  {keys[i]}: {captions[i]}")
+
+
+def _run_bench(args: argparse.Namespace) -> None:
+    from .bench.extraction import bench_extraction
+
+    result = bench_extraction(args.data, args.model, args.clip, args.shards, args.batch_size, args.workers)
+    print(
+        f"extraction: {result['images']} images, {result['extraction_img_per_s']:.1f} img/s through Lightning predict "
+        f"+ shard writing vs {result['bare_img_per_s']:.1f} img/s for bare encode_image/encode_text on the same "
+        f"batches: ratio {result['ratio']:.3f} (torch threads {result['threads']}, {result['num_workers']} loader worker(s))"
+    )
 
 
 def _run_data(args: argparse.Namespace) -> None:
@@ -180,9 +202,13 @@ def main(argv: list[str] | None = None) -> None:
         run_lightning(argv)
         return
     args = build_parser().parse_args(argv)
-    command = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
+    command = " ".join(
+        filter(
+            None, [args.command, getattr(args, "data_command", None) or getattr(args, "bench_command", None)]
+        )
+    )
     try:
-        _run_embed_text(args) if args.command == "embed-text" else _run_data(args)
+        {"embed-text": _run_embed_text, "bench": _run_bench}.get(args.command, _run_data)(args)
     except USER_ERRORS as error:
         if os.environ.get("T2I_DEBUG"):
             raise

@@ -123,25 +123,11 @@ def test_missing_path_fails_at_setup_naming_it(tmp_path, spec):
 
 
 def test_hflip_mirrors_image_and_keeps_caption_true(shapes_dir):
-    plain = ShardDataModule(
-        train=str(shapes_dir),
-        val=None,
-        image_size=64,
-        batch_size=16,
-        num_workers=0,
-        epoch_size=64,
-        shuffle_buffer=0,
+    options = dict(
+        train=str(shapes_dir), val=None, image_size=64, batch_size=16, num_workers=0, epoch_size=64
     )
-    flipped = ShardDataModule(
-        train=str(shapes_dir),
-        val=None,
-        image_size=64,
-        batch_size=16,
-        num_workers=0,
-        epoch_size=64,
-        shuffle_buffer=0,
-        hflip=True,
-    )
+    plain = ShardDataModule(**options, shuffle_buffer=0)
+    flipped = ShardDataModule(**options, shuffle_buffer=0, hflip=True)
     torch.manual_seed(0)
     plain.setup("fit")
     flipped.setup("fit")

@@ -90,7 +90,8 @@ def _shard_job(job: tuple[str, list[Item], int, str, str]) -> tuple[int, list[tu
     return write_shard(path, samples()), skipped, len(items)
 
 
-def _check_options(size: int, resize: str, image_format: str, samples_per_shard: int) -> None:
+def _options(size: int, resize: str, image_format: str, samples_per_shard: int) -> dict:
+    """The validated shard-writing options (recorded in index.json)."""
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     if resize not in ("border", "center-crop"):
@@ -99,12 +100,16 @@ def _check_options(size: int, resize: str, image_format: str, samples_per_shard:
         raise ValueError(f"Unknown image format {image_format!r}: use 'png' or 'jpg'")
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    return {"size": size, "resize": resize, "format": image_format, "samples_per_shard": samples_per_shard}
 
 
-def _write_split(
-    out, split, items, skipped, *, size, resize, image_format, workers, samples_per_shard, progress, args
-) -> ImportReport:
-    """Write ``items`` as shards of ``split`` under ``out`` (parallel over shards) and index them."""
+def _write_split(out, split, items, skipped, args: dict, *, workers: int, progress: bool) -> ImportReport:
+    """Write ``items`` as shards of ``split`` under ``out`` (parallel over shards) and index them.
+
+    ``args`` holds the importer's arguments, including the options from :func:`_options`.
+    """
+    size, resize, image_format = args["size"], args["resize"], args["format"]
+    samples_per_shard = args["samples_per_shard"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
@@ -185,7 +190,7 @@ def import_coco(
     ``.txt`` is the image's first caption; ``.json`` holds all of them and the COCO id. Images
     missing on disk or undecodable are skipped and reported; files not in the JSON are ignored.
     """
-    _check_options(size, resize, image_format, samples_per_shard)
+    options = _options(size, resize, image_format, samples_per_shard)
     images, captions = _require(images, "COCO images directory"), _require(captions, "COCO captions file")
     try:
         data = json.loads(captions.read_text(encoding="utf-8"))
@@ -212,28 +217,8 @@ def import_coco(
         else:
             meta = {"coco_image_id": image_id, "file_name": file_name, "source": "coco"}
             items.append((f"coco_{image_id:012d}", str(images / file_name), file_name, texts[image_id], meta))
-    args = {
-        "importer": "coco",
-        "images": str(images),
-        "captions": str(captions),
-        "size": size,
-        "resize": resize,
-        "format": image_format,
-        "samples_per_shard": samples_per_shard,
-    }
-    return _write_split(
-        out,
-        split,
-        items,
-        skipped,
-        size=size,
-        resize=resize,
-        image_format=image_format,
-        workers=workers,
-        samples_per_shard=samples_per_shard,
-        progress=progress,
-        args=args,
-    )
+    args = {"importer": "coco", "images": str(images), "captions": str(captions), **options}
+    return _write_split(out, split, items, skipped, args, workers=workers, progress=progress)
 
 
 def _read_caption_table(path: Path) -> list[tuple[str, str]]:
@@ -288,7 +273,7 @@ def import_folder(
     ``caption`` rows, in order. Images without captions and rows naming absent files are skipped
     and reported. Keys are the relative path with non-alphanumerics as ``_`` (made unique).
     """
-    _check_options(size, resize, image_format, samples_per_shard)
+    options = _options(size, resize, image_format, samples_per_shard)
     images = _require(images, "Images directory")
     if not images.is_dir():
         raise NotADirectoryError(f"Images directory is not a directory: {images}")
@@ -328,21 +313,6 @@ def import_folder(
         "importer": "folder",
         "images": str(images),
         "captions": None if captions is None else str(captions),
-        "size": size,
-        "resize": resize,
-        "format": image_format,
-        "samples_per_shard": samples_per_shard,
+        **options,
     }
-    return _write_split(
-        out,
-        split,
-        items,
-        skipped,
-        size=size,
-        resize=resize,
-        image_format=image_format,
-        workers=workers,
-        samples_per_shard=samples_per_shard,
-        progress=progress,
-        args=args,
-    )
+    return _write_split(out, split, items, skipped, args, workers=workers, progress=progress)

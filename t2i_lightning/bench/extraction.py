@@ -1,0 +1,86 @@
+"""Embedding extraction vs. a bare ``encode_image``/``encode_text`` loop over the same batches.
+
+The baseline decodes every batch first (untimed) and then times only the two CLIP calls; the
+extraction is the real predict loop (loading in workers, encoding, writing shards), timed from
+its first batch to its end. Their ratio is the cost of everything around the model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import lightning.pytorch as pl
+import torch
+
+from ..data.datamodule import ShardDataModule
+from ..data.decode import collate
+from ..data.shards import resolve_shards
+from ..data.streams import ShardAlignedBatches
+from ..stages.embed import EmbedStage
+
+
+class _Timer(pl.Callback):
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if not hasattr(self, "start"):
+            self.start = time.perf_counter()
+
+    def on_predict_end(self, trainer, pl_module):
+        self.end = time.perf_counter()
+
+
+def bench_extraction(
+    data: str,
+    model_name: str,
+    pretrained: str | None,
+    shards: int = 2,
+    batch_size: int = 256,
+    num_workers: int = 1,
+) -> dict:
+    """Images/s of extraction and of the bare loop on the first ``shards`` shards of ``data``."""
+    urls = resolve_shards(data)[:shards]
+    stage = EmbedStage(model_name, pretrained)
+    decode = ShardDataModule(train=None, val=None)
+    decode.image_transform = stage.preprocess
+    batches = [
+        b
+        for b in ShardAlignedBatches(urls, lambda s: decode.decode(s, False), collate, batch_size)
+        if b["key"]
+    ]
+    images = sum(len(b["key"]) for b in batches)
+
+    def bare_loop() -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            for batch in batches:
+                stage.clip.encode_image(batch["image"])
+                stage.clip.encode_text(stage.tokenizer(batch["caption"]))
+        return time.perf_counter() - start
+
+    bare = bare_loop()
+    with tempfile.TemporaryDirectory() as out:
+        stage.hparams.out = out
+        timer = _Timer()
+        datamodule = ShardDataModule(
+            train=None, val=None, predict=urls, batch_size=batch_size, num_workers=num_workers
+        )
+        trainer = pl.Trainer(
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            callbacks=[timer],
+            accelerator="cpu",
+        )
+        trainer.predict(stage, datamodule=datamodule, return_predictions=False)
+        extraction = timer.end - timer.start
+    bare = min(bare, bare_loop())
+    return {
+        "images": images,
+        "extraction_s": extraction,
+        "bare_loop_s": bare,
+        "extraction_img_per_s": images / extraction,
+        "bare_img_per_s": images / bare,
+        "ratio": extraction / bare,
+        "threads": torch.get_num_threads(),
+        "num_workers": num_workers,
+    }
