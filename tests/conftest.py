@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from t2i_lightning.data.shapes.generate import ShapesConfig, generate_shapes
+
+from .cli_runs import T2I, extract, fit_clip, run
 
 
 @pytest.fixture(scope="session")
@@ -14,3 +18,36 @@ def shapes_dir(tmp_path_factory):
     config = ShapesConfig(seed=1, size=64, samples_per_shard=16)
     generate_shapes(root, {"train": 96, "val": 40, "test": 16}, config, workers=1, progress=False)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_root_stays_clean():
+    """No test may leave files in the repository's top level (e.g. a LightningCLI config.yaml)."""
+    root = Path(__file__).resolve().parents[1]
+    before = {p.name for p in root.iterdir()}
+    yield
+    added = {p.name for p in root.iterdir()} - before - {".pytest_cache"}
+    assert not added, f"tests left files in {root}: {sorted(added)}"
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory, shapes_dir):
+    """A micro CLIP fitted, embeddings extracted, and a translator fitted, all through the CLI."""
+    root = tmp_path_factory.mktemp("clip_space")
+    runs = root / "runs"
+    clip_ckpt = fit_clip(runs, shapes_dir)
+    emb = root / "emb"
+    extract(clip_ckpt, shapes_dir, emb)
+    run(
+        T2I, "fit", "--config", "stages/translator.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_epochs", "6",
+        "--trainer.log_every_n_steps", "1",
+        "--model.init_args.net.init_args.in_dim", "32", "--model.init_args.net.init_args.out_dim", "32",
+        "--model.init_args.net.init_args.width", "64", "--model.init_args.net.init_args.depth", "2",
+        "--model.init_args.stats", str(emb / "stats.json"),
+        "--data.init_args.train", str(emb), "--data.init_args.val", str(emb),
+        "--data.init_args.batch_size", "32", "--data.init_args.num_workers", "0",
+        "--data.init_args.epoch_size", "96",
+    )  # fmt: skip
+    return {"runs": runs, "clip": clip_ckpt, "emb": emb, "data": shapes_dir,
+            "translator": runs / "translator" / "checkpoints" / "last.ckpt"}  # fmt: skip

@@ -4,10 +4,8 @@ text-to-image-embedding chain, run through the real CLI with the micro CLIP conf
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import tarfile
 import time
@@ -22,77 +20,11 @@ from t2i_lightning.data.inspect import read_samples
 from t2i_lightning.data.shards import resolve_shards, write_shard
 from t2i_lightning.nn.clip import PretrainedWeightsError, create_clip
 
-ROOT = Path(__file__).resolve().parents[1]
-T2I = str(Path(sys.executable).parent / "t2i")
-MICRO = "shapes-vit-micro"
-
-
-def run(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    result = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}")
-    return result
-
-
-def fit_clip(runs: Path, data: Path, steps: int = 40) -> Path:
-    run(
-        T2I, "fit", "--config", "stages/clip.yaml",
-        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", str(steps),
-        "--trainer.val_check_interval", str(steps), "--trainer.log_every_n_steps", "1",
-        "--model.init_args.model_name", MICRO, "--model.init_args.warmup_steps", "5",
-        "--data.init_args.train", str(data), "--data.init_args.val", str(data),
-        "--data.init_args.image_size", "32", "--data.init_args.batch_size", "32",
-        "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "320",
-    )  # fmt: skip
-    return runs / "clip" / "checkpoints" / "last.ckpt"
-
-
-def extract(clip_ckpt: Path, data: Path, out: Path, check: bool = True, popen: bool = False):
-    args = [
-        T2I, "predict", "--config", "stages/embed.yaml",
-        "--model.init_args.model_name", MICRO, "--model.init_args.pretrained", str(clip_ckpt),
-        "--model.init_args.out", str(out), "--data.init_args.predict", str(data),
-        "--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0",
-    ]  # fmt: skip
-    if popen:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return run(*args, check=check)
-
-
-def scalars(run_dir: Path) -> dict[str, list[float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir)).Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+from .cli_runs import MICRO, T2I, extract, run, scalars
 
 
 def dir_bytes(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, shapes_dir):
-    """A micro CLIP fitted, embeddings extracted, and a translator fitted, all through the CLI."""
-    root = tmp_path_factory.mktemp("clip_space")
-    runs = root / "runs"
-    clip_ckpt = fit_clip(runs, shapes_dir)
-    emb = root / "emb"
-    extract(clip_ckpt, shapes_dir, emb)
-    run(
-        T2I, "fit", "--config", "stages/translator.yaml",
-        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_epochs", "6",
-        "--trainer.log_every_n_steps", "1",
-        "--model.init_args.net.init_args.in_dim", "32", "--model.init_args.net.init_args.out_dim", "32",
-        "--model.init_args.net.init_args.width", "64", "--model.init_args.net.init_args.depth", "2",
-        "--model.init_args.stats", str(emb / "stats.json"),
-        "--data.init_args.train", str(emb), "--data.init_args.val", str(emb),
-        "--data.init_args.batch_size", "32", "--data.init_args.num_workers", "0",
-        "--data.init_args.epoch_size", "96",
-    )  # fmt: skip
-    return {"runs": runs, "clip": clip_ckpt, "emb": emb, "data": shapes_dir,
-            "translator": runs / "translator" / "checkpoints" / "last.ckpt"}  # fmt: skip
 
 
 def test_clip_fit_lowers_the_loss_and_logs_retrieval_and_zero_shot(pipeline):
@@ -214,6 +146,7 @@ def test_extraction_refuses_another_clips_directory(pipeline, tmp_path):
         T2I, "predict", "--config", "stages/embed.yaml", "--model.init_args.model_name", MICRO,
         "--model.init_args.pretrained", str(other), "--model.init_args.out", str(out),
         "--data.init_args.predict", str(pipeline["data"]), "--data.init_args.num_workers", "0",
+        "--trainer.default_root_dir", str(tmp_path),
     ]  # fmt: skip
     result = run(*args, check=False)
     assert result.returncode != 0 and "another CLIP" in result.stderr

@@ -1,0 +1,54 @@
+"""Running the real ``t2i`` CLI from tests: subprocess helpers and the micro CLIP-space recipe."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+T2I = str(Path(sys.executable).parent / "t2i")
+MICRO = "shapes-vit-micro"
+
+
+def run(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    result = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def fit_clip(runs: Path, data: Path, steps: int = 40) -> Path:
+    run(
+        T2I, "fit", "--config", "stages/clip.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", str(steps),
+        "--trainer.val_check_interval", str(steps), "--trainer.log_every_n_steps", "1",
+        "--model.init_args.model_name", MICRO, "--model.init_args.warmup_steps", "5",
+        "--data.init_args.train", str(data), "--data.init_args.val", str(data),
+        "--data.init_args.image_size", "32", "--data.init_args.batch_size", "32",
+        "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "320",
+    )  # fmt: skip
+    return runs / "clip" / "checkpoints" / "last.ckpt"
+
+
+def extract(clip_ckpt: Path, data: Path, out: Path, check: bool = True, popen: bool = False):
+    args = [
+        T2I, "predict", "--config", "stages/embed.yaml",
+        "--model.init_args.model_name", MICRO, "--model.init_args.pretrained", str(clip_ckpt),
+        "--model.init_args.out", str(out), "--data.init_args.predict", str(data),
+        "--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0",
+        "--trainer.default_root_dir", str(out.parent),
+    ]  # fmt: skip
+    if popen:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return run(*args, check=check)
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir)).Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
