@@ -1,0 +1,72 @@
+"""The diffusion science shared by every stage, in pure torch (no Lightning).
+
+Schedules and respacing, the forward process and its posterior, ε/x_0/v parameterizations, the
+learned-range variance, losses (simple, hybrid with the VLB term, P2 weights, DSM), samplers (DDPM
+ancestral, DDIM η) and guidance (classifier-free, thresholding, image guidance, gradient guidance).
+"""
+
+from .guidance import (
+    ImageGuidance,
+    classifier_free_guidance,
+    dynamic_threshold,
+    gradient_guidance,
+    static_threshold,
+)
+from .losses import (
+    discretized_gaussian_log_likelihood,
+    dsm_loss,
+    hybrid_loss,
+    normal_kl,
+    p2_weights,
+    simple_loss,
+    vlb_terms,
+)
+from .model_output import Prediction, p_mean_variance
+from .parameterization import (
+    PARAMETERIZATIONS,
+    eps_from_v,
+    eps_from_x0,
+    predict_x0_eps,
+    v_from_x0_eps,
+    x0_from_eps,
+    x0_from_v,
+)
+from .process import q_posterior, q_sample
+from .samplers import SAMPLERS, ddim_sample, ddpm_sample
+from .schedules import NoiseSchedule, cosine_betas, extract, linear_betas
+from .variance import learned_range_log_variance, split_learned_variance
+
+__all__ = [
+    "PARAMETERIZATIONS",
+    "SAMPLERS",
+    "ImageGuidance",
+    "NoiseSchedule",
+    "Prediction",
+    "classifier_free_guidance",
+    "cosine_betas",
+    "ddim_sample",
+    "ddpm_sample",
+    "discretized_gaussian_log_likelihood",
+    "dsm_loss",
+    "dynamic_threshold",
+    "eps_from_v",
+    "eps_from_x0",
+    "extract",
+    "gradient_guidance",
+    "hybrid_loss",
+    "learned_range_log_variance",
+    "linear_betas",
+    "normal_kl",
+    "p2_weights",
+    "p_mean_variance",
+    "predict_x0_eps",
+    "q_posterior",
+    "q_sample",
+    "simple_loss",
+    "split_learned_variance",
+    "static_threshold",
+    "v_from_x0_eps",
+    "vlb_terms",
+    "x0_from_eps",
+    "x0_from_v",
+]

@@ -1,0 +1,122 @@
+"""Guidance: ways to steer a sampler without changing the network.
+
+Each is either a wrapper that returns a new model function (classifier-free guidance), a transform of
+x̂_0 (thresholding), a nudge of x_t (image guidance) or a ``cond_fn`` whose output the sampler adds to
+the reverse-step mean (gradient guidance).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+Conditioning = Tensor | dict[str, Tensor]
+
+
+def _concat_conditioning(cond: Conditioning, null_cond: Conditioning) -> Conditioning:
+    """Stack conditional and unconditional inputs along the batch (per key for dicts)."""
+    if isinstance(cond, dict):
+        if not isinstance(null_cond, dict) or cond.keys() != null_cond.keys():
+            raise ValueError("cond and null_cond must both be dicts with the same keys")
+        return {key: torch.cat([cond[key], null_cond[key]]) for key in cond}
+    return torch.cat([cond, null_cond])
+
+
+def classifier_free_guidance(
+    model: Callable[[Tensor, Tensor, Conditioning], Tensor],
+    cond: Conditioning,
+    null_cond: Conditioning,
+    scale: float,
+    *,
+    eps_channels: int | None = None,
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """Classifier-free guidance (Ho & Salimans 2021, eq. 6) as a model function f(x, t).
+
+    f runs ``model(x_in, t_in, cond_in)`` once on the doubled batch ([x, x], [t, t], [cond, null_cond])
+    and returns ε̃ = ε_u + s (ε_c − ε_u) on the first ``eps_channels`` channels (all when None),
+    written as ε_c + (s − 1)(ε_c − ε_u) so that s = 1 gives the conditional output exactly (the paper's
+    w is s − 1). Remaining
+    channels (a learned variance) come from the conditional half.
+    """
+
+    def guided(x: Tensor, t: Tensor) -> Tensor:
+        out = model(torch.cat([x, x]), torch.cat([t, t]), _concat_conditioning(cond, null_cond))
+        conditional, unconditional = out.chunk(2)
+        if eps_channels is None:
+            return conditional + (scale - 1) * (conditional - unconditional)
+        c, u = conditional[:, :eps_channels], unconditional[:, :eps_channels]
+        return torch.cat([c + (scale - 1) * (c - u), conditional[:, eps_channels:]], dim=1)
+
+    return guided
+
+
+def dynamic_threshold(x0: Tensor, percentile: float = 0.995) -> Tensor:
+    """Dynamic thresholding of x̂_0 (Saharia et al. 2022, "Imagen", sec. 2.3).
+
+    Per sample, s = max(1, the ``percentile`` quantile of |x̂_0|); x̂_0 is clipped to [−s, s] and divided
+    by s. A prediction already inside [−1, 1] is returned unchanged.
+    """
+    flat = x0.abs().reshape(x0.shape[0], -1)
+    s = torch.quantile(flat, percentile, dim=1).clamp(min=1.0)
+    s = s.reshape(-1, *([1] * (x0.ndim - 1)))
+    return x0.clamp(-s, s) / s
+
+
+def static_threshold(x0: Tensor) -> Tensor:
+    """Static thresholding (Saharia et al. 2022, sec. 2.3; Ho et al. 2020's clip of x̂_0): clamp to [−1, 1]."""
+    return x0.clamp(-1.0, 1.0)
+
+
+_DECAYS = {
+    "linear": lambda r: r,
+    "constant": lambda r: torch.ones_like(r),
+    "cosine": lambda r: (1 - torch.cos(math.pi * r)) / 2,
+}
+
+
+@dataclass
+class ImageGuidance:
+    """Image guidance of the unCLIP-lite study: x_t ← x_t + w · d_t · (z − x_t).
+
+    ``image`` z in [−1, 1], [B or 1, C, H, W]; ``scale`` w (0 is a no-op); ``decay`` d_t as a function
+    of r = t/T: "linear" d = r (the study's t/T), "constant" d = 1, "cosine" d = (1 − cos πr)/2, a
+    smooth ramp from 0 at t = 0 to 1 at t = T. Guidance is strong while the sample is noisy and fades
+    as it is refined.
+    """
+
+    image: Tensor
+    scale: float
+    decay: str = "linear"
+
+    def __post_init__(self):
+        if self.decay not in _DECAYS:
+            raise ValueError(f"unknown image guidance decay {self.decay!r}; valid: {sorted(_DECAYS)}")
+
+    def __call__(self, x: Tensor, t_original: Tensor, T: int) -> Tensor:
+        """Move x towards the image by w·d_t; ``t_original`` [B] are training step indices out of T."""
+        ratio = t_original.to(device=x.device, dtype=x.dtype) / T
+        d = _DECAYS[self.decay](ratio).reshape(-1, *([1] * (x.ndim - 1)))
+        return x + self.scale * d * (self.image.to(device=x.device, dtype=x.dtype) - x)
+
+
+def gradient_guidance(
+    log_likelihood: Callable[[Tensor, Tensor], Tensor], scale: float
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """Classifier guidance (Dhariwal & Nichol 2021, Algorithms 1 and 2) from any differentiable log p(y | x_t, t).
+
+    Returns cond_fn(x, t) = scale · ∇_x log p(y | x_t, t), with ``log_likelihood(x, t)`` giving one
+    value per sample (summed before differentiating). Gradients are enabled locally on a detached copy of
+    x, so it works inside a ``no_grad`` sampler. DDPM adds Σ·cond_fn to the reverse mean; DDIM shifts ε̂.
+    """
+
+    def cond_fn(x: Tensor, t: Tensor) -> Tensor:
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(log_likelihood(x_in, t).sum(), x_in)
+        return scale * grad
+
+    return cond_fn

@@ -1,0 +1,141 @@
+"""Samplers over a (possibly respaced) NoiseSchedule, all with one signature.
+
+``model_fn(x, t)`` returns the raw network output, where t [B] holds the ORIGINAL training step
+index ``schedule.timesteps[i]`` of step i. Sampling runs in float32 with autocast and autograd off
+(gradient guidance re-enables autograd locally). Guidance enters as arguments: ``x0_transform`` on x̂_0,
+``cond_fn`` on the mean (DDPM) or on ε̂ (DDIM), ``image_guidance`` on x_t before each model call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .guidance import ImageGuidance
+from .model_output import p_mean_variance
+from .parameterization import x0_from_eps
+from .schedules import NoiseSchedule, extract
+
+ModelFn = Callable[[Tensor, Tensor], Tensor]
+Step = Callable[[Tensor, Tensor, int, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def _sample_loop(
+    step: Step,
+    model_fn: ModelFn,
+    schedule: NoiseSchedule,
+    noise: Tensor,
+    image_guidance: ImageGuidance | None,
+    progress: bool,
+    return_intermediates: bool,
+    desc: str,
+) -> Tensor | tuple[Tensor, list[Tensor]]:
+    """Run steps N−1 … 0: image guidance on x_t, one model call, then ``step(x, raw, i, index, t)``,
+    which returns (x_{t−1}, x̂_0). ``index`` [B] indexes the schedule, ``t`` [B] is the original step."""
+    x = noise.float()
+    intermediates = []
+    with torch.autocast(device_type=x.device.type, enabled=False), torch.no_grad():
+        for i in tqdm(range(schedule.num_steps - 1, -1, -1), desc=desc, disable=not progress):
+            index = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+            t = torch.full_like(index, int(schedule.timesteps[i]))
+            if image_guidance is not None:
+                x = image_guidance(x, t, schedule.original_num_steps)
+            x, x0 = step(x, model_fn(x, t).float(), i, index, t)
+            if return_intermediates:
+                intermediates.append(x0)
+    return (x, intermediates) if return_intermediates else x
+
+
+def _standard_normal(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """z ~ N(0, I) shaped like ``like``, drawn from ``generator`` (which must live on like's device)."""
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def ddpm_sample(
+    model_fn: ModelFn,
+    schedule: NoiseSchedule,
+    noise: Tensor,
+    *,
+    parameterization: str = "eps",
+    learn_variance: bool = False,
+    x0_transform: Callable[[Tensor], Tensor] | None = None,
+    cond_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    image_guidance: ImageGuidance | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    return_intermediates: bool = False,
+) -> Tensor | tuple[Tensor, list[Tensor]]:
+    """Ancestral sampling, Ho et al. 2020 ("DDPM") Algorithm 2, from x_T = ``noise``.
+
+    x_{t−1} = μ_θ(x_t, t) + Σ_θ^{1/2} z with μ_θ, Σ_θ from :func:`p_mean_variance` (fixed β̃_t or the
+    learned range of Nichol & Dhariwal 2021 eq. 15, over the respaced steps of their sec. 4); no noise
+    at the last step. ``cond_fn`` shifts the mean by Σ·cond_fn(x_t, t) (Dhariwal & Nichol 2021,
+    Algorithm 1). Returns x_0, or (x_0, [x̂_0 predicted at each of the N steps]) when
+    ``return_intermediates``.
+    """
+
+    def step(x: Tensor, raw: Tensor, i: int, index: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        out = p_mean_variance(
+            schedule, raw, x, index,
+            parameterization=parameterization, learn_variance=learn_variance, x0_transform=x0_transform,
+        )  # fmt: skip
+        mean = out.mean if cond_fn is None else out.mean + out.variance * cond_fn(x, t).float()
+        if i == 0:
+            return mean, out.x0
+        return mean + (0.5 * out.log_variance).exp() * _standard_normal(x, generator), out.x0
+
+    return _sample_loop(
+        step, model_fn, schedule, noise, image_guidance, progress, return_intermediates, "ddpm"
+    )
+
+
+def ddim_sample(
+    model_fn: ModelFn,
+    schedule: NoiseSchedule,
+    noise: Tensor,
+    *,
+    eta: float = 0.0,
+    parameterization: str = "eps",
+    learn_variance: bool = False,
+    x0_transform: Callable[[Tensor], Tensor] | None = None,
+    cond_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    image_guidance: ImageGuidance | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    return_intermediates: bool = False,
+) -> Tensor | tuple[Tensor, list[Tensor]]:
+    """DDIM sampling, Song et al. 2021 eq. 12 with σ_t(η) of eq. 16, over the (respaced) schedule.
+
+    x_{t−1} = √ᾱ_{t−1} x̂_0 + √(1 − ᾱ_{t−1} − σ_t²) ε̂ + σ_t z,
+    σ_t = η √((1 − ᾱ_{t−1})/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1}); η = 0 is deterministic, η = 1 is DDPM with
+    β̃ variance. Learned-variance channels, if any, are ignored. ``cond_fn`` enters through the score:
+    ε̂ ← ε̂ − √(1 − ᾱ_t)·cond_fn(x_t, t) (Dhariwal & Nichol 2021, Algorithm 2). Returns as
+    :func:`ddpm_sample`.
+    """
+
+    def step(x: Tensor, raw: Tensor, i: int, index: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        out = p_mean_variance(
+            schedule, raw, x, index,
+            parameterization=parameterization, learn_variance=learn_variance, x0_transform=x0_transform,
+        )  # fmt: skip
+        x0, eps = out.x0, out.eps
+        if cond_fn is not None:
+            eps = eps - extract(schedule.sqrt_one_minus_alphas_cumprod, index, x) * cond_fn(x, t).float()
+            x0 = x0_from_eps(schedule, x, index, eps)
+        alpha = extract(schedule.alphas_cumprod, index, x)
+        alpha_prev = extract(schedule.alphas_cumprod_prev, index, x)
+        sigma = eta * ((1 - alpha_prev) / (1 - alpha) * (1 - alpha / alpha_prev)).sqrt()
+        x_prev = alpha_prev.sqrt() * x0 + (1 - alpha_prev - sigma**2).clamp(min=0).sqrt() * eps
+        if eta > 0 and i > 0:
+            x_prev = x_prev + sigma * _standard_normal(x, generator)
+        return x_prev, x0
+
+    return _sample_loop(
+        step, model_fn, schedule, noise, image_guidance, progress, return_intermediates, "ddim"
+    )
+
+
+SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample}
