@@ -32,10 +32,17 @@ CLIP_WEIGHTS := $(if $(CLIP),$(CLIP),$(CLIP_CKPT))
 CLIP_ID      ?= $(CLIP_MODEL)$(if $(CLIP),-$(notdir $(basename $(CLIP))),)
 EMB          ?= $(DATA)/emb-$(CLIP_ID)
 TRANSLATOR_CKPT ?= $(RUNS)/translator/checkpoints/last.ckpt
+DECODER_CKPT ?= $(RUNS)/decoder/checkpoints/last.ckpt
 PROMPT       ?= a red circle
+N            ?= 8
+SAMPLER      ?= ddim
+STEPS        ?= 50
+CFG          ?= 3
+SAMPLE_OUT   ?= $(RUNS)/samples/sample.png
+DEMO_PROMPTS ?= "a red circle" "a blue square on a yellow background" "two green triangles" "a small purple star to the left of a large orange ring"
 TRAINER_FLAGS = --trainer.accelerator $(ACCELERATOR) --trainer.devices $(DEVICES)
 
-.PHONY: help install data inspect clip embed train-translator embed-text demo test test-all lint tensorboard clean
+.PHONY: help install data inspect clip embed train-translator embed-text train-decoder sample demo-samples demo test test-all lint tensorboard clean
 
 help: ## list the targets (this message)
 	@echo "t2i_lightning: staged text-to-image diffusion with PyTorch Lightning"
@@ -65,6 +72,7 @@ inspect: install ## print counts and captions of $(DATA) and write a grid to $(R
 # after it finished; `make -B <target>` (or deleting its run directory) forces a rerun.
 CLIP_DONE       := $(RUNS)/clip/done.stamp
 TRANSLATOR_DONE := $(RUNS)/translator/done.stamp
+DECODER_DONE    := $(RUNS)/decoder/done.stamp
 
 $(DATA)/index.json: | $(STAMP)
 	$(MAKE) --no-print-directory data
@@ -94,7 +102,25 @@ $(TRANSLATOR_DONE): $(EMB)/stats.json | $(STAMP)
 embed-text: $(TRANSLATOR_DONE) ## show PROMPT's translated image embedding and its nearest validation images
 	$(T2I) embed-text "$(PROMPT)" --translator $(TRANSLATOR_CKPT) --emb $(EMB)
 
-demo: data inspect clip embed train-translator embed-text ## the whole pipeline that exists so far, on the embedded data
+train-decoder: $(DECODER_DONE) ## train the 64px decoder on $(DATA) + $(EMB) -> $(DECODER_CKPT) (grids in $(RUNS)/decoder/samples/)
+
+# The decoder's prompt grids go through the translator, so it is trained first.
+$(DECODER_DONE): $(EMB)/stats.json $(TRANSLATOR_DONE) | $(STAMP)
+	$(T2I) fit --config stages/decoder.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
+	    --model.init_args.stats $(EMB)/stats.json --model.init_args.samples.init_args.translator $(TRANSLATOR_CKPT) \
+	    --data.init_args.embeddings $(EMB) --data.init_args.train $(DATA) --data.init_args.val $(DATA)
+	@touch $@
+
+sample: $(DECODER_DONE) ## draw N images for PROMPT (SAMPLER, STEPS, CFG) -> $(SAMPLE_OUT)
+	$(T2I) sample --prompt "$(PROMPT)" --n $(N) --sampler $(SAMPLER) --steps $(STEPS) --cfg $(CFG) \
+	    --decoder $(DECODER_CKPT) --translator $(TRANSLATOR_CKPT) --out $(SAMPLE_OUT)
+
+demo-samples: $(DECODER_DONE) ## N samples of each DEMO_PROMPTS caption -> $(RUNS)/demo/prompt-K.png
+	@i=0; for prompt in $(DEMO_PROMPTS); do i=$$((i+1)); \
+	    $(T2I) sample --prompt "$$prompt" --n $(N) --steps $(STEPS) --cfg $(CFG) --decoder $(DECODER_CKPT) \
+	        --translator $(TRANSLATOR_CKPT) --out $(RUNS)/demo/prompt-$$i.png || exit 1; done
+
+demo: data inspect clip embed train-translator embed-text train-decoder demo-samples ## the whole pipeline that exists so far, on the embedded data
 
 test: install ## run the fast test suite (what CI runs)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -2,6 +2,7 @@
 
     t2i fit|validate|test|predict --config stages/X.yaml [--trainer.* ...]
     t2i data shapes|coco|folder|inspect ...
+    t2i sample --prompt "a red circle" --out red.png
 
 ``lightning`` (also installed) is the same as ``t2i`` restricted to the LightningCLI
 subcommands, so ``lightning fit --config stages/decoder.yaml`` works as users type it.
@@ -110,8 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--emb", default=None, help="embedding directory to search (default: the translator's)"
     )
     embed_text.add_argument("--k", type=int, default=5, help="neighbours to show (default: 5)")
+    from .sample_command import add_sample_parser
+
+    add_sample_parser(subparsers)
     bench = subparsers.add_parser("bench", help="benchmarks as ratios against a baseline run side by side")
-    kinds = bench.add_subparsers(dest="bench_command", metavar="{extraction}", required=True)
+    kinds = bench.add_subparsers(dest="bench_command", metavar="{extraction,sampling}", required=True)
     extraction = kinds.add_parser(
         "extraction", help="embedding extraction vs a bare encode loop on the same batches"
     )
@@ -121,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     extraction.add_argument("--shards", type=int, default=2, help="shards to use (default: 2)")
     extraction.add_argument("--batch-size", type=int, default=256)
     extraction.add_argument("--workers", type=int, default=1)
+    sampling = kinds.add_parser("sampling", help="seconds per image: DDIM-K vs DDPM over all steps, side by side")
+    sampling.add_argument("--decoder", default=None, help="decoder checkpoint (default: stages/decoder.yaml's U-Net, random weights)")
+    sampling.add_argument("--n", type=int, default=4, help="images per sampler (default: 4)")
+    sampling.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps (default: 50)")
+    sampling.add_argument("--ddpm-steps", default="all", help="DDPM steps (default: all, i.e. T)")
     return parser
 
 
@@ -148,7 +157,23 @@ def _run_embed_text(args: argparse.Namespace) -> None:
             print(f"    {score:.3f}  {keys[i]}: {captions[i]}")
 
 
+def _run_sample(args: argparse.Namespace) -> None:
+    from .sample_command import run_sample
+
+    run_sample(args)
+
+
 def _run_bench(args: argparse.Namespace) -> None:
+    if args.bench_command == "sampling":
+        from .bench.sampling import bench_sampling
+
+        r = bench_sampling(args.decoder, args.n, args.ddim_steps, args.ddpm_steps)
+        print(
+            f"sampling {r['n']} images at {r['image_size']}px ({r['threads']} torch threads): "
+            f"DDIM-{r['ddim_steps']} {r['ddim_s_per_image']:.2f} s/image, DDPM-{r['ddpm_steps']} "
+            f"{r['ddpm_s_per_image']:.2f} s/image: DDIM is {r['ratio']:.1f}x faster"
+        )
+        return
     from .bench.extraction import bench_extraction
 
     result = bench_extraction(args.data, args.model, args.clip, args.shards, args.batch_size, args.workers)
@@ -208,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     try:
-        {"embed-text": _run_embed_text, "bench": _run_bench}.get(args.command, _run_data)(args)
+        {"embed-text": _run_embed_text, "bench": _run_bench, "sample": _run_sample}.get(args.command, _run_data)(args)
     except USER_ERRORS as error:
         if os.environ.get("T2I_DEBUG"):
             raise

@@ -1,7 +1,7 @@
 """Text-to-image inference chain built from stage checkpoints.
 
-So far: caption -> CLIP text embedding -> translator -> CLIP image embedding, the entry the
-decoder's sampling will call.
+caption -> CLIP text embedding -> translator -> CLIP image embedding -> 64px decoder. Each model
+is loaded from its checkpoint; a missing one names its path and the make target that makes it.
 """
 
 from __future__ import annotations
@@ -10,12 +10,16 @@ import os
 from collections.abc import Sequence
 
 import torch
+from PIL import Image
 
-from .nn.clip import create_clip, file_digest, tokenizer_for
+from .data.image_io import open_image, to_rgb
+from .nn.clip import create_clip, file_digest, preprocess_for, tokenizer_for
+from .stages.decoder import DecoderStage
 from .stages.translator import TranslatorStage
 
 DEFAULT_CLIP = "runs/clip/checkpoints/last.ckpt"
 DEFAULT_TRANSLATOR = "runs/translator/checkpoints/last.ckpt"
+DEFAULT_DECODER = "runs/decoder/checkpoints/last.ckpt"
 
 
 def require_checkpoint(path: str, target: str) -> None:
@@ -71,3 +75,52 @@ class TextToImageEmbedding:
     def __call__(self, captions: Sequence[str]) -> torch.Tensor:
         """Translated CLIP image embeddings of ``captions``, shape ``(len(captions), dim)``."""
         return self.translator(self.text_embeddings(captions))
+
+    @torch.no_grad()
+    def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Raw CLIP image embeddings of PIL images, with CLIP's own preprocessing (as extraction)."""
+        preprocess = preprocess_for(self.clip)
+        return self.clip.encode_image(torch.stack([preprocess(to_rgb(image)) for image in images]))
+
+
+class TextToImage:
+    """Captions (or CLIP image embeddings) -> 64px images, through the translator and the decoder.
+
+    Build it with :meth:`from_checkpoints`; :meth:`__call__` takes captions, :meth:`decode` takes
+    raw CLIP image embeddings (for reconstructions and embedding arithmetic).
+    """
+
+    def __init__(self, embedder: TextToImageEmbedding, decoder: DecoderStage):
+        self.embedder = embedder
+        self.decoder = decoder.eval().requires_grad_(False)
+
+    @classmethod
+    def from_checkpoints(
+        cls, decoder: str = DEFAULT_DECODER, translator: str = DEFAULT_TRANSLATOR, clip: str | None = None
+    ) -> TextToImage:
+        """Load the decoder (EMA weights), the translator and their CLIP; refuse a decoder trained on
+        another CLIP's embeddings than the translator's."""
+        require_checkpoint(decoder, "train-decoder")
+        stage = DecoderStage.load_from_checkpoint(decoder, map_location="cpu", weights_only=False)
+        embedder = TextToImageEmbedding.from_checkpoints(translator, clip)
+        ours, theirs = stage.clip_identity.get("clip_id"), embedder.translator.clip_identity.get("clip_id")
+        if ours and theirs and ours != theirs:
+            raise ValueError(
+                f"The decoder was trained on {ours} embeddings but the translator on {theirs}: "
+                "re-run `make train-translator train-decoder` on one embedding directory"
+            )
+        return cls(embedder, stage)
+
+    def decode(self, image_embeddings: torch.Tensor, **options) -> torch.Tensor:
+        """Images in [-1, 1] for raw CLIP image embeddings; ``options`` go to :meth:`DecoderStage.sample`."""
+        return self.decoder.sample(image_embeddings, **options)
+
+    def __call__(self, captions: Sequence[str], **options) -> torch.Tensor:
+        """Images in [-1, 1] for ``captions`` (one image per caption)."""
+        return self.decode(self.embedder(captions), **options)
+
+    def embed_image_file(self, path: str) -> torch.Tensor:
+        """The raw CLIP image embedding of an image file (the study's reconstruction input), 1 x D."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Image not found: {path}")
+        return self.embedder.image_embeddings([open_image(path)])

@@ -23,6 +23,10 @@ class SampleError(ValueError):
     """A sample that cannot be used (missing member, undecodable image, empty caption)."""
 
 
+class ShardMismatchError(RuntimeError):
+    """Shards that should mirror each other but do not (never skipped: it stops the run)."""
+
+
 def sample_where(sample: dict) -> str:
     return f"sample '{sample.get('__key__', '?')}' in {sample.get('__url__', '?')}"
 

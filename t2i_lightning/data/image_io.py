@@ -7,9 +7,12 @@ Every image that enters a shard or a batch passes through :func:`to_rgb`, so gre
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 ResizeMode = Literal["border", "center-crop"]
@@ -79,3 +82,19 @@ def encode_image(image: Image.Image, fmt: str = "png", quality: int = 95) -> byt
     else:
         raise ValueError(f"Unknown image format {fmt!r}: use 'png' or 'jpg'")
     return buffer.getvalue()
+
+
+def tensor_to_images(batch: torch.Tensor) -> list[Image.Image]:
+    """A B x 3 x H x W tensor in [-1, 1] -> RGB PIL images (values clamped, rounded to 8 bits)."""
+    array = ((batch.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(dtype=torch.uint8)
+    return [Image.fromarray(a) for a in array.permute(0, 2, 3, 1).cpu().numpy()]
+
+
+def save_png_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Write ``image`` as PNG to ``path`` (parents created) under a temporary name, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .image_io import IMAGE_EXTENSIONS, open_image, to_rgb
+from .image_io import IMAGE_EXTENSIONS, open_image, save_png_atomic, to_rgb
 from .shards import read_index, resolve_shards
 
 SPLITS = ("train", "val", "test")
@@ -95,10 +95,6 @@ def inspect_dataset(path: str, out: str | None = None, n_images: int = 16, n_cap
             images.append(to_rgb(open_image(sample[ext])))
             captions.append(sample.get("txt", b"").decode("utf-8", errors="replace").strip())
         if images:
-            grid = captioned_grid(images, captions)
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(out).with_name(f".{Path(out).name}.tmp")
-            grid.save(tmp, format="PNG")
-            os.replace(tmp, out)
+            save_png_atomic(captioned_grid(images, captions), out)
             lines.append(f"  grid of {len(images)} images: {out}")
     return "\n".join(lines)

@@ -19,6 +19,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .decode import ShardMismatchError
+
 log = logging.getLogger(__name__)
 
 
@@ -70,12 +72,20 @@ class RankWorkerShards(IterableDataset):
 
 
 class SkipCounter:
-    """Counts and reports skipped samples inside one worker process (a webdataset handler)."""
+    """Counts and reports skipped samples inside one worker process (a webdataset handler).
+
+    Errors that mean the data is wrong as a whole rather than one sample being bad
+    (``fatal``, e.g. image and embedding shards that do not mirror each other) are re-raised.
+    """
+
+    fatal: tuple[type[BaseException], ...] = (ShardMismatchError,)
 
     def __init__(self) -> None:
         self.count = 0
 
     def __call__(self, error: BaseException) -> bool:
+        if isinstance(error, self.fatal):
+            raise error
         self.count += 1
         log.warning("skipping: %s", error)
         return True

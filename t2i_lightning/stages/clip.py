@@ -19,7 +19,7 @@ import torch.distributed as dist
 from ..eval.retrieval import retrieval_metrics
 from ..eval.zeroshot import zero_shot_accuracy
 from ..nn.clip import create_clip, preprocess_for, tokenizer_for
-from .optim import adamw_warmup_cosine, decay_groups
+from .optim import adamw_with_warmup, decay_groups
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the learned inverse temperature at 100
 
@@ -121,6 +121,6 @@ class CLIPStage(pl.LightningModule):
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         total = int(self.trainer.estimated_stepping_batches)
-        return adamw_warmup_cosine(
+        return adamw_with_warmup(
             decay_groups(self.clip, hp.weight_decay), hp.lr, hp.weight_decay, hp.warmup_steps, total
         )

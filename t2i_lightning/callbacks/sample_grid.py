@@ -1,0 +1,127 @@
+"""Sample grids of the decoder during training: reconstructions and prompts, to TensorBoard and PNG.
+
+At the end of every validation run (with the EMA weights, which the EMA callback swaps in for
+validation), rank 0 draws:
+- reconstructions: the first validation images' CLIP image embeddings decoded, beside the
+  originals (the study's reconstruction experiment), with their coarse colour error against a
+  random-pair baseline (:mod:`t2i_lightning.eval.colour`);
+- prompts: fixed captions through CLIP and the translator, when a translator checkpoint exists.
+
+The grid goes to TensorBoard (``samples/grid``) and to ``<run dir>/samples/step-XXXXXXX.png``.
+The translator and CLIP are frozen helpers held by this callback, never submodules of the stage.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from ..data.image_io import save_png_atomic, tensor_to_images
+from ..data.inspect import captioned_grid
+from ..eval.colour import reconstruction_colour_report
+
+DEFAULT_PROMPTS = (
+    "a red circle",
+    "a blue square on a yellow background",
+    "two green triangles",
+    "a small purple star to the left of a large orange ring",
+)
+
+
+class DecoderSampleGrid(pl.Callback):
+    """Args:
+    n_reconstructions: validation images to reconstruct (the first of the first batch).
+    prompts: captions drawn through the translator (skipped without a translator checkpoint).
+    translator: translator checkpoint (its CLIP is found from what it recorded).
+    sampler, steps, cfg_scale, threshold: as in :meth:`DecoderStage.sample`.
+    seed: noise seed, the same at every validation so grids are comparable over training.
+    """
+
+    def __init__(
+        self,
+        n_reconstructions: int = 8,
+        prompts: list[str] | None = None,
+        translator: str | None = "runs/translator/checkpoints/last.ckpt",
+        sampler: str = "ddim",
+        steps: int = 25,
+        cfg_scale: float = 3.0,
+        threshold: float | None = 0.995,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.n = n_reconstructions
+        self.prompts = list(DEFAULT_PROMPTS if prompts is None else prompts)
+        self.translator_path = translator
+        self.options = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, threshold=threshold)
+        self.seed = seed
+        self.references: dict[str, Any] | None = None
+        self._chain = None
+        self.last_report: dict[str, float] = {}
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.references is None and batch_idx == 0 and "img_emb" in batch:
+            self.references = {
+                "image": batch["image"][: self.n].cpu(),
+                "img_emb": batch["img_emb"][: self.n].cpu(),
+                "caption": list(batch["caption"][: self.n]),
+            }
+
+    def _prompt_embeddings(self) -> torch.Tensor | None:
+        if not self.prompts or not self.translator_path or not os.path.isfile(self.translator_path):
+            return None
+        if self._chain is None:
+            from ..pipeline import TextToImageEmbedding
+
+            try:
+                self._chain = TextToImageEmbedding.from_checkpoints(self.translator_path)
+            except (FileNotFoundError, ValueError) as error:
+                warnings.warn(f"Prompt samples skipped: {error}", stacklevel=2)
+                self.prompts = []
+                return None
+        return self._chain(self.prompts)
+
+    def draw(self, pl_module) -> tuple[Any, dict[str, float]]:
+        """The captioned grid image and the reconstruction colour report."""
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        images, captions, report = [], [], {}
+        if self.references is not None:
+            source = self.references["image"]
+            recon = pl_module.sample(
+                self.references["img_emb"], image_size=source.shape[-1], generator=generator, progress=False,
+                **self.options,
+            ).cpu()  # fmt: skip
+            report = reconstruction_colour_report(source, recon)
+            images += tensor_to_images(source) + tensor_to_images(recon)
+            captions += self.references["caption"] + ["reconstruction"] * len(recon)
+        prompt_embeddings = self._prompt_embeddings()
+        if prompt_embeddings is not None:
+            drawn = pl_module.sample(prompt_embeddings, generator=generator, progress=False, **self.options)
+            images += tensor_to_images(drawn)
+            captions += self.prompts
+        if not images:
+            return None, report
+        return captioned_grid(images, captions, tile=96, columns=max(self.n, len(self.prompts), 1)), report
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        grid, report = self.draw(pl_module)
+        self.last_report = report
+        step = trainer.global_step
+        if grid is None:
+            return
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        save_png_atomic(grid, run_dir / "samples" / f"step-{step:07d}.png")
+        for logger in trainer.loggers:
+            if report:
+                logger.log_metrics({f"val/recon_colour_error{'' if k == 'matched' else '_' + k}": v
+                                    for k, v in report.items()}, step=step)  # fmt: skip
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                experiment.add_image("samples/grid", np.asarray(grid), step, dataformats="HWC")

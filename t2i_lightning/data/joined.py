@@ -1,0 +1,99 @@
+"""Image shards joined by key with the embedding shards that mirror them (no copies): the decoder's data.
+
+An image shard ``<dataset>/train-000003.tar`` is joined with ``<embeddings>/train-000003.tar``
+(``KEY.img.npy``, ``KEY.txt.npy``). Keys the extractor skipped (corrupt samples) are corrupt on
+the image side too and are skipped there; any other key missing from the embedding shard, or a
+missing embedding shard, is a :class:`ShardMismatchError` that stops the run naming both shards.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .datamodule import ShardDataModule
+from .decode import ShardMismatchError, decode_image_caption
+from .embeddings import IMAGE_MEMBER, TEXT_MEMBER, load_npy, read_stats
+from .inspect import read_samples
+
+
+class EmbeddingLookup:
+    """``key -> (image embedding, text embedding)`` of the embedding shard mirroring an image shard.
+
+    Keeps the most recently read embedding shard (each worker reads its image shards one at a time).
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self._url: str | None = None
+        self._table: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def mirror_of(self, image_shard: str) -> Path:
+        return self.directory / Path(image_shard).name
+
+    def __call__(self, image_shard: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+        if image_shard != self._url:
+            path = self.mirror_of(image_shard)
+            if not path.is_file():
+                raise ShardMismatchError(
+                    f"Image shard {image_shard} has no embedding shard {path}: run `make embed` for this dataset"
+                )
+            self._table = {
+                s["__key__"]: (load_npy(s[IMAGE_MEMBER]), load_npy(s[TEXT_MEMBER])) for s in read_samples(str(path))
+            }
+            self._url = image_shard
+        if key not in self._table:
+            raise ShardMismatchError(
+                f"Key '{key}' of image shard {image_shard} is missing from embedding shard "
+                f"{self.mirror_of(image_shard)}: the embeddings were extracted from other shards; re-run `make embed`"
+            )
+        return self._table[key]
+
+
+class ImageEmbeddingDataModule(ShardDataModule):
+    """Batches of ``image``, ``caption``, ``key``, ``meta`` plus ``img_emb`` and ``txt_emb`` (B x D, float32).
+
+    Args:
+        embeddings: the embedding directory that mirrors the image shards
+            (``data/shapes/emb-shapes-vit-tiny``); its ``stats.json`` is checked to exist at setup.
+        The other arguments are :class:`ShardDataModule`'s; ``hflip`` is refused because the
+        embeddings describe the unflipped images.
+    """
+
+    missing_hint = "for the embedded dataset run `make data embed`"
+
+    def __init__(
+        self,
+        embeddings: str = "data/shapes/emb-shapes-vit-tiny",
+        train: str | None = "data/shapes",
+        val: str | None = "data/shapes",
+        test: str | None = None,
+        image_size: int = 64,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        epoch_size: int = 10000,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+    ):
+        super().__init__(
+            train=train, val=val, test=test, image_size=image_size, batch_size=batch_size,
+            num_workers=num_workers, epoch_size=epoch_size, shuffle_buffer=shuffle_buffer, seed=seed,
+        )  # fmt: skip
+        self.lookup = EmbeddingLookup(embeddings)
+
+    def setup(self, stage: str | None = None) -> None:
+        read_stats(self.hparams.embeddings)  # a clear error now rather than in a worker
+        super().setup(stage)
+
+    def decode(self, sample: dict[str, Any], train: bool) -> dict[str, Any]:
+        example = decode_image_caption(sample, self.hparams.image_size)
+        image_emb, text_emb = self.lookup(sample["__url__"], sample["__key__"])
+        return {
+            **example,
+            "img_emb": torch.from_numpy(image_emb.astype(np.float32)),
+            "txt_emb": torch.from_numpy(text_emb.astype(np.float32)),
+        }

@@ -1,0 +1,102 @@
+"""The ADM-style U-Net of the decoder, built from diffusers' ``UNet2DModel``.
+
+Dhariwal & Nichol (2021, "Diffusion Models Beat GANs", sec. 3): residual blocks with GroupNorm,
+SiLU and dropout; the timestep embedding conditions every block by scale and shift
+(``resnet_time_scale_shift="scale_shift"``, AdaGN); BigGAN-style residual up/down-sampling
+(``downsample_type="resnet"``); self-attention only at the listed low resolutions, with a fixed
+number of channels per head. The conditioning vector (the standardised CLIP image embedding in
+unCLIP, Ramesh et al. 2022 sec. 2.1 and the study) is projected to the timestep embedding's width
+and added to it (diffusers' ``class_embed_type="identity"``). With ``learn_variance`` the network
+outputs twice the image channels: the prediction, then the variance interpolation (Nichol &
+Dhariwal 2021, eq. 15).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import UNet2DModel
+from torch import nn
+
+
+class ConditionalUNet(nn.Module):
+    """``net(x, t, cond) -> output``: noisy images, timestep indices, conditioning vectors.
+
+    Args:
+        image_size: side of the square images it is trained on (any multiple of
+            ``2 ** (len(channel_mult) - 1)`` works at sampling).
+        in_channels: image channels (3).
+        base_channels: channels of the first level; level i has ``base_channels * channel_mult[i]``.
+        channel_mult: one multiplier per resolution level.
+        num_res_blocks: residual blocks per level.
+        attention_resolutions: resolutions (in pixels, at ``image_size``) that get self-attention.
+        head_channels: channels per attention head.
+        dropout: dropout inside the residual blocks.
+        cond_dim: size of the conditioning vector (the CLIP embedding dimension); 0 for none.
+        learn_variance: output ``2 * in_channels`` channels (prediction, variance interpolation).
+        groups: GroupNorm groups (must divide every level's channels).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        in_channels: int = 3,
+        base_channels: int = 64,
+        channel_mult: tuple[int, ...] = (1, 2, 3, 4),
+        num_res_blocks: int = 2,
+        attention_resolutions: tuple[int, ...] = (16, 8),
+        head_channels: int = 32,
+        dropout: float = 0.0,
+        cond_dim: int = 256,
+        learn_variance: bool = True,
+        groups: int = 32,
+    ):
+        super().__init__()
+        channels = [base_channels * m for m in channel_mult]
+        bad = [c for c in channels if c % groups or c % head_channels]
+        if bad:
+            raise ValueError(
+                f"U-Net channels {channels}: each must be a multiple of groups={groups} and head_channels={head_channels}"
+            )
+        self.image_size, self.in_channels, self.cond_dim = image_size, in_channels, cond_dim
+        self.learn_variance = learn_variance
+        self.downsampling = 2 ** (len(channel_mult) - 1)
+        resolutions = [image_size // 2**i for i in range(len(channel_mult))]
+        attend = [r in attention_resolutions for r in resolutions]
+        down = tuple("AttnDownBlock2D" if a else "ResnetDownsampleBlock2D" for a in attend)
+        up = tuple("AttnUpBlock2D" if a else "ResnetUpsampleBlock2D" for a in reversed(attend))
+        self.unet = UNet2DModel(
+            sample_size=image_size,
+            in_channels=in_channels,
+            out_channels=in_channels * (2 if learn_variance else 1),
+            down_block_types=down,
+            up_block_types=up,
+            block_out_channels=tuple(channels),
+            layers_per_block=num_res_blocks,
+            downsample_type="resnet",
+            upsample_type="resnet",
+            dropout=dropout,
+            attention_head_dim=head_channels,
+            norm_num_groups=groups,
+            resnet_time_scale_shift="scale_shift",
+            add_attention=True,
+            class_embed_type="identity" if cond_dim else None,
+        )
+        time_dim = channels[0] * 4  # UNet2DModel's timestep-embedding width
+        self.cond_proj = (
+            nn.Sequential(nn.Linear(cond_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+            if cond_dim
+            else None
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
+            raise ValueError(
+                f"Image size {tuple(x.shape[-2:])} is not divisible by the U-Net's downsampling factor {self.downsampling}"
+            )
+        if self.cond_proj is not None:
+            if cond is None:
+                raise ValueError("This U-Net is conditioned: pass cond (batch x cond_dim)")
+            extra = self.cond_proj(cond.to(x.dtype))
+        else:
+            extra = None
+        return self.unet(x, t, class_labels=extra).sample

@@ -1,0 +1,123 @@
+"""``t2i sample``: captions, images or embedding arithmetic -> a PNG grid of decoder samples.
+
+    t2i sample --prompt "a red circle" --n 8 --sampler ddim --steps 50 --cfg 3 --out red.png
+    t2i sample --from-image photo.png --n 4 --out recon.png          # the study's reconstructions
+    t2i sample --mix "a red circle" "a blue square" --out mix.png      # average of two embeddings
+    t2i sample --analogy A B C --out analogy.png                      # emb(A) - emb(B) + emb(C)
+    t2i sample --interpolate A B --frames 5 --out strip.png           # a strip from A to B
+
+Embedding arithmetic (the study's sec. 5.2) acts on translated CLIP image embeddings, the
+decoder's input. The grid has no borders: tile i of an n-image grid is image i.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.image_io import open_image, save_png_atomic, tensor_to_images, to_rgb
+from .diffusion import ImageGuidance
+from .pipeline import DEFAULT_DECODER, DEFAULT_TRANSLATOR, TextToImage
+
+
+def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
+    sample = subparsers.add_parser(
+        "sample",
+        help="draw images from captions through CLIP, the translator and the decoder",
+        description=__doc__.split("\n\n")[0],
+    )
+    what = sample.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="a caption; --n images are drawn for it")
+    what.add_argument("--from-image", metavar="PATH", help="decode the CLIP image embedding of an image")
+    what.add_argument("--mix", nargs=2, metavar=("A", "B"), help="the average of two captions' embeddings")
+    what.add_argument("--analogy", nargs=3, metavar=("A", "B", "C"), help="emb(A) - emb(B) + emb(C)")
+    what.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="a strip of --frames images from A to B")
+    sample.add_argument("--n", type=int, default=8, help="images per embedding (default: 8)")
+    sample.add_argument("--frames", type=int, default=5, help="frames of --interpolate (default: 5)")
+    sample.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="default: ddim")
+    sample.add_argument("--steps", default="50", help="sampling steps, or 'all' (default: 50)")
+    sample.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default: 0)")
+    sample.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
+    sample.add_argument(
+        "--threshold", type=float, default=0.995,
+        help="dynamic-thresholding percentile; 0 for static clipping (default: 0.995)",
+    )  # fmt: skip
+    sample.add_argument("--image-guidance", metavar="PATH", help="base image pulled towards (image guidance)")
+    sample.add_argument("--ig-scale", type=float, default=0.005, help="image-guidance scale w (default: 0.005)")
+    sample.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    sample.add_argument("--size", type=int, default=None, help="image side (default: the decoder's)")
+    sample.add_argument("--decoder", default=DEFAULT_DECODER, help=f"decoder checkpoint (default: {DEFAULT_DECODER})")
+    sample.add_argument(
+        "--translator", default=DEFAULT_TRANSLATOR, help=f"translator checkpoint (default: {DEFAULT_TRANSLATOR})"
+    )
+    sample.add_argument("--clip", default=None, help="CLIP weights (default: the one the translator recorded)")
+    sample.add_argument("--out", required=True, help="output PNG (a borderless grid)")
+
+
+def check_sample_args(args: argparse.Namespace) -> None:
+    """User errors before any model is loaded."""
+    if args.n <= 0:
+        raise ValueError(f"--n must be positive, got {args.n}")
+    if args.interpolate and args.frames < 2:
+        raise ValueError(f"--frames must be at least 2, got {args.frames}")
+    if args.cfg < 0 or args.ig_scale < 0:
+        raise ValueError("--cfg and --ig-scale must be >= 0")
+    if not 0 <= args.threshold < 1:
+        raise ValueError(f"--threshold is a percentile in (0, 1), or 0 for static clipping; got {args.threshold}")
+    if args.steps != "all" and not (args.steps.isdigit() and int(args.steps) > 0):
+        raise ValueError(f"--steps must be a positive integer or 'all', got {args.steps!r}")
+    texts = [args.prompt] if args.prompt is not None else (args.mix or args.analogy or args.interpolate or [])
+    if any(not t.strip() for t in texts):
+        raise ValueError("Captions must not be empty")
+
+
+def target_embeddings(chain: TextToImage, args: argparse.Namespace) -> torch.Tensor:
+    """The raw CLIP image embeddings to decode, one row per image of the grid."""
+    embed = chain.embedder
+    if args.prompt is not None:
+        return embed([args.prompt]).expand(args.n, -1)
+    if args.from_image:
+        return chain.embed_image_file(args.from_image).expand(args.n, -1)
+    if args.mix:
+        return embed(args.mix).mean(0, keepdim=True).expand(args.n, -1)
+    if args.analogy:
+        a, b, c = embed(args.analogy)
+        return (a - b + c)[None].expand(args.n, -1)
+    a, b = embed(args.interpolate)
+    weights = torch.linspace(0, 1, args.frames)[:, None]
+    return (1 - weights) * a + weights * b
+
+
+def grid_image(images: list[Image.Image], columns: int) -> Image.Image:
+    """Tile equally sized images left to right, top to bottom, with no borders."""
+    side_w, side_h = images[0].size
+    rows = math.ceil(len(images) / columns)
+    grid = Image.new("RGB", (columns * side_w, rows * side_h), (255, 255, 255))
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % columns) * side_w, (i // columns) * side_h))
+    return grid
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    check_sample_args(args)
+    chain = TextToImage.from_checkpoints(args.decoder, args.translator, args.clip)
+    embeddings = target_embeddings(chain, args)
+    guidance = None
+    if args.image_guidance:
+        size = args.size or chain.decoder.net.image_size
+        base = to_rgb(open_image(args.image_guidance)).resize((size, size), Image.Resampling.LANCZOS)
+        pixels = torch.from_numpy(np.asarray(base, dtype=np.float32)).permute(2, 0, 1)
+        guidance = ImageGuidance(image=pixels[None] / 127.5 - 1.0, scale=args.ig_scale)
+    images = chain.decode(
+        embeddings, image_size=args.size, sampler=args.sampler, steps=args.steps, eta=args.eta,
+        cfg_scale=args.cfg, threshold=args.threshold or None, image_guidance=guidance,
+        generator=torch.Generator().manual_seed(args.seed),
+    )  # fmt: skip
+    columns = len(images) if args.interpolate else min(len(images), 8)
+    path = save_png_atomic(grid_image(tensor_to_images(images), columns), args.out)
+    side = images.shape[-1]
+    print(f"{len(images)} images of {side}x{side} ({columns} per row) -> {path}")

@@ -1,0 +1,240 @@
+"""Decoder stage: a diffusion U-Net that draws 64px images from CLIP image embeddings (unCLIP-lite).
+
+Training (the study; Nichol & Dhariwal 2021): x_0 from the image shards, the standardised CLIP
+image embedding of the same key from the mirrored embedding shards as the condition, replaced by
+the null condition with probability ``cond_drop_prob`` for classifier-free guidance (Ho &
+Salimans 2021); t uniform; the hybrid loss L_simple + λ·L_vlb with learned variance, optionally P2
+weighted (Choi et al. 2022). EMA weights come from Lightning's ``EMAWeightAveraging``: the
+checkpoint's ``state_dict`` and every validation (hence every sample grid) use them.
+
+All the diffusion math is in :mod:`t2i_lightning.diffusion`; this file unpacks batches, calls it
+and logs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from torch import nn
+
+from ..data.embeddings import read_stats
+from ..diffusion import (
+    SAMPLERS,
+    ImageGuidance,
+    NoiseSchedule,
+    classifier_free_guidance,
+    dynamic_threshold,
+    hybrid_loss,
+    p2_weights,
+    q_sample,
+    static_threshold,
+)
+from .optim import adamw_with_warmup, decay_groups
+
+NULL_CONDITIONS = ("learned", "zeros")
+
+
+class DecoderStage(pl.LightningModule):
+    """Args:
+    net: the denoiser, ``net(x_t, t, cond)`` (``t2i_lightning.nn.unet.ConditionalUNet``).
+    stats: ``stats.json`` of the embedding directory; its image-side mean/std standardise the
+        condition and are kept as buffers, so the checkpoint alone needs no side files.
+    schedule, timesteps: noise schedule ("cosine" or "linear") and its length T.
+    parameterization: what the network predicts: "eps" (default), "x0" or "v".
+    vlb_weight: λ of the hybrid loss (0.001); only used with a learned variance.
+    p2_gamma, p2_k: P2 weighting of L_simple (γ = 0 turns it off).
+    cond_drop_prob: probability of replacing the condition by the null one (0.2).
+    null_cond: "learned" (a trained vector) or "zeros".
+    lr, weight_decay, warmup_steps, lr_decay: AdamW, warmup then "linear" (the study) or "cosine" decay.
+    ema_decay, ema_start_step: EMA of the weights (copied from the raw weights at the start step).
+    samples: a sample-grid callback (``t2i_lightning.callbacks.sample_grid.DecoderSampleGrid``),
+        run at each validation with the EMA weights; not saved in the checkpoint.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        stats: str | None = None,
+        schedule: str = "cosine",
+        timesteps: int = 1000,
+        parameterization: str = "eps",
+        vlb_weight: float = 1e-3,
+        p2_gamma: float = 0.0,
+        p2_k: float = 1.0,
+        cond_drop_prob: float = 0.2,
+        null_cond: str = "learned",
+        lr: float = 3e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 200,
+        lr_decay: str = "linear",
+        ema_decay: float = 0.9999,
+        ema_start_step: int = 0,
+        samples: pl.Callback | None = None,
+    ):
+        super().__init__()
+        if null_cond not in NULL_CONDITIONS:
+            raise ValueError(f"null_cond must be one of {NULL_CONDITIONS}, got {null_cond!r}")
+        if not 0.0 <= cond_drop_prob < 1.0:
+            raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
+        with warnings.catch_warnings():  # the net's config is kept on purpose: load_from_checkpoint rebuilds it
+            warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters(ignore=["samples"])
+        self.net = net
+        self.samples = samples
+        self.schedule = NoiseSchedule.from_name(schedule, timesteps)
+        dim = net.cond_dim
+        self.register_buffer("mean_img", torch.zeros(dim))
+        self.register_buffer("std_img", torch.ones(dim))
+        if null_cond == "learned":
+            self.null_embedding = nn.Parameter(torch.zeros(dim))
+        else:
+            self.register_buffer("null_embedding", torch.zeros(dim))
+        self.clip_identity: dict[str, Any] = {}
+        self.stats_loaded = False
+        if stats is not None and os.path.isfile(stats):
+            self.load_stats(read_stats(os.path.dirname(stats) or "."))
+        elif stats is not None:
+            warnings.warn(f"Decoder stats file not found: {stats} (fine when loading a checkpoint)", stacklevel=2)
+
+    # --- conditioning -------------------------------------------------------------------------
+
+    def load_stats(self, stats: dict) -> None:
+        if stats["dim"] != self.net.cond_dim:
+            raise ValueError(f"Embeddings have dim {stats['dim']} but the U-Net takes cond_dim {self.net.cond_dim}")
+        self.mean_img.copy_(torch.tensor(stats["mean_img"], dtype=torch.float32))
+        self.std_img.copy_(torch.tensor(stats["std_img"], dtype=torch.float32))
+        self.clip_identity = {k: stats.get(k) for k in ("model", "pretrained", "checkpoint_sha256", "clip_id")}
+        self.stats_loaded = True
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["clip_identity"] = self.clip_identity
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.clip_identity = checkpoint.get("clip_identity", {})
+        self.stats_loaded = True
+
+    def on_fit_start(self) -> None:
+        if not self.stats_loaded:
+            raise FileNotFoundError(
+                f"The decoder needs the embeddings' stats.json (model.init_args.stats = {self.hparams.stats})"
+            )
+
+    def condition(self, image_embedding: torch.Tensor) -> torch.Tensor:
+        """A raw CLIP image embedding (or a translated one) -> the network's condition."""
+        return (image_embedding.float() - self.mean_img) / self.std_img
+
+    def null_condition(self, n: int) -> torch.Tensor:
+        return self.null_embedding.expand(n, -1)
+
+    # --- training -----------------------------------------------------------------------------
+
+    def _losses(self, batch: dict[str, Any], drop_prob: float) -> dict[str, torch.Tensor]:
+        x0 = batch["image"]
+        n = x0.shape[0]
+        cond = self.condition(batch["img_emb"])
+        drop = torch.rand(n, device=x0.device) < drop_prob
+        cond = torch.where(drop[:, None], self.null_condition(n).to(cond.dtype), cond)
+        t = torch.randint(0, self.schedule.num_steps, (n,), device=x0.device)
+        noise = torch.randn_like(x0)
+        xt = q_sample(self.schedule, x0, t, noise)
+        hp = self.hparams
+        weights = p2_weights(self.schedule, t, hp.p2_gamma, hp.p2_k) if hp.p2_gamma else None
+        return hybrid_loss(
+            self.schedule, self.net(xt, t, cond), x0, xt, t, noise,
+            parameterization=hp.parameterization, vlb_weight=hp.vlb_weight,
+            learn_variance=self.net.learn_variance, weights=weights,
+        )  # fmt: skip
+
+    def _log_losses(self, losses: dict[str, torch.Tensor], name: str, n: int) -> torch.Tensor:
+        means = {key: value.mean() for key, value in losses.items()}
+        self.log(f"{name}/loss", means["loss"], prog_bar=True, batch_size=n, sync_dist=name != "train")
+        self.log_dict(
+            {f"{name}/simple": means["simple"], f"{name}/vlb": means["vlb"]}, batch_size=n, sync_dist=name != "train"
+        )
+        return means["loss"]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._log_losses(self._losses(batch, self.hparams.cond_drop_prob), "train", len(batch["key"]))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(batch_idx)  # the same t and noise every validation: comparable curves
+        try:
+            self._log_losses(self._losses(batch, 0.0), "val", len(batch["key"]))
+        finally:
+            torch.random.set_rng_state(generator_state)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
+        if norms:
+            self.log("train/grad_norm", torch.stack(norms).norm())
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        total = int(self.trainer.estimated_stepping_batches)
+        return adamw_with_warmup(
+            decay_groups(self, hp.weight_decay), hp.lr, hp.weight_decay, hp.warmup_steps, total,
+            betas=(0.9, 0.999), decay=hp.lr_decay,
+        )  # fmt: skip
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        start = self.hparams.ema_start_step
+        ema = EMAWeightAveraging(decay=self.hparams.ema_decay, update_starting_at_step=start or None)
+        # The grid must come first: the EMA callback swaps the raw weights back at validation end.
+        return [c for c in (self.samples, ema) if c is not None]
+
+    # --- sampling -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self,
+        image_embeddings: torch.Tensor | None,
+        *,
+        n: int | None = None,
+        image_size: int | None = None,
+        sampler: str = "ddim",
+        steps: int | str = 50,
+        cfg_scale: float = 3.0,
+        threshold: float | None = 0.995,
+        eta: float = 0.0,
+        image_guidance: ImageGuidance | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """Images in [-1, 1] (B x 3 x S x S) drawn for raw CLIP image embeddings (None: unconditional).
+
+        ``steps``: respacing ("50", "ddim50", a list, or an int); "all" uses every training step.
+        ``cfg_scale``: classifier-free guidance scale (1 = conditional only, no guidance).
+        ``threshold``: dynamic-thresholding percentile (Imagen), or None for static clipping to [-1, 1].
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"Unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+        if cfg_scale < 0:
+            raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+        if image_embeddings is None and not n:
+            raise ValueError("Give image embeddings or a sample count n")
+        n = len(image_embeddings) if image_embeddings is not None else n
+        size = image_size or self.net.image_size
+        null = self.null_condition(n)
+        cond = self.condition(image_embeddings.to(self.device)) if image_embeddings is not None else null
+        model_fn = classifier_free_guidance(
+            self.net, cond, null, cfg_scale, eps_channels=self.net.in_channels
+        ) if image_embeddings is not None and cfg_scale != 1.0 else (lambda x, t: self.net(x, t, cond))  # fmt: skip
+        schedule = self.schedule if str(steps) == "all" else self.schedule.respace(
+            f"ddim{steps}" if sampler == "ddim" and str(steps).isdigit() else steps
+        )  # fmt: skip
+        noise = torch.randn(
+            (n, self.net.in_channels, size, size), generator=generator, device=self.device, dtype=torch.float32
+        )
+        extra = {"eta": eta} if sampler == "ddim" else {}
+        return SAMPLERS[sampler](
+            model_fn, schedule, noise,
+            parameterization=self.hparams.parameterization, learn_variance=self.net.learn_variance,
+            x0_transform=(lambda x0: dynamic_threshold(x0, threshold)) if threshold else static_threshold,
+            image_guidance=image_guidance, generator=generator, progress=progress, **extra,
+        ).clamp(-1, 1)  # fmt: skip

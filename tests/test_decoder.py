@@ -1,0 +1,172 @@
+"""The 64px decoder stage end to end through the real CLI (a micro U-Net on micro-CLIP embeddings),
+its joined image+embedding DataModule, its U-Net, and `t2i sample`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from t2i_lightning.data.decode import ShardMismatchError
+from t2i_lightning.data.embeddings import IMAGE_MEMBER, load_npy
+from t2i_lightning.data.inspect import read_samples
+from t2i_lightning.data.joined import ImageEmbeddingDataModule
+from t2i_lightning.data.shards import write_shard
+from t2i_lightning.nn.unet import ConditionalUNet
+
+from .cli_runs import T2I, run, scalars
+
+MICRO_UNET = dict(
+    image_size=32, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,),
+    head_channels=16, groups=8, cond_dim=32,
+)  # fmt: skip
+
+
+def decoder_args(pipeline, runs, command: str = T2I) -> list[str]:
+    net = "--model.init_args.net.init_args."
+    return [
+        command, "fit", "--config", "stages/decoder.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", "6",
+        "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+        f"{net}image_size", "32", f"{net}base_channels", "16", f"{net}channel_mult", "[1, 2]",
+        f"{net}attention_resolutions", "[16]", f"{net}head_channels", "16", f"{net}groups", "8",
+        f"{net}cond_dim", "32",
+        "--model.init_args.stats", str(pipeline["emb"] / "stats.json"),
+        "--model.init_args.warmup_steps", "2", "--model.init_args.ema_decay", "0.9", "--model.init_args.ema_start_step", "2",
+        "--model.init_args.samples.init_args.n_reconstructions", "4",
+        "--model.init_args.samples.init_args.prompts", '["a red circle", "two blue squares"]',
+        "--model.init_args.samples.init_args.translator", str(pipeline["translator"]),
+        "--model.init_args.samples.init_args.steps", "3",
+        "--data.init_args.embeddings", str(pipeline["emb"]),
+        "--data.init_args.train", str(pipeline["data"]), "--data.init_args.val", str(pipeline["data"]),
+        "--data.init_args.image_size", "32", "--data.init_args.batch_size", "8",
+        "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "48",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def decoder(pipeline, tmp_path_factory):
+    """A micro decoder fitted through `lightning fit --config stages/decoder.yaml`."""
+    runs = tmp_path_factory.mktemp("decoder_runs")
+    run(*decoder_args(pipeline, runs, command=str(Path(T2I).with_name("lightning"))))
+    return {**pipeline, "decoder_runs": runs, "decoder": runs / "decoder" / "checkpoints" / "last.ckpt"}
+
+
+def test_fit_writes_an_ema_checkpoint_losses_and_sample_grids(decoder):
+    checkpoint = torch.load(decoder["decoder"], map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 6
+    ema, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert "averaging_state" in checkpoint
+    name = "net.unet.conv_in.weight"
+    assert not torch.equal(ema[name], raw[name]), "the checkpoint's state_dict must hold the EMA weights"
+    assert checkpoint["clip_identity"]["model"] == "shapes-vit-micro"
+    logged = scalars(decoder["decoder_runs"] / "decoder")
+    for tag in ("train/loss", "train/simple", "train/vlb", "train/grad_norm", "val/loss",
+                "val/recon_colour_error", "val/recon_colour_error_random_pairs"):  # fmt: skip
+        assert tag in logged, tag
+    assert any(tag.startswith("lr-AdamW") for tag in logged)
+    grids = sorted((decoder["decoder_runs"] / "decoder" / "samples").glob("step-*.png"))
+    assert [g.name for g in grids] == ["step-0000003.png", "step-0000006.png"]
+    with Image.open(grids[-1]) as grid:
+        assert grid.width > 4 * 96  # 4 reconstructions per row at tile 96
+
+
+def test_sample_writes_the_requested_count_and_size(decoder, tmp_path):
+    out = tmp_path / "new" / "dir" / "samples.png"
+    result = run(
+        T2I, "sample", "--prompt", "a red circle", "--n", "3", "--steps", "4", "--decoder", str(decoder["decoder"]),
+        "--translator", str(decoder["translator"]), "--out", str(out),
+    )  # fmt: skip
+    assert "3 images of 32x32" in result.stdout
+    with Image.open(out) as image:
+        assert image.size == (3 * 32, 32)
+    strip = tmp_path / "strip.png"
+    run(
+        T2I, "sample", "--interpolate", "a red circle", "a blue square", "--frames", "4", "--sampler", "ddpm",
+        "--steps", "5", "--cfg", "1", "--threshold", "0", "--decoder", str(decoder["decoder"]),
+        "--translator", str(decoder["translator"]), "--out", str(strip),
+    )  # fmt: skip
+    with Image.open(strip) as image:
+        assert image.size == (4 * 32, 32)
+
+
+def test_sample_from_an_image_with_image_guidance(decoder, tmp_path):
+    source = read_samples(str(sorted(decoder["data"].glob("val-*.tar"))[0]), limit=1)[0]
+    path = tmp_path / "source.png"
+    path.write_bytes(source["png"])
+    out = tmp_path / "recon.png"
+    run(
+        T2I, "sample", "--from-image", str(path), "--n", "2", "--steps", "3", "--image-guidance", str(path),
+        "--ig-scale", "0.01", "--decoder", str(decoder["decoder"]), "--translator", str(decoder["translator"]),
+        "--out", str(out),
+    )  # fmt: skip
+    assert Image.open(out).size == (64, 32)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt", "   "], "must not be empty"),
+        (["--prompt", "a red circle", "--n", "0"], "--n must be positive"),
+        (["--prompt", "a red circle", "--cfg", "-1"], "must be >= 0"),
+        (["--prompt", "a red circle", "--decoder", "nowhere/last.ckpt"], "make train-decoder"),
+    ],
+)
+def test_sample_rejects_bad_input_clearly(decoder, tmp_path, args, message):
+    result = run(T2I, "sample", *args, "--translator", str(decoder["translator"]), "--out", str(tmp_path / "x.png"),
+                 check=False)  # fmt: skip
+    assert result.returncode != 0 and message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_joined_batches_carry_each_keys_own_embeddings(pipeline):
+    data = ImageEmbeddingDataModule(
+        embeddings=str(pipeline["emb"]), train=None, val=str(pipeline["data"]), image_size=32, batch_size=8,
+        num_workers=0,
+    )  # fmt: skip
+    data.setup("validate")
+    batch = next(iter(data.val_dataloader()))
+    assert batch["image"].shape == (8, 3, 32, 32) and batch["img_emb"].shape == batch["txt_emb"].shape == (8, 32)
+    shard = sorted(pipeline["emb"].glob("val-*.tar"))[0]
+    expected = {s["__key__"]: load_npy(s[IMAGE_MEMBER]) for s in read_samples(str(shard))}
+    for key, embedding in zip(batch["key"], batch["img_emb"], strict=True):
+        np.testing.assert_array_equal(embedding.numpy(), expected[key].astype(np.float32))
+
+
+def test_a_key_missing_from_the_embedding_shard_stops_the_run(pipeline, tmp_path):
+    emb = tmp_path / "emb"
+    shutil.copytree(pipeline["emb"], emb)
+    shard = sorted(emb.glob("val-*.tar"))[0]
+    samples = read_samples(str(shard))
+    write_shard(shard, samples[1:])  # the first key is gone
+    data = ImageEmbeddingDataModule(
+        embeddings=str(emb), train=None, val=str(pipeline["data"]), image_size=32, batch_size=8, num_workers=0
+    )
+    data.setup("validate")
+    with pytest.raises(ShardMismatchError, match=samples[0]["__key__"]):
+        next(iter(data.val_dataloader()))
+
+
+def test_unet_shapes_and_size_check():
+    net = ConditionalUNet(**MICRO_UNET)
+    cond = torch.randn(2, 32)
+    for size in (32, 48):  # any multiple of the downsampling factor
+        out = net(torch.randn(2, 3, size, size), torch.tensor([0, 999]), cond)
+        assert out.shape == (2, 6, size, size)
+    with pytest.raises(ValueError, match="divisible"):
+        net(torch.randn(2, 3, 33, 33), torch.tensor([0, 1]), cond)
+    with pytest.raises(ValueError, match="multiple of groups"):
+        ConditionalUNet(**{**MICRO_UNET, "base_channels": 12})
+    fixed = ConditionalUNet(**{**MICRO_UNET, "learn_variance": False})
+    assert fixed(torch.randn(1, 3, 32, 32), torch.tensor([5]), cond[:1]).shape == (1, 3, 32, 32)
+
+
+def test_sampling_benchmark_times_both_samplers_side_by_side(decoder):
+    result = run(T2I, "bench", "sampling", "--decoder", str(decoder["decoder"]), "--n", "1",
+                 "--ddim-steps", "2", "--ddpm-steps", "8")  # fmt: skip
+    assert "DDIM-2" in result.stdout and "DDPM-8" in result.stdout and "x faster" in result.stdout
