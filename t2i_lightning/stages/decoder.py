@@ -13,7 +13,6 @@ and logs.
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any
 
@@ -22,7 +21,6 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
 
-from ..data.embeddings import read_stats
 from ..diffusion import (
     SAMPLERS,
     ImageGuidance,
@@ -34,12 +32,13 @@ from ..diffusion import (
     q_sample,
     static_threshold,
 )
+from .embedding_stats import EmbeddingStatsMixin
 from .optim import adamw_with_warmup, decay_groups
 
 NULL_CONDITIONS = ("learned", "zeros")
 
 
-class DecoderStage(pl.LightningModule):
+class DecoderStage(EmbeddingStatsMixin, pl.LightningModule):
     """Args:
     net: the denoiser, ``net(x_t, t, cond)`` (``t2i_lightning.nn.unet.ConditionalUNet``).
     stats: ``stats.json`` of the embedding directory; its image-side mean/std standardise the
@@ -88,41 +87,18 @@ class DecoderStage(pl.LightningModule):
         self.samples = samples
         self.schedule = NoiseSchedule.from_name(schedule, timesteps)
         dim = net.cond_dim
-        self.register_buffer("mean_img", torch.zeros(dim))
-        self.register_buffer("std_img", torch.ones(dim))
         if null_cond == "learned":
             self.null_embedding = nn.Parameter(torch.zeros(dim))
         else:
             self.register_buffer("null_embedding", torch.zeros(dim))
-        self.clip_identity: dict[str, Any] = {}
-        self.stats_loaded = False
-        if stats is not None and os.path.isfile(stats):
-            self.load_stats(read_stats(os.path.dirname(stats) or "."))
-        elif stats is not None:
-            warnings.warn(f"Decoder stats file not found: {stats} (fine when loading a checkpoint)", stacklevel=2)
+        self.init_embedding_stats(stats, {"img": dim})
 
     # --- conditioning -------------------------------------------------------------------------
 
     def load_stats(self, stats: dict) -> None:
         if stats["dim"] != self.net.cond_dim:
             raise ValueError(f"Embeddings have dim {stats['dim']} but the U-Net takes cond_dim {self.net.cond_dim}")
-        self.mean_img.copy_(torch.tensor(stats["mean_img"], dtype=torch.float32))
-        self.std_img.copy_(torch.tensor(stats["std_img"], dtype=torch.float32))
-        self.clip_identity = {k: stats.get(k) for k in ("model", "pretrained", "checkpoint_sha256", "clip_id")}
-        self.stats_loaded = True
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["clip_identity"] = self.clip_identity
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.clip_identity = checkpoint.get("clip_identity", {})
-        self.stats_loaded = True
-
-    def on_fit_start(self) -> None:
-        if not self.stats_loaded:
-            raise FileNotFoundError(
-                f"The decoder needs the embeddings' stats.json (model.init_args.stats = {self.hparams.stats})"
-            )
+        self.copy_stats(stats, ("img",))
 
     def condition(self, image_embedding: torch.Tensor) -> torch.Tensor:
         """A raw CLIP image embedding (or a translated one) -> the network's condition."""

@@ -11,7 +11,6 @@ image embeddings (only its own pair counts as a hit).
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any
 
@@ -21,11 +20,11 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping
 from torch import nn
 
-from ..data.embeddings import read_stats
 from ..eval.retrieval import recall_at_k
+from .embedding_stats import EmbeddingStatsMixin
 
 
-class TranslatorStage(pl.LightningModule):
+class TranslatorStage(EmbeddingStatsMixin, pl.LightningModule):
     """Args:
     net: the network (``t2i_lightning.nn.translator.ResidualMLP``).
     stats: ``stats.json`` of the embedding directory (copied into the checkpoint).
@@ -43,17 +42,7 @@ class TranslatorStage(pl.LightningModule):
             warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`.*")
             self.save_hyperparameters()
         self.net = net
-        for name, dim in (("txt", net.in_dim), ("img", net.out_dim)):
-            self.register_buffer(f"mean_{name}", torch.zeros(dim))
-            self.register_buffer(f"std_{name}", torch.ones(dim))
-        self.clip_identity: dict[str, Any] = {}
-        self.stats_loaded = False
-        if stats is not None and os.path.isfile(stats):
-            self.load_stats(read_stats(os.path.dirname(stats) or "."))
-        elif stats is not None:
-            warnings.warn(
-                f"Translator stats file not found: {stats} (fine when loading a checkpoint)", stacklevel=2
-            )
+        self.init_embedding_stats(stats, {"txt": net.in_dim, "img": net.out_dim})
         self._val: dict[str, list] = {}
 
     def load_stats(self, stats: dict) -> None:
@@ -61,25 +50,7 @@ class TranslatorStage(pl.LightningModule):
             raise ValueError(
                 f"Embeddings have dim {stats['dim']} but the translator maps {self.net.in_dim}->{self.net.out_dim}"
             )
-        for name in ("mean_txt", "std_txt", "mean_img", "std_img"):
-            getattr(self, name).copy_(torch.tensor(stats[name], dtype=torch.float32))
-        self.clip_identity = {
-            k: stats.get(k) for k in ("model", "pretrained", "checkpoint_sha256", "clip_id")
-        }
-        self.stats_loaded = True
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["clip_identity"] = self.clip_identity
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.clip_identity = checkpoint.get("clip_identity", {})
-        self.stats_loaded = True
-
-    def on_fit_start(self) -> None:
-        if not self.stats_loaded:
-            raise FileNotFoundError(
-                f"Translator needs the embeddings' stats.json (model.init_args.stats = {self.hparams.stats})"
-            )
+        self.copy_stats(stats, ("txt", "img"))
 
     def standardize_text(self, text: torch.Tensor) -> torch.Tensor:
         return (text - self.mean_txt) / self.std_txt
