@@ -33,6 +33,7 @@ CLIP_ID      ?= $(CLIP_MODEL)$(if $(CLIP),-$(notdir $(basename $(CLIP))),)
 EMB          ?= $(DATA)/emb-$(CLIP_ID)
 TRANSLATOR_CKPT ?= $(RUNS)/translator/checkpoints/last.ckpt
 DECODER_CKPT ?= $(RUNS)/decoder/checkpoints/last.ckpt
+DECODER_TEXT_CKPT ?= $(RUNS)/decoder_text/checkpoints/last.ckpt
 PROMPT       ?= a red circle
 N            ?= 8
 SAMPLER      ?= ddim
@@ -42,7 +43,7 @@ SAMPLE_OUT   ?= $(RUNS)/samples/sample.png
 DEMO_PROMPTS ?= "a red circle" "a blue square on a yellow background" "two green triangles" "a small purple star to the left of a large orange ring"
 TRAINER_FLAGS = --trainer.accelerator $(ACCELERATOR) --trainer.devices $(DEVICES)
 
-.PHONY: help install data inspect clip embed train-translator embed-text train-decoder sample demo-samples demo test test-all lint tensorboard clean
+.PHONY: help install data inspect clip embed train-translator embed-text train-decoder train-decoder-text sample demo-samples demo test test-all lint tensorboard clean
 
 help: ## list the targets (this message)
 	@echo "t2i_lightning: staged text-to-image diffusion with PyTorch Lightning"
@@ -73,6 +74,7 @@ inspect: install ## print counts and captions of $(DATA) and write a grid to $(R
 CLIP_DONE       := $(RUNS)/clip/done.stamp
 TRANSLATOR_DONE := $(RUNS)/translator/done.stamp
 DECODER_DONE    := $(RUNS)/decoder/done.stamp
+DECODER_TEXT_DONE := $(RUNS)/decoder_text/done.stamp
 
 $(DATA)/index.json: | $(STAMP)
 	$(MAKE) --no-print-directory data
@@ -109,6 +111,16 @@ $(DECODER_DONE): $(EMB)/stats.json $(TRANSLATOR_DONE) | $(STAMP)
 	$(T2I) fit --config stages/decoder.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --model.init_args.stats $(EMB)/stats.json --model.init_args.samples.init_args.translator $(TRANSLATOR_CKPT) \
 	    --data.init_args.embeddings $(EMB) --data.init_args.train $(DATA) --data.init_args.val $(DATA)
+	@touch $@
+
+train-decoder-text: $(DECODER_TEXT_DONE) ## train the Imagen-like decoder (text tokens of the CLIP) on $(DATA) -> $(DECODER_TEXT_CKPT)
+
+# Conditioned on the CLIP's text tower directly: needs the CLIP and the image shards, no embeddings.
+$(DECODER_TEXT_DONE): $(DATA)/index.json $(if $(strip $(CLIP)),,$(CLIP_DONE)) | $(STAMP)
+	$(T2I) fit --config stages/decoder_text.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
+	    --model.init_args.text_encoder.init_args.model_name $(CLIP_MODEL) \
+	    --model.init_args.text_encoder.init_args.pretrained $(CLIP_WEIGHTS) \
+	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 
 sample: $(DECODER_DONE) ## draw N images for PROMPT (SAMPLER, STEPS, CFG) -> $(SAMPLE_OUT)

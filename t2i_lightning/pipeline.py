@@ -1,7 +1,10 @@
-"""Text-to-image inference chain built from stage checkpoints.
+"""Text-to-image inference chains built from stage checkpoints.
 
-caption -> CLIP text embedding -> translator -> CLIP image embedding -> 64px decoder. Each model
-is loaded from its checkpoint; a missing one names its path and the make target that makes it.
+unCLIP-lite: caption -> CLIP text embedding -> translator -> CLIP image embedding -> 64px decoder
+(:class:`TextToImage`). Imagen-like: caption -> the text-conditioned 64px decoder, which encodes
+it itself (:class:`DirectTextToImage`). :func:`load_chain` picks the one a decoder checkpoint
+needs. Each model is loaded from its checkpoint; a missing one names its path and the make target
+that makes it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from PIL import Image
 from .data.image_io import open_image, to_rgb
 from .nn.clip import create_clip, file_digest, preprocess_for, tokenizer_for
 from .stages.decoder import DecoderStage
+from .stages.text_decoder import TextDecoderStage
 from .stages.translator import TranslatorStage
 
 DEFAULT_CLIP = "runs/clip/checkpoints/last.ckpt"
@@ -26,6 +30,22 @@ def require_checkpoint(path: str, target: str) -> None:
     """Fail with the path and the make target that produces it when a checkpoint is missing."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint not found: {path} (produce it with `make {target}`)")
+
+
+def is_text_decoder(path: str) -> bool:
+    """Whether a decoder checkpoint is text-conditioned (its hyperparameters name a text encoder).
+
+    The checkpoint is memory-mapped, so its weights are not read."""
+    require_checkpoint(path, "train-decoder")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    return "text_encoder" in (checkpoint.get("hyper_parameters") or {})
+
+
+def load_decoder(path: str = DEFAULT_DECODER) -> DecoderStage:
+    """The decoder stage of a checkpoint (EMA weights), as its own class: a :class:`DecoderStage`
+    conditioned on CLIP image embeddings or a :class:`TextDecoderStage` conditioned on captions."""
+    stage_class = TextDecoderStage if is_text_decoder(path) else DecoderStage
+    return stage_class.load_from_checkpoint(path, map_location="cpu", weights_only=False)
 
 
 class TextToImageEmbedding:
@@ -90,6 +110,8 @@ class TextToImage:
     raw CLIP image embeddings (for reconstructions and embedding arithmetic).
     """
 
+    conditions_on_text = False
+
     def __init__(self, embedder: TextToImageEmbedding, decoder: DecoderStage):
         self.embedder = embedder
         self.decoder = decoder.eval().requires_grad_(False)
@@ -100,8 +122,9 @@ class TextToImage:
     ) -> TextToImage:
         """Load the decoder (EMA weights), the translator and their CLIP; refuse a decoder trained on
         another CLIP's embeddings than the translator's."""
-        require_checkpoint(decoder, "train-decoder")
-        stage = DecoderStage.load_from_checkpoint(decoder, map_location="cpu", weights_only=False)
+        stage = load_decoder(decoder)
+        if stage.conditions_on_text:
+            raise ValueError(f"{decoder} is a text-conditioned decoder: it takes captions itself (use load_chain)")
         embedder = TextToImageEmbedding.from_checkpoints(translator, clip)
         ours, theirs = stage.clip_identity.get("clip_id"), embedder.translator.clip_identity.get("clip_id")
         if ours and theirs and ours != theirs:
@@ -124,3 +147,29 @@ class TextToImage:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Image not found: {path}")
         return self.embedder.image_embeddings([open_image(path)])
+
+
+class DirectTextToImage:
+    """Captions -> 64px images through a text-conditioned (Imagen-like) decoder alone: no translator,
+    no CLIP image embedding; the decoder's own frozen text encoder reads the captions."""
+
+    conditions_on_text = True
+
+    def __init__(self, decoder: TextDecoderStage):
+        self.decoder = decoder.eval().requires_grad_(False)
+
+    def decode(self, captions: Sequence[str], **options) -> torch.Tensor:
+        """Images in [-1, 1], one per caption; ``options`` go to :meth:`DecoderStage.sample`."""
+        return self.decoder.sample(list(captions), **options)
+
+    __call__ = decode
+
+
+def load_chain(
+    decoder: str = DEFAULT_DECODER, translator: str = DEFAULT_TRANSLATOR, clip: str | None = None
+) -> TextToImage | DirectTextToImage:
+    """The chain a decoder checkpoint needs: the decoder alone when it is text-conditioned, else the
+    translator, its CLIP and the decoder (``translator`` and ``clip`` are then used)."""
+    if is_text_decoder(decoder):
+        return DirectTextToImage(load_decoder(decoder))
+    return TextToImage.from_checkpoints(decoder, translator, clip)

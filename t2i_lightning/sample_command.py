@@ -7,7 +7,9 @@
     t2i sample --interpolate A B --frames 5 --out strip.png           # a strip from A to B
 
 Embedding arithmetic (the study's sec. 5.2) acts on translated CLIP image embeddings, the
-decoder's input. The grid has no borders: tile i of an n-image grid is image i.
+decoder's input. A text-conditioned (Imagen-like) ``--decoder`` takes the caption itself: no
+translator or CLIP image embedding, so only ``--prompt`` applies. The grid has no borders: tile i
+of an n-image grid is image i.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from PIL import Image
 
 from .data.image_io import open_image, save_png_atomic, tensor_to_images, to_rgb
 from .diffusion import ImageGuidance
-from .pipeline import DEFAULT_DECODER, DEFAULT_TRANSLATOR, TextToImage
+from .pipeline import DEFAULT_DECODER, DEFAULT_TRANSLATOR, TextToImage, is_text_decoder, load_chain
 
 
 def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     sample = subparsers.add_parser(
         "sample",
-        help="draw images from captions through CLIP, the translator and the decoder",
+        help="draw images from captions through CLIP, the translator and the decoder (or a text decoder alone)",
         description=__doc__.split("\n\n")[0],
     )
     what = sample.add_mutually_exclusive_group(required=True)
@@ -52,8 +54,9 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--size", type=int, default=None, help="image side (default: the decoder's)")
     sample.add_argument("--decoder", default=DEFAULT_DECODER, help=f"decoder checkpoint (default: {DEFAULT_DECODER})")
     sample.add_argument(
-        "--translator", default=DEFAULT_TRANSLATOR, help=f"translator checkpoint (default: {DEFAULT_TRANSLATOR})"
-    )
+        "--translator", default=DEFAULT_TRANSLATOR,
+        help=f"translator checkpoint (default: {DEFAULT_TRANSLATOR}; unused with a text-conditioned decoder)",
+    )  # fmt: skip
     sample.add_argument("--clip", default=None, help="CLIP weights (default: the one the translator recorded)")
     sample.add_argument("--out", required=True, help="output PNG (a borderless grid)")
 
@@ -73,6 +76,16 @@ def check_sample_args(args: argparse.Namespace) -> None:
     texts = [args.prompt] if args.prompt is not None else (args.mix or args.analogy or args.interpolate or [])
     if any(not t.strip() for t in texts):
         raise ValueError("Captions must not be empty")
+
+
+def check_decoder_args(args: argparse.Namespace) -> None:
+    """Options the decoder cannot take, before any model is loaded: a text-conditioned decoder has
+    no CLIP image embedding to reconstruct from or to do arithmetic on."""
+    if args.prompt is None and is_text_decoder(args.decoder):
+        raise ValueError(
+            f"{args.decoder} is a text-conditioned decoder: it takes --prompt only (--from-image, --mix, --analogy "
+            "and --interpolate act on CLIP image embeddings, which it does not use)"
+        )
 
 
 def target_embeddings(chain: TextToImage, args: argparse.Namespace) -> torch.Tensor:
@@ -104,8 +117,9 @@ def grid_image(images: list[Image.Image], columns: int) -> Image.Image:
 
 def run_sample(args: argparse.Namespace) -> None:
     check_sample_args(args)
-    chain = TextToImage.from_checkpoints(args.decoder, args.translator, args.clip)
-    embeddings = target_embeddings(chain, args)
+    check_decoder_args(args)
+    chain = load_chain(args.decoder, args.translator, args.clip)
+    conditioning = [args.prompt] * args.n if chain.conditions_on_text else target_embeddings(chain, args)
     guidance = None
     if args.image_guidance:
         size = args.size or chain.decoder.net.image_size
@@ -113,7 +127,7 @@ def run_sample(args: argparse.Namespace) -> None:
         pixels = torch.from_numpy(np.asarray(base, dtype=np.float32)).permute(2, 0, 1)
         guidance = ImageGuidance(image=pixels[None] / 127.5 - 1.0, scale=args.ig_scale)
     images = chain.decode(
-        embeddings, image_size=args.size, sampler=args.sampler, steps=args.steps, eta=args.eta,
+        conditioning, image_size=args.size, sampler=args.sampler, steps=args.steps, eta=args.eta,
         cfg_scale=args.cfg, threshold=args.threshold or None, image_guidance=guidance,
         generator=torch.Generator().manual_seed(args.seed),
     )  # fmt: skip

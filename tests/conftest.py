@@ -31,11 +31,17 @@ def repository_root_stays_clean():
 
 
 @pytest.fixture(scope="session")
-def pipeline(tmp_path_factory, shapes_dir):
-    """A micro CLIP fitted, embeddings extracted, and a translator fitted, all through the CLI."""
-    root = tmp_path_factory.mktemp("clip_space")
-    runs = root / "runs"
-    clip_ckpt = fit_clip(runs, shapes_dir)
+def micro_clip(tmp_path_factory, shapes_dir):
+    """A micro CLIP fitted through the CLI: its checkpoint, under ``<root>/runs/clip/``."""
+    return fit_clip(tmp_path_factory.mktemp("clip_space") / "runs", shapes_dir)
+
+
+@pytest.fixture(scope="session")
+def pipeline(micro_clip, shapes_dir):
+    """The micro CLIP, its embeddings extracted, and a translator fitted, all through the CLI."""
+    clip_ckpt = micro_clip
+    runs = clip_ckpt.parents[2]
+    root = runs.parent
     emb = root / "emb"
     extract(clip_ckpt, shapes_dir, emb)
     run(

@@ -5,7 +5,9 @@ validation), rank 0 draws:
 - reconstructions: the first validation images' CLIP image embeddings decoded, beside the
   originals (the study's reconstruction experiment), with their coarse colour error against a
   random-pair baseline (:mod:`t2i_lightning.eval.colour`);
-- prompts: fixed captions through CLIP and the translator, when a translator checkpoint exists.
+- prompts: fixed captions through CLIP and the translator, when a translator checkpoint exists;
+  a text-conditioned stage (``conditions_on_text``, the Imagen-like decoder) takes the captions
+  themselves, and its batches carry no image embeddings, so its grid is the prompt row only.
 
 The grid goes to TensorBoard (``samples/grid``) and to ``<run dir>/samples/step-XXXXXXX.png``.
 The translator and CLIP are frozen helpers held by this callback, never submodules of the stage.
@@ -37,8 +39,10 @@ DEFAULT_PROMPTS = (
 class DecoderSampleGrid(pl.Callback):
     """Args:
     n_reconstructions: validation images to reconstruct (the first of the first batch).
-    prompts: captions drawn through the translator (skipped without a translator checkpoint).
-    translator: translator checkpoint (its CLIP is found from what it recorded).
+    prompts: captions drawn through the translator (skipped without a translator checkpoint), or
+        given straight to a text-conditioned stage.
+    translator: translator checkpoint (its CLIP is found from what it recorded); not used for a
+        text-conditioned stage.
     sampler, steps, cfg_scale, threshold: as in :meth:`DecoderStage.sample`.
     seed: noise seed, the same at every validation so grids are comparable over training.
     """
@@ -72,6 +76,12 @@ class DecoderSampleGrid(pl.Callback):
                 "caption": list(batch["caption"][: self.n]),
             }
 
+    def _prompt_conditioning(self, pl_module) -> torch.Tensor | list[str] | None:
+        """What the stage's ``sample`` takes for the prompts: the captions, or their translated embeddings."""
+        if getattr(pl_module, "conditions_on_text", False):
+            return self.prompts or None
+        return self._prompt_embeddings()
+
     def _prompt_embeddings(self) -> torch.Tensor | None:
         if not self.prompts or not self.translator_path or not os.path.isfile(self.translator_path):
             return None
@@ -99,14 +109,15 @@ class DecoderSampleGrid(pl.Callback):
             report = reconstruction_colour_report(source, recon)
             images += tensor_to_images(source) + tensor_to_images(recon)
             captions += self.references["caption"] + ["reconstruction"] * len(recon)
-        prompt_embeddings = self._prompt_embeddings()
-        if prompt_embeddings is not None:
-            drawn = pl_module.sample(prompt_embeddings, generator=generator, progress=False, **self.options)
+        prompt_conditioning = self._prompt_conditioning(pl_module)
+        if prompt_conditioning is not None:
+            drawn = pl_module.sample(prompt_conditioning, generator=generator, progress=False, **self.options)
             images += tensor_to_images(drawn)
             captions += self.prompts
         if not images:
             return None, report
-        return captioned_grid(images, captions, tile=96, columns=max(self.n, len(self.prompts), 1)), report
+        columns = max(self.n if self.references is not None else 0, len(self.prompts), 1)
+        return captioned_grid(images, captions, tile=96, columns=columns), report
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:

@@ -18,6 +18,26 @@ from diffusers import UNet2DModel
 from torch import nn
 
 
+def level_layout(
+    image_size: int,
+    base_channels: int,
+    channel_mult: tuple[int, ...],
+    attention_resolutions: tuple[int, ...],
+    head_channels: int,
+    groups: int,
+) -> tuple[list[int], list[bool]]:
+    """The channels of each U-Net level and whether it has attention (its resolution is listed),
+    refusing channel counts that GroupNorm or the attention heads cannot split."""
+    channels = [base_channels * m for m in channel_mult]
+    bad = [c for c in channels if c % groups or c % head_channels]
+    if bad:
+        raise ValueError(
+            f"U-Net channels {channels}: each must be a multiple of groups={groups} and head_channels={head_channels}"
+        )
+    resolutions = [image_size // 2**i for i in range(len(channel_mult))]
+    return channels, [r in attention_resolutions for r in resolutions]
+
+
 class ConditionalUNet(nn.Module):
     """``net(x, t, cond) -> output``: noisy images, timestep indices, conditioning vectors.
 
@@ -51,17 +71,10 @@ class ConditionalUNet(nn.Module):
         groups: int = 32,
     ):
         super().__init__()
-        channels = [base_channels * m for m in channel_mult]
-        bad = [c for c in channels if c % groups or c % head_channels]
-        if bad:
-            raise ValueError(
-                f"U-Net channels {channels}: each must be a multiple of groups={groups} and head_channels={head_channels}"
-            )
+        channels, attend = level_layout(image_size, base_channels, channel_mult, attention_resolutions, head_channels, groups)
         self.image_size, self.in_channels, self.cond_dim = image_size, in_channels, cond_dim
         self.learn_variance = learn_variance
         self.downsampling = 2 ** (len(channel_mult) - 1)
-        resolutions = [image_size // 2**i for i in range(len(channel_mult))]
-        attend = [r in attention_resolutions for r in resolutions]
         down = tuple("AttnDownBlock2D" if a else "ResnetDownsampleBlock2D" for a in attend)
         up = tuple("AttnUpBlock2D" if a else "ResnetUpsampleBlock2D" for a in reversed(attend))
         self.unet = UNet2DModel(

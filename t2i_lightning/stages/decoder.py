@@ -86,35 +86,55 @@ class DecoderStage(EmbeddingStatsMixin, pl.LightningModule):
         self.net = net
         self.samples = samples
         self.schedule = NoiseSchedule.from_name(schedule, timesteps)
-        dim = net.cond_dim
-        if null_cond == "learned":
-            self.null_embedding = nn.Parameter(torch.zeros(dim))
-        else:
-            self.register_buffer("null_embedding", torch.zeros(dim))
-        self.init_embedding_stats(stats, {"img": dim})
+        self.init_conditioning(stats, null_cond)
 
     # --- conditioning -------------------------------------------------------------------------
+
+    conditions_on_text = False  # True for a stage whose ``sample`` takes captions (no translator)
+
+    def init_conditioning(self, stats: str | None, null_cond: str) -> None:
+        """Create what the conditioning hooks below need: the null embedding and the embedding statistics."""
+        self.register_null("null_embedding", torch.zeros(self.net.cond_dim), null_cond)
+        self.init_embedding_stats(stats, {"img": self.net.cond_dim})
+
+    def register_null(self, name: str, value: torch.Tensor, null_cond: str) -> None:
+        """A null-condition tensor: trained (a parameter) when ``null_cond`` is "learned", else a fixed buffer."""
+        if null_cond == "learned":
+            self.register_parameter(name, nn.Parameter(value))
+        else:
+            self.register_buffer(name, value)
 
     def load_stats(self, stats: dict) -> None:
         if stats["dim"] != self.net.cond_dim:
             raise ValueError(f"Embeddings have dim {stats['dim']} but the U-Net takes cond_dim {self.net.cond_dim}")
         self.copy_stats(stats, ("img",))
 
+    # A subclass conditioned on something else (e.g. text tokens: stages/text_decoder.py) overrides
+    # these four, and init_conditioning for the parameters they need.
+
     def condition(self, image_embedding: torch.Tensor) -> torch.Tensor:
-        """A raw CLIP image embedding (or a translated one) -> the network's condition."""
-        return (image_embedding.float() - self.mean_img) / self.std_img
+        """What ``sample`` is given (raw CLIP image embeddings, or translated ones) -> the network's condition."""
+        return (image_embedding.to(self.device).float() - self.mean_img) / self.std_img
+
+    def batch_condition(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The condition of a training batch: its images' own CLIP image embeddings."""
+        return self.condition(batch["img_emb"])
 
     def null_condition(self, n: int) -> torch.Tensor:
+        """The condition that stands for "no condition" (classifier-free guidance's unconditional model)."""
         return self.null_embedding.expand(n, -1)
+
+    def drop_condition(self, cond: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        """``cond`` with the rows where ``drop`` is True replaced by the null condition."""
+        return torch.where(drop[:, None], self.null_condition(len(drop)).to(cond.dtype), cond)
 
     # --- training -----------------------------------------------------------------------------
 
     def _losses(self, batch: dict[str, Any], drop_prob: float) -> dict[str, torch.Tensor]:
         x0 = batch["image"]
         n = x0.shape[0]
-        cond = self.condition(batch["img_emb"])
         drop = torch.rand(n, device=x0.device) < drop_prob
-        cond = torch.where(drop[:, None], self.null_condition(n).to(cond.dtype), cond)
+        cond = self.drop_condition(self.batch_condition(batch), drop)
         t = torch.randint(0, self.schedule.num_steps, (n,), device=x0.device)
         noise = torch.randn_like(x0)
         xt = q_sample(self.schedule, x0, t, noise)
@@ -169,7 +189,7 @@ class DecoderStage(EmbeddingStatsMixin, pl.LightningModule):
     @torch.no_grad()
     def sample(
         self,
-        image_embeddings: torch.Tensor | None,
+        conditioning: Any,
         *,
         n: int | None = None,
         image_size: int | None = None,
@@ -182,7 +202,9 @@ class DecoderStage(EmbeddingStatsMixin, pl.LightningModule):
         generator: torch.Generator | None = None,
         progress: bool = True,
     ) -> torch.Tensor:
-        """Images in [-1, 1] (B x 3 x S x S) drawn for raw CLIP image embeddings (None: unconditional).
+        """Images in [-1, 1] (B x 3 x S x S), one per row of ``conditioning`` (raw CLIP image
+        embeddings here; what :meth:`condition` takes in a subclass), or ``n`` unconditional ones
+        when it is None.
 
         ``steps``: respacing ("50", "ddim50", a list, or an int); "all" uses every training step.
         ``cfg_scale``: classifier-free guidance scale (1 = conditional only, no guidance).
@@ -192,15 +214,15 @@ class DecoderStage(EmbeddingStatsMixin, pl.LightningModule):
             raise ValueError(f"Unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
         if cfg_scale < 0:
             raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
-        if image_embeddings is None and not n:
-            raise ValueError("Give image embeddings or a sample count n")
-        n = len(image_embeddings) if image_embeddings is not None else n
+        if conditioning is None and not n:
+            raise ValueError("Give a condition for each image or a sample count n")
+        n = len(conditioning) if conditioning is not None else n
         size = image_size or self.net.image_size
         null = self.null_condition(n)
-        cond = self.condition(image_embeddings.to(self.device)) if image_embeddings is not None else null
+        cond = self.condition(conditioning) if conditioning is not None else null
         model_fn = classifier_free_guidance(
             self.net, cond, null, cfg_scale, eps_channels=self.net.in_channels
-        ) if image_embeddings is not None and cfg_scale != 1.0 else (lambda x, t: self.net(x, t, cond))  # fmt: skip
+        ) if conditioning is not None and cfg_scale != 1.0 else (lambda x, t: self.net(x, t, cond))  # fmt: skip
         schedule = self.schedule if str(steps) == "all" else self.schedule.respace(
             f"ddim{steps}" if sampler == "ddim" and str(steps).isdigit() else steps
         )  # fmt: skip
