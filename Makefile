@@ -34,6 +34,7 @@ EMB          ?= $(DATA)/emb-$(CLIP_ID)
 TRANSLATOR_CKPT ?= $(RUNS)/translator/checkpoints/last.ckpt
 DECODER_CKPT ?= $(RUNS)/decoder/checkpoints/last.ckpt
 DECODER_TEXT_CKPT ?= $(RUNS)/decoder_text/checkpoints/last.ckpt
+UPSAMPLER_CKPT ?= $(RUNS)/upsampler/checkpoints/last.ckpt
 PROMPT       ?= a red circle
 N            ?= 8
 SAMPLER      ?= ddim
@@ -43,7 +44,7 @@ SAMPLE_OUT   ?= $(RUNS)/samples/sample.png
 DEMO_PROMPTS ?= "a red circle" "a blue square on a yellow background" "two green triangles" "a small purple star to the left of a large orange ring"
 TRAINER_FLAGS = --trainer.accelerator $(ACCELERATOR) --trainer.devices $(DEVICES)
 
-.PHONY: help install data inspect clip embed train-translator embed-text train-decoder train-decoder-text sample demo-samples demo test test-all lint tensorboard clean
+.PHONY: help install data inspect clip embed train-translator embed-text train-decoder train-decoder-text train-upsampler evaluate-upsampler sample demo-samples demo test test-all lint tensorboard clean
 
 help: ## list the targets (this message)
 	@echo "t2i_lightning: staged text-to-image diffusion with PyTorch Lightning"
@@ -75,6 +76,7 @@ CLIP_DONE       := $(RUNS)/clip/done.stamp
 TRANSLATOR_DONE := $(RUNS)/translator/done.stamp
 DECODER_DONE    := $(RUNS)/decoder/done.stamp
 DECODER_TEXT_DONE := $(RUNS)/decoder_text/done.stamp
+UPSAMPLER_DONE  := $(RUNS)/upsampler/done.stamp
 
 $(DATA)/index.json: | $(STAMP)
 	$(MAKE) --no-print-directory data
@@ -123,16 +125,30 @@ $(DECODER_TEXT_DONE): $(DATA)/index.json $(if $(strip $(CLIP)),,$(CLIP_DONE)) | 
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 
-sample: $(DECODER_DONE) ## draw N images for PROMPT (SAMPLER, STEPS, CFG) -> $(SAMPLE_OUT)
-	$(T2I) sample --prompt "$(PROMPT)" --n $(N) --sampler $(SAMPLER) --steps $(STEPS) --cfg $(CFG) \
-	    --decoder $(DECODER_CKPT) --translator $(TRANSLATOR_CKPT) --out $(SAMPLE_OUT)
+train-upsampler: $(UPSAMPLER_DONE) ## train the 64->256 upsampler on $(DATA) -> $(UPSAMPLER_CKPT) (grids in $(RUNS)/upsampler/samples/)
 
-demo-samples: $(DECODER_DONE) ## N samples of each DEMO_PROMPTS caption -> $(RUNS)/demo/prompt-K.png
+# Conditioned on the low-resolution image only (by default): needs the image shards, nothing else.
+$(UPSAMPLER_DONE): $(DATA)/index.json | $(STAMP)
+	$(T2I) fit --config stages/upsampler.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
+	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
+	@touch $@
+
+evaluate-upsampler: $(UPSAMPLER_DONE) ## PSNR/SSIM/sharpness/time of the upsampler vs bicubic on validation images -> $(RUNS)/upsampler/report.json
+	$(T2I) evaluate-upsampler --upsampler $(UPSAMPLER_CKPT) --data $(DATA) --out $(RUNS)/upsampler/report.json
+
+# The upsampler is used when its checkpoint exists (256px out), else the images stay at 64px.
+UPSAMPLE_FLAGS = $(if $(wildcard $(UPSAMPLER_CKPT)),--upsampler $(UPSAMPLER_CKPT),--no-upsample)
+
+sample: $(DECODER_DONE) ## draw N images for PROMPT (SAMPLER, STEPS, CFG) -> $(SAMPLE_OUT), upsampled when an upsampler exists
+	$(T2I) sample --prompt "$(PROMPT)" --n $(N) --sampler $(SAMPLER) --steps $(STEPS) --cfg $(CFG) \
+	    --decoder $(DECODER_CKPT) --translator $(TRANSLATOR_CKPT) $(UPSAMPLE_FLAGS) --out $(SAMPLE_OUT)
+
+demo-samples: $(DECODER_DONE) $(UPSAMPLER_DONE) ## N samples of each DEMO_PROMPTS caption, 256px -> $(RUNS)/demo/prompt-K.png
 	@i=0; for prompt in $(DEMO_PROMPTS); do i=$$((i+1)); \
 	    $(T2I) sample --prompt "$$prompt" --n $(N) --steps $(STEPS) --cfg $(CFG) --decoder $(DECODER_CKPT) \
-	        --translator $(TRANSLATOR_CKPT) --out $(RUNS)/demo/prompt-$$i.png || exit 1; done
+	        --translator $(TRANSLATOR_CKPT) --upsampler $(UPSAMPLER_CKPT) --out $(RUNS)/demo/prompt-$$i.png || exit 1; done
 
-demo: data inspect clip embed train-translator embed-text train-decoder demo-samples ## the whole pipeline that exists so far, on the embedded data
+demo: data inspect clip embed train-translator embed-text train-decoder train-upsampler demo-samples ## the whole pipeline that exists so far, on the embedded data
 
 test: install ## run the fast test suite (what CI runs)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -3,6 +3,7 @@
     t2i fit|validate|test|predict --config stages/X.yaml [--trainer.* ...]
     t2i data shapes|coco|folder|inspect ...
     t2i sample --prompt "a red circle" --out red.png
+    t2i upsample --in small.png --out big.png
 
 ``lightning`` (also installed) is the same as ``t2i`` restricted to the LightningCLI
 subcommands, so ``lightning fit --config stages/decoder.yaml`` works as users type it.
@@ -112,8 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed_text.add_argument("--k", type=int, default=5, help="neighbours to show (default: 5)")
     from .sample_command import add_sample_parser
+    from .upsample_command import add_evaluate_upsampler_parser, add_upsample_parser
 
     add_sample_parser(subparsers)
+    add_upsample_parser(subparsers)
+    add_evaluate_upsampler_parser(subparsers)
     bench = subparsers.add_parser("bench", help="benchmarks as ratios against a baseline run side by side")
     kinds = bench.add_subparsers(dest="bench_command", metavar="{extraction,sampling}", required=True)
     extraction = kinds.add_parser(
@@ -161,6 +165,12 @@ def _run_sample(args: argparse.Namespace) -> None:
     from .sample_command import run_sample
 
     run_sample(args)
+
+
+def _run_upsample(args: argparse.Namespace) -> None:
+    from .upsample_command import run_evaluate_upsampler, run_upsample
+
+    (run_upsample if args.command == "upsample" else run_evaluate_upsampler)(args)
 
 
 def _run_bench(args: argparse.Namespace) -> None:
@@ -233,7 +243,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     try:
-        {"embed-text": _run_embed_text, "bench": _run_bench, "sample": _run_sample}.get(args.command, _run_data)(args)
+        commands = {"embed-text": _run_embed_text, "bench": _run_bench, "sample": _run_sample,
+                    "upsample": _run_upsample, "evaluate-upsampler": _run_upsample}  # fmt: skip
+        commands.get(args.command, _run_data)(args)
     except USER_ERRORS as error:
         if os.environ.get("T2I_DEBUG"):
             raise

@@ -20,10 +20,12 @@ from .nn.clip import create_clip, file_digest, preprocess_for, tokenizer_for
 from .stages.decoder import DecoderStage
 from .stages.text_decoder import TextDecoderStage
 from .stages.translator import TranslatorStage
+from .stages.upsampler import UpsamplerStage
 
 DEFAULT_CLIP = "runs/clip/checkpoints/last.ckpt"
 DEFAULT_TRANSLATOR = "runs/translator/checkpoints/last.ckpt"
 DEFAULT_DECODER = "runs/decoder/checkpoints/last.ckpt"
+DEFAULT_UPSAMPLER = "runs/upsampler/checkpoints/last.ckpt"
 
 
 def require_checkpoint(path: str, target: str) -> None:
@@ -32,13 +34,24 @@ def require_checkpoint(path: str, target: str) -> None:
         raise FileNotFoundError(f"Checkpoint not found: {path} (produce it with `make {target}`)")
 
 
-def is_text_decoder(path: str) -> bool:
-    """Whether a decoder checkpoint is text-conditioned (its hyperparameters name a text encoder).
-
-    The checkpoint is memory-mapped, so its weights are not read."""
-    require_checkpoint(path, "train-decoder")
+def checkpoint_hparams(path: str, target: str) -> dict:
+    """The hyperparameters a stage checkpoint saved (memory-mapped: its weights are not read)."""
+    require_checkpoint(path, target)
     checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    return "text_encoder" in (checkpoint.get("hyper_parameters") or {})
+    return checkpoint.get("hyper_parameters") or {}
+
+
+def is_text_decoder(path: str) -> bool:
+    """Whether a decoder checkpoint is text-conditioned (its hyperparameters name a text encoder)."""
+    return "text_encoder" in checkpoint_hparams(path, "train-decoder")
+
+
+def load_upsampler(path: str = DEFAULT_UPSAMPLER) -> UpsamplerStage:
+    """The upsampler stage of a checkpoint (EMA weights), frozen; another stage's checkpoint is refused."""
+    if "aug_level" not in checkpoint_hparams(path, "train-upsampler"):
+        raise ValueError(f"{path} is not an upsampler checkpoint (make train-upsampler writes one)")
+    stage = UpsamplerStage.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    return stage.eval().requires_grad_(False)
 
 
 def load_decoder(path: str = DEFAULT_DECODER) -> DecoderStage:
@@ -46,6 +59,34 @@ def load_decoder(path: str = DEFAULT_DECODER) -> DecoderStage:
     conditioned on CLIP image embeddings or a :class:`TextDecoderStage` conditioned on captions."""
     stage_class = TextDecoderStage if is_text_decoder(path) else DecoderStage
     return stage_class.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+
+
+def load_recorded_clip(
+    identity: dict, owner: str, clip: str | None = None, model_name: str | None = None
+) -> torch.nn.Module:
+    """The frozen CLIP a stage's embeddings came from, as its checkpoint recorded it (``clip_identity``).
+
+    ``clip`` and ``model_name`` override the recorded weights and model; a CLIP checkpoint whose hash
+    differs from the recorded one is refused (its embeddings would not be the ones ``owner`` learnt).
+    """
+    model_name = model_name or identity.get("model")
+    clip = clip or identity.get("pretrained") or DEFAULT_CLIP
+    if clip.endswith(".ckpt"):
+        require_checkpoint(clip, "clip")
+    recorded = identity.get("checkpoint_sha256")
+    if recorded and os.path.isfile(clip) and file_digest(clip, 64) != recorded:
+        raise ValueError(
+            f"CLIP checkpoint {clip} is not the one the {owner}'s embeddings were extracted with "
+            f"(sha256 {recorded[:12]}...); re-run `make embed` and the stages after it, or pass the matching --clip"
+        )
+    return create_clip(model_name, clip).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def clip_image_embeddings(clip: torch.nn.Module, images: Sequence[Image.Image]) -> torch.Tensor:
+    """Raw CLIP image embeddings of PIL images, with CLIP's own preprocessing (as extraction)."""
+    preprocess = preprocess_for(clip)
+    return clip.encode_image(torch.stack([preprocess(to_rgb(image)) for image in images]))
 
 
 class TextToImageEmbedding:
@@ -71,18 +112,8 @@ class TextToImageEmbedding:
         """
         require_checkpoint(translator, "train-translator")
         stage = TranslatorStage.load_from_checkpoint(translator, map_location="cpu", weights_only=False)
-        identity = stage.clip_identity
-        model_name = model_name or identity.get("model")
-        clip = clip or identity.get("pretrained") or DEFAULT_CLIP
-        if clip.endswith(".ckpt"):
-            require_checkpoint(clip, "clip")
-        recorded = identity.get("checkpoint_sha256")
-        if recorded and os.path.isfile(clip) and file_digest(clip, 64) != recorded:
-            raise ValueError(
-                f"CLIP checkpoint {clip} is not the one the translator's embeddings were extracted with "
-                f"(sha256 {recorded[:12]}...); re-run `make embed train-translator` or pass the matching --clip"
-            )
-        return cls(create_clip(model_name, clip), tokenizer_for(model_name), stage)
+        model_name = model_name or stage.clip_identity.get("model")
+        return cls(load_recorded_clip(stage.clip_identity, "translator", clip, model_name), tokenizer_for(model_name), stage)
 
     @torch.no_grad()
     def text_embeddings(self, captions: Sequence[str]) -> torch.Tensor:
@@ -96,11 +127,9 @@ class TextToImageEmbedding:
         """Translated CLIP image embeddings of ``captions``, shape ``(len(captions), dim)``."""
         return self.translator(self.text_embeddings(captions))
 
-    @torch.no_grad()
     def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Raw CLIP image embeddings of PIL images, with CLIP's own preprocessing (as extraction)."""
-        preprocess = preprocess_for(self.clip)
-        return self.clip.encode_image(torch.stack([preprocess(to_rgb(image)) for image in images]))
+        return clip_image_embeddings(self.clip, images)
 
 
 class TextToImage:

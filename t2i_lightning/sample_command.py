@@ -6,6 +6,9 @@
     t2i sample --analogy A B C --out analogy.png                      # emb(A) - emb(B) + emb(C)
     t2i sample --interpolate A B --frames 5 --out strip.png           # a strip from A to B
 
+When an upsampler checkpoint exists (``runs/upsampler/`` by default, or ``--upsampler``), the
+decoder's 64px images go through it (256px out); ``--no-upsample`` stops at 64px.
+
 Embedding arithmetic (the study's sec. 5.2) acts on translated CLIP image embeddings, the
 decoder's input. A text-conditioned (Imagen-like) ``--decoder`` takes the caption itself: no
 translator or CLIP image embedding, so only ``--prompt`` applies. The grid has no borders: tile i
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 import numpy as np
 import torch
@@ -23,7 +27,18 @@ from PIL import Image
 
 from .data.image_io import open_image, save_png_atomic, tensor_to_images, to_rgb
 from .diffusion import ImageGuidance
-from .pipeline import DEFAULT_DECODER, DEFAULT_TRANSLATOR, TextToImage, is_text_decoder, load_chain
+from .pipeline import (
+    DEFAULT_DECODER,
+    DEFAULT_TRANSLATOR,
+    DEFAULT_UPSAMPLER,
+    DirectTextToImage,
+    TextToImage,
+    is_text_decoder,
+    load_chain,
+    load_upsampler,
+)
+from .stages.upsampler import UpsamplerStage
+from .upsample_command import add_upsampler_options, check_upsampler_args, upsample_tensor
 
 
 def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -58,6 +73,8 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"translator checkpoint (default: {DEFAULT_TRANSLATOR}; unused with a text-conditioned decoder)",
     )  # fmt: skip
     sample.add_argument("--clip", default=None, help="CLIP weights (default: the one the translator recorded)")
+    add_upsampler_options(sample, ", used when it exists")
+    sample.add_argument("--no-upsample", action="store_true", help="stop at the decoder's 64px images")
     sample.add_argument("--out", required=True, help="output PNG (a borderless grid)")
 
 
@@ -76,6 +93,9 @@ def check_sample_args(args: argparse.Namespace) -> None:
     texts = [args.prompt] if args.prompt is not None else (args.mix or args.analogy or args.interpolate or [])
     if any(not t.strip() for t in texts):
         raise ValueError("Captions must not be empty")
+    check_upsampler_args(args)
+    if args.no_upsample and args.upsampler:
+        raise ValueError("--no-upsample and --upsampler contradict each other")
 
 
 def check_decoder_args(args: argparse.Namespace) -> None:
@@ -86,6 +106,25 @@ def check_decoder_args(args: argparse.Namespace) -> None:
             f"{args.decoder} is a text-conditioned decoder: it takes --prompt only (--from-image, --mix, --analogy "
             "and --interpolate act on CLIP image embeddings, which it does not use)"
         )
+
+
+def chain_upsampler(args: argparse.Namespace, chain: TextToImage | DirectTextToImage) -> UpsamplerStage | None:
+    """The upsampler after the decoder: ``--upsampler``, else the default checkpoint when it exists
+    (a note says when it does not), None with ``--no-upsample``. One conditioned on CLIP image
+    embeddings must share the decoder's CLIP; a text-conditioned decoder has no embeddings to give it."""
+    if args.no_upsample:
+        return None
+    if args.upsampler is None and not os.path.isfile(DEFAULT_UPSAMPLER):
+        print(f"No upsampler at {DEFAULT_UPSAMPLER} (`make train-upsampler`): the images stay at the decoder's size")
+        return None
+    upsampler = load_upsampler(args.upsampler or DEFAULT_UPSAMPLER)
+    if upsampler.conditions_on_embedding:
+        if chain.conditions_on_text:
+            raise ValueError("This upsampler is conditioned on CLIP image embeddings, which a text-conditioned decoder does not make")
+        ours, theirs = upsampler.clip_identity.get("clip_id"), chain.decoder.clip_identity.get("clip_id")
+        if ours and theirs and ours != theirs:
+            raise ValueError(f"The upsampler was trained on {ours} embeddings but the decoder on {theirs}")
+    return upsampler
 
 
 def target_embeddings(chain: TextToImage, args: argparse.Namespace) -> torch.Tensor:
@@ -126,11 +165,14 @@ def run_sample(args: argparse.Namespace) -> None:
         base = to_rgb(open_image(args.image_guidance)).resize((size, size), Image.Resampling.LANCZOS)
         pixels = torch.from_numpy(np.asarray(base, dtype=np.float32)).permute(2, 0, 1)
         guidance = ImageGuidance(image=pixels[None] / 127.5 - 1.0, scale=args.ig_scale)
+    upsampler = chain_upsampler(args, chain)
     images = chain.decode(
         conditioning, image_size=args.size, sampler=args.sampler, steps=args.steps, eta=args.eta,
         cfg_scale=args.cfg, threshold=args.threshold or None, image_guidance=guidance,
         generator=torch.Generator().manual_seed(args.seed),
     )  # fmt: skip
+    if upsampler is not None:
+        images = upsample_tensor(upsampler, images, args, None if chain.conditions_on_text else conditioning)
     columns = len(images) if args.interpolate else min(len(images), 8)
     path = save_png_atomic(grid_image(tensor_to_images(images), columns), args.out)
     side = images.shape[-1]

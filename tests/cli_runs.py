@@ -52,3 +52,26 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
 
     events = EventAccumulator(str(run_dir)).Reload()
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def decoder_args(pipeline: dict, runs: Path, command: str = T2I) -> list[str]:
+    """`t2i fit --config stages/decoder.yaml` for a micro decoder on the micro CLIP space's embeddings."""
+    net = "--model.init_args.net.init_args."
+    return [
+        command, "fit", "--config", "stages/decoder.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", "6",
+        "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+        f"{net}image_size", "32", f"{net}base_channels", "16", f"{net}channel_mult", "[1, 2]",
+        f"{net}attention_resolutions", "[16]", f"{net}head_channels", "16", f"{net}groups", "8",
+        f"{net}cond_dim", "32",
+        "--model.init_args.stats", str(pipeline["emb"] / "stats.json"),
+        "--model.init_args.warmup_steps", "2", "--model.init_args.ema_decay", "0.9", "--model.init_args.ema_start_step", "2",
+        "--model.init_args.samples.init_args.n_reconstructions", "4",
+        "--model.init_args.samples.init_args.prompts", '["a red circle", "two blue squares"]',
+        "--model.init_args.samples.init_args.translator", str(pipeline["translator"]),
+        "--model.init_args.samples.init_args.steps", "3",
+        "--data.init_args.embeddings", str(pipeline["emb"]),
+        "--data.init_args.train", str(pipeline["data"]), "--data.init_args.val", str(pipeline["data"]),
+        "--data.init_args.image_size", "32", "--data.init_args.batch_size", "8",
+        "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "48",
+    ]  # fmt: skip

@@ -8,7 +8,7 @@ import pytest
 
 from t2i_lightning.data.shapes.generate import ShapesConfig, generate_shapes
 
-from .cli_runs import T2I, extract, fit_clip, run
+from .cli_runs import T2I, decoder_args, extract, fit_clip, run
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +57,11 @@ def pipeline(micro_clip, shapes_dir):
     )  # fmt: skip
     return {"runs": runs, "clip": clip_ckpt, "emb": emb, "data": shapes_dir,
             "translator": runs / "translator" / "checkpoints" / "last.ckpt"}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def decoder(pipeline, tmp_path_factory):
+    """A micro decoder fitted through `lightning fit --config stages/decoder.yaml`."""
+    runs = tmp_path_factory.mktemp("decoder_runs")
+    run(*decoder_args(pipeline, runs, command=str(Path(T2I).with_name("lightning"))))
+    return {**pipeline, "decoder_runs": runs, "decoder": runs / "decoder" / "checkpoints" / "last.ckpt"}

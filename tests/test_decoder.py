@@ -4,7 +4,6 @@ its joined image+embedding DataModule, its U-Net, and `t2i sample`."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,36 +23,6 @@ MICRO_UNET = dict(
     image_size=32, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,),
     head_channels=16, groups=8, cond_dim=32,
 )  # fmt: skip
-
-
-def decoder_args(pipeline, runs, command: str = T2I) -> list[str]:
-    net = "--model.init_args.net.init_args."
-    return [
-        command, "fit", "--config", "stages/decoder.yaml",
-        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", "6",
-        "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
-        f"{net}image_size", "32", f"{net}base_channels", "16", f"{net}channel_mult", "[1, 2]",
-        f"{net}attention_resolutions", "[16]", f"{net}head_channels", "16", f"{net}groups", "8",
-        f"{net}cond_dim", "32",
-        "--model.init_args.stats", str(pipeline["emb"] / "stats.json"),
-        "--model.init_args.warmup_steps", "2", "--model.init_args.ema_decay", "0.9", "--model.init_args.ema_start_step", "2",
-        "--model.init_args.samples.init_args.n_reconstructions", "4",
-        "--model.init_args.samples.init_args.prompts", '["a red circle", "two blue squares"]',
-        "--model.init_args.samples.init_args.translator", str(pipeline["translator"]),
-        "--model.init_args.samples.init_args.steps", "3",
-        "--data.init_args.embeddings", str(pipeline["emb"]),
-        "--data.init_args.train", str(pipeline["data"]), "--data.init_args.val", str(pipeline["data"]),
-        "--data.init_args.image_size", "32", "--data.init_args.batch_size", "8",
-        "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "48",
-    ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def decoder(pipeline, tmp_path_factory):
-    """A micro decoder fitted through `lightning fit --config stages/decoder.yaml`."""
-    runs = tmp_path_factory.mktemp("decoder_runs")
-    run(*decoder_args(pipeline, runs, command=str(Path(T2I).with_name("lightning"))))
-    return {**pipeline, "decoder_runs": runs, "decoder": runs / "decoder" / "checkpoints" / "last.ckpt"}
 
 
 def test_fit_writes_an_ema_checkpoint_losses_and_sample_grids(decoder):
@@ -78,7 +47,7 @@ def test_fit_writes_an_ema_checkpoint_losses_and_sample_grids(decoder):
 def test_sample_writes_the_requested_count_and_size(decoder, tmp_path):
     out = tmp_path / "new" / "dir" / "samples.png"
     result = run(
-        T2I, "sample", "--prompt", "a red circle", "--n", "3", "--steps", "4", "--decoder", str(decoder["decoder"]),
+        T2I, "sample", "--no-upsample", "--prompt", "a red circle", "--n", "3", "--steps", "4", "--decoder", str(decoder["decoder"]),
         "--translator", str(decoder["translator"]), "--out", str(out),
     )  # fmt: skip
     assert "3 images of 32x32" in result.stdout
@@ -86,7 +55,7 @@ def test_sample_writes_the_requested_count_and_size(decoder, tmp_path):
         assert image.size == (3 * 32, 32)
     strip = tmp_path / "strip.png"
     run(
-        T2I, "sample", "--interpolate", "a red circle", "a blue square", "--frames", "4", "--sampler", "ddpm",
+        T2I, "sample", "--no-upsample", "--interpolate", "a red circle", "a blue square", "--frames", "4", "--sampler", "ddpm",
         "--steps", "5", "--cfg", "1", "--threshold", "0", "--decoder", str(decoder["decoder"]),
         "--translator", str(decoder["translator"]), "--out", str(strip),
     )  # fmt: skip
@@ -100,7 +69,7 @@ def test_sample_from_an_image_with_image_guidance(decoder, tmp_path):
     path.write_bytes(source["png"])
     out = tmp_path / "recon.png"
     run(
-        T2I, "sample", "--from-image", str(path), "--n", "2", "--steps", "3", "--image-guidance", str(path),
+        T2I, "sample", "--no-upsample", "--from-image", str(path), "--n", "2", "--steps", "3", "--image-guidance", str(path),
         "--ig-scale", "0.01", "--decoder", str(decoder["decoder"]), "--translator", str(decoder["translator"]),
         "--out", str(out),
     )  # fmt: skip
@@ -117,7 +86,7 @@ def test_sample_from_an_image_with_image_guidance(decoder, tmp_path):
     ],
 )
 def test_sample_rejects_bad_input_clearly(decoder, tmp_path, args, message):
-    result = run(T2I, "sample", *args, "--translator", str(decoder["translator"]), "--out", str(tmp_path / "x.png"),
+    result = run(T2I, "sample", "--no-upsample", *args, "--translator", str(decoder["translator"]), "--out", str(tmp_path / "x.png"),
                  check=False)  # fmt: skip
     assert result.returncode != 0 and message in result.stderr
     assert "Traceback" not in result.stderr

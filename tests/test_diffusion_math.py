@@ -11,6 +11,7 @@ from t2i_lightning.diffusion import (
     ImageGuidance,
     NoiseSchedule,
     classifier_free_guidance,
+    cosine_alpha_bar,
     cosine_betas,
     ddim_sample,
     ddpm_sample,
@@ -19,9 +20,11 @@ from t2i_lightning.diffusion import (
     dynamic_threshold,
     eps_from_v,
     eps_from_x0,
+    gaussian_blur,
     gradient_guidance,
     hybrid_loss,
     linear_betas,
+    noise_augment,
     normal_kl,
     p2_weights,
     p_mean_variance,
@@ -564,3 +567,41 @@ def test_sampler_x0_transform(sampler):
     out = sampler(_oracle(base), base.respace("25"), noise, x0_transform=transform, progress=False)
     assert len(seen) == 25 and max(seen) > 0.1  # the transform saw every x̂_0 and had work to do
     assert out.abs().max().item() <= 0.1 + 1e-4  # the last step returns the transformed x̂_0
+
+
+# --- conditioning augmentation (cascaded models) ------------------------------------------------
+
+
+def test_noise_augment_level_zero_is_a_no_op_and_moments_follow_the_cosine_alpha_bar():
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 8, 8) * 2 - 1
+    noise = torch.randn_like(x)
+    assert torch.equal(noise_augment(x, 0.0, noise), x)
+    mixed = noise_augment(x, torch.tensor([0.0, 0.5, 0.0]), noise)
+    assert torch.equal(mixed[0], x[0]) and torch.equal(mixed[2], x[2]) and not torch.equal(mixed[1], x[1])
+    s = 0.008
+    for u in (0.1, 0.3, 1.0):
+        alpha_bar = math.cos((u + s) / (1 + s) * math.pi / 2) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2
+        assert cosine_alpha_bar(torch.tensor(u, dtype=F64)).item() == pytest.approx(alpha_bar, rel=1e-12)
+        x0 = torch.full((20000, 1), 0.6)
+        out = noise_augment(x0, u, torch.randn_like(x0))
+        assert out.mean().item() == pytest.approx(math.sqrt(alpha_bar) * 0.6, abs=0.02)
+        assert out.var().item() == pytest.approx(1 - alpha_bar, abs=0.02)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        noise_augment(x, 1.5, noise)
+
+
+def test_gaussian_blur_against_a_direct_convolution():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 12, 12)
+    assert torch.equal(gaussian_blur(x, 0.0), x)
+    blurred = gaussian_blur(x, torch.tensor([0.0, 1.0]))
+    assert torch.equal(blurred[0], x[0])
+    offsets = torch.arange(-3, 4, dtype=torch.float32)  # radius ceil(3 sigma) = 3
+    kernel = torch.exp(-0.5 * offsets**2)
+    kernel = kernel / kernel.sum()
+    padded = torch.nn.functional.pad(x[1:], (3, 3, 3, 3), mode="reflect")
+    direct = torch.nn.functional.conv2d(padded, (kernel[:, None] * kernel[None]).expand(3, 1, 7, 7), groups=3)
+    torch.testing.assert_close(blurred[1:], direct, rtol=1e-5, atol=1e-6)
+    constant = torch.full((1, 3, 9, 9), 0.25)
+    torch.testing.assert_close(gaussian_blur(constant, 2.0), constant)  # the kernel sums to 1

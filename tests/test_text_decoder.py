@@ -86,7 +86,7 @@ def test_loading_with_other_clip_weights_is_refused(text_decoder, micro_clip, tm
 def test_t2i_sample_takes_the_caption_straight_to_a_text_decoder(text_decoder, tmp_path):
     out = tmp_path / "grid.png"
     result = run(
-        T2I, "sample", "--decoder", str(text_decoder["decoder"]), "--prompt", "a red circle", "--n", "2",
+        T2I, "sample", "--no-upsample", "--decoder", str(text_decoder["decoder"]), "--prompt", "a red circle", "--n", "2",
         "--steps", "3", "--translator", str(tmp_path / "no-translator.ckpt"), "--out", str(out),
     )  # fmt: skip
     assert "2 images of 32x32" in result.stdout
@@ -97,11 +97,11 @@ def test_t2i_sample_takes_the_caption_straight_to_a_text_decoder(text_decoder, t
 def test_t2i_sample_refuses_image_embedding_options_for_a_text_decoder(text_decoder, tmp_path):
     message = "text-conditioned decoder: it takes --prompt only"
     out = tmp_path / "x.png"
-    result = run(T2I, "sample", "--decoder", str(text_decoder["decoder"]), "--from-image", "x.png", "--out", str(out),
+    result = run(T2I, "sample", "--no-upsample", "--decoder", str(text_decoder["decoder"]), "--from-image", "x.png", "--out", str(out),
                  check=False)  # fmt: skip
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
     with pytest.raises(SystemExit, match=message):  # embedding arithmetic, through the same entry point in-process
-        main(["sample", "--decoder", str(text_decoder["decoder"]), "--mix", "a red circle", "a blue square",
+        main(["sample", "--no-upsample", "--decoder", str(text_decoder["decoder"]), "--mix", "a red circle", "a blue square",
               "--out", str(out)])  # fmt: skip
     assert not out.exists()
 

@@ -23,6 +23,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from PIL import Image
 
 from ..data.image_io import save_png_atomic, tensor_to_images
 from ..data.inspect import captioned_grid
@@ -124,15 +125,19 @@ class DecoderSampleGrid(pl.Callback):
             return
         grid, report = self.draw(pl_module)
         self.last_report = report
-        step = trainer.global_step
-        if grid is None:
-            return
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        save_png_atomic(grid, run_dir / "samples" / f"step-{step:07d}.png")
-        for logger in trainer.loggers:
-            if report:
-                logger.log_metrics({f"val/recon_colour_error{'' if k == 'matched' else '_' + k}": v
-                                    for k, v in report.items()}, step=step)  # fmt: skip
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                experiment.add_image("samples/grid", np.asarray(grid), step, dataformats="HWC")
+        if grid is not None:
+            metrics = {f"val/recon_colour_error{'' if k == 'matched' else '_' + k}": v for k, v in report.items()}
+            publish_grid(trainer, grid, metrics)
+
+
+def publish_grid(trainer: pl.Trainer, grid: Image.Image, metrics: dict[str, float]) -> None:
+    """Write a sample grid to ``<run dir>/samples/step-XXXXXXX.png`` and to TensorBoard (``samples/grid``),
+    and log ``metrics`` at the same step."""
+    step = trainer.global_step
+    save_png_atomic(grid, Path(trainer.log_dir or trainer.default_root_dir) / "samples" / f"step-{step:07d}.png")
+    for logger in trainer.loggers:
+        if metrics:
+            logger.log_metrics(metrics, step=step)
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_image"):
+            experiment.add_image("samples/grid", np.asarray(grid), step, dataformats="HWC")

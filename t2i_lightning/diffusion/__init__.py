@@ -2,9 +2,11 @@
 
 Schedules and respacing, the forward process and its posterior, ε/x_0/v parameterizations, the
 learned-range variance, losses (simple, hybrid with the VLB term, P2 weights, DSM), samplers (DDPM
-ancestral, DDIM η) and guidance (classifier-free, thresholding, image guidance, gradient guidance).
+ancestral, DDIM η), guidance (classifier-free, thresholding, image guidance, gradient guidance) and
+the conditioning augmentation of cascaded models (noise level, blur).
 """
 
+from .augmentation import gaussian_blur, noise_augment
 from .guidance import (
     ImageGuidance,
     classifier_free_guidance,
@@ -33,7 +35,7 @@ from .parameterization import (
 )
 from .process import q_posterior, q_sample
 from .samplers import SAMPLERS, ddim_sample, ddpm_sample
-from .schedules import NoiseSchedule, cosine_betas, extract, linear_betas
+from .schedules import NoiseSchedule, cosine_alpha_bar, cosine_betas, extract, linear_betas
 from .variance import learned_range_log_variance, split_learned_variance
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "NoiseSchedule",
     "Prediction",
     "classifier_free_guidance",
+    "cosine_alpha_bar",
     "cosine_betas",
     "ddim_sample",
     "ddpm_sample",
@@ -52,10 +55,12 @@ __all__ = [
     "eps_from_v",
     "eps_from_x0",
     "extract",
+    "gaussian_blur",
     "gradient_guidance",
     "hybrid_loss",
     "learned_range_log_variance",
     "linear_betas",
+    "noise_augment",
     "normal_kl",
     "p2_weights",
     "p_mean_variance",

@@ -25,15 +25,20 @@ def linear_betas(T: int, start: float = 1e-4, end: float = 0.02) -> Tensor:
     return torch.linspace(start * scale, end * scale, T, dtype=torch.float64)
 
 
+def cosine_alpha_bar(u: Tensor, s: float = 0.008) -> Tensor:
+    """ᾱ(u) = f(u)/f(0), f(u) = cos²((u + s)/(1 + s) · π/2), for continuous time u ∈ [0, 1]
+    (Nichol & Dhariwal 2021, "Improved DDPM", eq. 17 with u = t/T). ᾱ(0) = 1 exactly."""
+    f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+    return f / math.cos(s / (1 + s) * math.pi / 2) ** 2
+
+
 def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
     """Cosine schedule of Nichol & Dhariwal 2021 ("Improved DDPM", eq. 17).
 
-    ᾱ_t = f(t)/f(0) with f(t) = cos²((t/T + s)/(1 + s) · π/2), β_t = 1 − ᾱ_t/ᾱ_{t−1}, clipped to
-    ``max_beta`` to avoid the singularity at t = T. Entry i of the result is β_{i+1}. Returns float64 [T].
+    ᾱ_t = :func:`cosine_alpha_bar` (t/T), β_t = 1 − ᾱ_t/ᾱ_{t−1}, clipped to ``max_beta`` to avoid the
+    singularity at t = T. Entry i of the result is β_{i+1}. Returns float64 [T].
     """
-    t = torch.arange(T + 1, dtype=torch.float64) / T
-    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
-    alphas_cumprod = f / f[0]
+    alphas_cumprod = cosine_alpha_bar(torch.arange(T + 1, dtype=torch.float64) / T, s)
     return (1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).clamp(max=max_beta)
 
 

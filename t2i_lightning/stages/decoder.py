@@ -85,6 +85,8 @@ class DecoderStage(EmbeddingStatsMixin, pl.LightningModule):
             self.save_hyperparameters(ignore=["samples"])
         self.net = net
         self.samples = samples
+        # Kept as attributes: a subclass without these arguments (the upsampler) has no hparams for them.
+        self.cond_drop_prob, self.p2 = cond_drop_prob, (p2_gamma, p2_k)
         self.schedule = NoiseSchedule.from_name(schedule, timesteps)
         self.init_conditioning(stats, null_cond)
 
@@ -139,7 +141,7 @@ class DecoderStage(EmbeddingStatsMixin, pl.LightningModule):
         noise = torch.randn_like(x0)
         xt = q_sample(self.schedule, x0, t, noise)
         hp = self.hparams
-        weights = p2_weights(self.schedule, t, hp.p2_gamma, hp.p2_k) if hp.p2_gamma else None
+        weights = p2_weights(self.schedule, t, *self.p2) if self.p2[0] else None
         return hybrid_loss(
             self.schedule, self.net(xt, t, cond), x0, xt, t, noise,
             parameterization=hp.parameterization, vlb_weight=hp.vlb_weight,
@@ -155,7 +157,7 @@ class DecoderStage(EmbeddingStatsMixin, pl.LightningModule):
         return means["loss"]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._log_losses(self._losses(batch, self.hparams.cond_drop_prob), "train", len(batch["key"]))
+        return self._log_losses(self._losses(batch, self.cond_drop_prob), "train", len(batch["key"]))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         generator_state = torch.random.get_rng_state()
@@ -210,8 +212,6 @@ class DecoderStage(EmbeddingStatsMixin, pl.LightningModule):
         ``cfg_scale``: classifier-free guidance scale (1 = conditional only, no guidance).
         ``threshold``: dynamic-thresholding percentile (Imagen), or None for static clipping to [-1, 1].
         """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"Unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
         if cfg_scale < 0:
             raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
         if conditioning is None and not n:
@@ -223,12 +223,32 @@ class DecoderStage(EmbeddingStatsMixin, pl.LightningModule):
         model_fn = classifier_free_guidance(
             self.net, cond, null, cfg_scale, eps_channels=self.net.in_channels
         ) if conditioning is not None and cfg_scale != 1.0 else (lambda x, t: self.net(x, t, cond))  # fmt: skip
+        return self.draw(
+            model_fn, (n, self.net.in_channels, size, size), sampler=sampler, steps=steps, threshold=threshold,
+            eta=eta, image_guidance=image_guidance, generator=generator, progress=progress,
+        )  # fmt: skip
+
+    def draw(
+        self,
+        model_fn: Any,
+        shape: tuple[int, ...],
+        *,
+        sampler: str = "ddim",
+        steps: int | str = 50,
+        threshold: float | None = 0.995,
+        eta: float = 0.0,
+        image_guidance: ImageGuidance | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """Run ``sampler`` with ``model_fn(x_t, t)`` from Gaussian noise of ``shape`` over the respaced
+        schedule, thresholding x̂_0, and return the images clamped to [-1, 1]."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"Unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
         schedule = self.schedule if str(steps) == "all" else self.schedule.respace(
             f"ddim{steps}" if sampler == "ddim" and str(steps).isdigit() else steps
         )  # fmt: skip
-        noise = torch.randn(
-            (n, self.net.in_channels, size, size), generator=generator, device=self.device, dtype=torch.float32
-        )
+        noise = torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
         extra = {"eta": eta} if sampler == "ddim" else {}
         return SAMPLERS[sampler](
             model_fn, schedule, noise,

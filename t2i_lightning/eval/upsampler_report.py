@@ -1,0 +1,82 @@
+"""The upsampler against bicubic on whole validation images: PSNR, SSIM, edge sharpness, seconds per image.
+
+``t2i evaluate-upsampler`` (``make evaluate-upsampler``): the first ``n`` validation images at the
+high resolution are the ground truth; their downsampled versions (the training operator,
+:func:`t2i_lightning.data.superres.downsample`) go through bicubic upsampling and through the
+upsampler at each requested noise-augmentation level and step count, with the same seed. The rows
+are printed as a table and written as JSON (atomically).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from ..data.superres import SuperResDataModule
+from ..nn.sr_unet import upsample_bicubic
+from ..stages.upsampler import UpsamplerStage
+from .superres import superres_scores
+
+
+def _timed_batches(upsample, n: int, batch_size: int) -> tuple[torch.Tensor, float]:
+    """``upsample(rows)`` over slices of ``n`` rows, concatenated, and the seconds per image it took."""
+    start = time.perf_counter()
+    out = torch.cat([upsample(slice(i, i + batch_size)) for i in range(0, n, batch_size)])
+    return out, (time.perf_counter() - start) / n
+
+
+def upsampler_report(
+    upsampler: UpsamplerStage,
+    data: str,
+    n: int = 32,
+    aug_levels: list[float] | None = None,
+    steps: list[int] | None = None,
+    sampler: str | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> dict:
+    """Scores of bicubic and of the upsampler (one row per augmentation level and step count)."""
+    hp = upsampler.hparams
+    factor = upsampler.net.factor
+    datamodule = SuperResDataModule(
+        train=None, val=data, image_size=upsampler.net.image_size, factor=factor, crop=None, num_workers=0,
+        embeddings=os.path.dirname(hp.stats) if upsampler.conditions_on_embedding and hp.stats else None,
+    )  # fmt: skip
+    refs = datamodule.reference_pairs(n)
+    truth, low_res, embeddings = refs["image"], refs["low_res"], refs.get("img_emb")
+    count = len(truth)
+    bicubic, seconds = _timed_batches(lambda rows: upsample_bicubic(low_res[rows], factor).clamp(-1, 1), count, batch_size)
+    table = [{"method": "bicubic", **superres_scores(truth, bicubic), "s_per_image": seconds}]
+    sampler = sampler or hp.sampler
+    for level in aug_levels or [hp.aug_level]:
+        for step_count in steps or [int(hp.steps)]:
+            generator = torch.Generator().manual_seed(seed)
+
+            def upsample(rows: slice, level=level, step_count=step_count, generator=generator) -> torch.Tensor:
+                return upsampler.sample(
+                    low_res[rows], image_embeddings=None if embeddings is None else embeddings[rows], aug_level=level,
+                    sampler=sampler, steps=step_count, generator=generator, progress=False,
+                )  # fmt: skip
+
+            out, seconds = _timed_batches(upsample, count, batch_size)
+            table.append({"method": "upsampler", "aug_level": level, "sampler": sampler, "steps": step_count,
+                          **superres_scores(truth, out), "s_per_image": seconds})  # fmt: skip
+    return {"images": count, "size": list(truth.shape[-2:]), "factor": factor, "data": data,
+            "threads": torch.get_num_threads(), "rows": table}  # fmt: skip
+
+
+def format_report(report: dict) -> str:
+    """The rows as a text table."""
+    lines = [
+        f"{report['images']} validation images of {report['size'][0]}x{report['size'][1]} from {report['data']} "
+        f"(x{report['factor']}, {report['threads']} torch threads)",
+        f"{'method':<10} {'aug':>5} {'sampler':>7} {'steps':>5} {'PSNR dB':>8} {'SSIM':>6} {'sharpness':>9} {'s/image':>8}",
+    ]
+    for row in report["rows"]:
+        lines.append(
+            f"{row['method']:<10} {row.get('aug_level', ''):>5} {row.get('sampler', ''):>7} {row.get('steps', ''):>5} "
+            f"{row['psnr']:>8.2f} {row['ssim']:>6.3f} {row['sharpness']:>9.3f} {row['s_per_image']:>8.3f}"
+        )
+    return "\n".join(lines)

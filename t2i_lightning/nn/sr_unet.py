@@ -1,0 +1,130 @@
+"""The super-resolution U-Net of the upsampler, built from diffusers' ``UNet2DModel``.
+
+SR3 / Cascaded Diffusion Models (Saharia et al. 2021; Ho et al. 2021, sec. 3): the noisy
+high-resolution image is concatenated along channels with the low-resolution conditioning image
+upsampled bicubically to the same size, and the U-Net denoises the pair. As in CDM and Imagen
+(sec. 2.4) the augmentation level of the low-resolution input is embedded like a timestep and
+added to the timestep embedding; DALL-E 2 (Ramesh et al. 2022, sec. 2.1) and Karlo also add the
+projected CLIP image embedding there. There is no attention at all (Imagen's super-resolution
+models drop self-attention at high resolutions, sec. 2.5), so the network is fully convolutional
+and applies to any image size divisible by its downsampling factor: it is trained on crops and
+sampled on whole images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DModel
+from diffusers.models.embeddings import get_timestep_embedding
+from torch import nn
+
+from .unet import level_layout
+
+AUG_LEVEL_SCALE = 1000.0  # a level in [0, 1] is embedded as a timestep in [0, 1000]
+
+
+def upsample_bicubic(low_res: torch.Tensor, factor: int) -> torch.Tensor:
+    """Bicubic upsampling by ``factor`` (the conditioning input of SR3/CDM, and the baseline)."""
+    return F.interpolate(low_res, scale_factor=factor, mode="bicubic", align_corners=False)
+
+
+class SuperResUNet(nn.Module):
+    """``net(x_t, t, cond) -> output`` with ``cond = {"low_res": B x C x h x w, "aug_level": B}`` and,
+    when ``cond_dim`` > 0, ``"embedding": B x cond_dim``; x_t is B x C x (h·factor) x (w·factor).
+
+    Args:
+        factor: upsampling factor (4 for 64 -> 256).
+        image_size: the high-resolution side it is sampled at by default (256).
+        in_channels: image channels (3); the network reads twice as many.
+        base_channels, channel_mult, num_res_blocks, dropout, groups: as in
+            :class:`t2i_lightning.nn.unet.ConditionalUNet`.
+        cond_dim: size of the (standardised) CLIP image embedding added to the timestep
+            embedding; 0 for none.
+        learn_variance: output ``2 * in_channels`` channels (prediction, variance interpolation).
+    """
+
+    def __init__(
+        self,
+        factor: int = 4,
+        image_size: int = 256,
+        in_channels: int = 3,
+        base_channels: int = 32,
+        channel_mult: tuple[int, ...] = (1, 2, 2, 4),
+        num_res_blocks: int = 1,
+        dropout: float = 0.0,
+        cond_dim: int = 0,
+        learn_variance: bool = True,
+        groups: int = 32,
+    ):
+        super().__init__()
+        if factor < 2:
+            raise ValueError(f"factor must be at least 2, got {factor}")
+        channels, _ = level_layout(image_size, base_channels, channel_mult, (), groups, groups)
+        self.factor, self.image_size, self.in_channels, self.cond_dim = (
+            factor,
+            image_size,
+            in_channels,
+            cond_dim,
+        )
+        self.learn_variance = learn_variance
+        self.downsampling = 2 ** (len(channel_mult) - 1)
+        levels = len(channel_mult)
+        self.unet = UNet2DModel(
+            sample_size=image_size,
+            in_channels=2 * in_channels,
+            out_channels=in_channels * (2 if learn_variance else 1),
+            down_block_types=("ResnetDownsampleBlock2D",) * levels,
+            up_block_types=("ResnetUpsampleBlock2D",) * levels,
+            block_out_channels=tuple(channels),
+            layers_per_block=num_res_blocks,
+            downsample_type="resnet",
+            upsample_type="resnet",
+            dropout=dropout,
+            norm_num_groups=groups,
+            resnet_time_scale_shift="scale_shift",
+            add_attention=False,
+            class_embed_type="identity",
+        )
+        time_dim = channels[0] * 4  # UNet2DModel's timestep-embedding width
+        self.aug_dim = channels[0]
+        self.aug_proj = nn.Sequential(
+            nn.Linear(self.aug_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
+        )
+        self.cond_proj = (
+            nn.Sequential(nn.Linear(cond_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+            if cond_dim
+            else None
+        )
+
+    @property
+    def low_res_size(self) -> int:
+        return self.image_size // self.factor
+
+    def check_size(self, height: int, width: int) -> None:
+        """Refuse a high-resolution size the U-Net cannot halve enough times."""
+        if height % self.downsampling or width % self.downsampling:
+            raise ValueError(
+                f"Image size {(height, width)} is not divisible by the U-Net's downsampling factor {self.downsampling}"
+            )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not isinstance(cond, dict) or not {"low_res", "aug_level"} <= cond.keys():
+            raise ValueError(
+                'This U-Net is conditioned on a low-resolution image: pass cond = {"low_res", "aug_level"}'
+            )
+        low_res = cond["low_res"].to(x.dtype)
+        if tuple(x.shape[-2:]) != (low_res.shape[-2] * self.factor, low_res.shape[-1] * self.factor):
+            raise ValueError(
+                f"The low-resolution input {tuple(low_res.shape[-2:])} times {self.factor} is not the "
+                f"image size {tuple(x.shape[-2:])}"
+            )
+        self.check_size(*x.shape[-2:])
+        level = cond["aug_level"].to(x.device).reshape(-1).expand(x.shape[0]) * AUG_LEVEL_SCALE
+        extra = self.aug_proj(get_timestep_embedding(level, self.aug_dim).to(x.dtype))
+        if self.cond_proj is not None:
+            if cond.get("embedding") is None:
+                raise ValueError("This U-Net is conditioned on an image embedding: pass cond['embedding']")
+            extra = extra + self.cond_proj(cond["embedding"].to(x.dtype))
+        inputs = torch.cat([x, upsample_bicubic(low_res, self.factor)], dim=1)
+        return self.unet(inputs, t, class_labels=extra).sample

@@ -1,0 +1,169 @@
+"""Upsampler stage: a super-resolution diffusion model, 64 -> 256, conditioned on the low-resolution image.
+
+The diffusion training and sampling of :class:`~t2i_lightning.stages.decoder.DecoderStage` (hybrid
+loss with learned variance on the cosine schedule, EMA, respaced DDPM or DDIM) with the condition
+being the low-resolution image (SR3, Saharia et al. 2021; Cascaded Diffusion Models, Ho et al.
+2021) and, optionally, the CLIP image embedding (DALL-E 2, Ramesh et al. 2022, sec. 2.1):
+
+- training batches are paired crops (:class:`~t2i_lightning.data.superres.SuperResDataModule`);
+  the low-resolution crop is corrupted by noise-conditioning augmentation at a level u drawn
+  uniformly from [0, ``aug_max``] (and optionally blurred, CDM sec. 4.2), and u is given to the
+  network (Imagen sec. 2.4, CDM sec. 3);
+- sampling corrupts the low-resolution input at one fixed small level (``aug_level``) and runs a
+  few respaced steps on the whole image.
+
+There is no classifier-free guidance: the low-resolution image determines the output almost
+entirely, so the condition is never dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from ..diffusion import gaussian_blur, noise_augment
+from .decoder import DecoderStage
+
+
+class UpsamplerStage(DecoderStage):
+    """Args:
+    net: :class:`~t2i_lightning.nn.sr_unet.SuperResUNet`.
+    stats: ``stats.json`` of the embedding directory when ``net.cond_dim`` > 0 (conditioning on
+        CLIP image embeddings); unused otherwise.
+    aug_max: training augmentation levels are uniform in [0, aug_max] (levels in [0, 1]).
+    blur_prob, blur_sigma: with probability ``blur_prob`` a training low-resolution crop is also
+        blurred with σ uniform in ``blur_sigma`` (pixels); 0 turns it off.
+    aug_level: the fixed augmentation level used when sampling.
+    sampler, steps, threshold: default sampling settings (see :meth:`sample`).
+    The other arguments are :class:`DecoderStage`'s.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        stats: str | None = None,
+        schedule: str = "cosine",
+        timesteps: int = 1000,
+        parameterization: str = "eps",
+        vlb_weight: float = 1e-3,
+        aug_max: float = 0.5,
+        blur_prob: float = 0.0,
+        blur_sigma: tuple[float, float] = (0.4, 0.6),
+        aug_level: float = 0.1,
+        sampler: str = "ddpm",
+        steps: int | str = 10,
+        threshold: float | None = None,
+        lr: float = 3e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 200,
+        lr_decay: str = "linear",
+        ema_decay: float = 0.9999,
+        ema_start_step: int = 0,
+        samples: pl.Callback | None = None,
+    ):
+        if not (0.0 <= aug_max <= 1.0 and 0.0 <= aug_level <= 1.0):
+            raise ValueError(f"aug_max and aug_level are levels in [0, 1], got {aug_max} and {aug_level}")
+        if not 0.0 <= blur_prob <= 1.0 or not 0.0 <= blur_sigma[0] <= blur_sigma[1]:
+            raise ValueError(
+                f"blur_prob must be in [0, 1] and blur_sigma a range (low, high), got {blur_prob}, {blur_sigma}"
+            )
+        super().__init__(
+            net, stats=stats, schedule=schedule, timesteps=timesteps, parameterization=parameterization,
+            vlb_weight=vlb_weight, cond_drop_prob=0.0, null_cond="zeros", lr=lr, weight_decay=weight_decay,
+            warmup_steps=warmup_steps, lr_decay=lr_decay, ema_decay=ema_decay, ema_start_step=ema_start_step,
+            samples=samples,
+        )  # fmt: skip
+
+    # --- conditioning -------------------------------------------------------------------------
+
+    @property
+    def conditions_on_embedding(self) -> bool:
+        return bool(self.net.cond_dim)
+
+    def init_conditioning(self, stats: str | None, null_cond: str) -> None:
+        """Embedding statistics when the U-Net takes a CLIP image embedding; nothing otherwise."""
+        if self.conditions_on_embedding:
+            self.init_embedding_stats(stats, {"img": self.net.cond_dim})
+        else:
+            self.clip_identity, self.stats_loaded = {}, True
+
+    def condition(
+        self,
+        low_res: torch.Tensor,
+        aug_level: torch.Tensor | float,
+        image_embeddings: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The network's condition: ``low_res`` (B x 3 x h x w in [-1, 1]) noise-augmented at
+        ``aug_level`` (a float or [B]), and the standardised raw CLIP image embeddings if it takes them."""
+        low_res = low_res.to(self.device).float()
+        levels = torch.as_tensor(aug_level, dtype=low_res.dtype, device=self.device).expand(len(low_res))
+        noise = torch.randn(low_res.shape, generator=generator, device=self.device, dtype=low_res.dtype)
+        cond = {"low_res": noise_augment(low_res, levels, noise), "aug_level": levels}
+        if self.conditions_on_embedding:
+            if image_embeddings is None:
+                raise ValueError(
+                    "This upsampler is conditioned on CLIP image embeddings: pass image_embeddings"
+                )
+            cond["embedding"] = (image_embeddings.to(self.device).float() - self.mean_img) / self.std_img
+        return cond
+
+    def batch_condition(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """A training batch's low-resolution crops, blurred (with ``blur_prob``) and noise-augmented at
+        random levels in [0, aug_max]."""
+        hp = self.hparams
+        low_res = batch["low_res"]
+        n = len(low_res)
+        if hp.blur_prob > 0:
+            low, high = hp.blur_sigma
+            sigma = low + (high - low) * torch.rand(n, device=low_res.device)
+            low_res = gaussian_blur(
+                low_res, torch.where(torch.rand(n, device=low_res.device) < hp.blur_prob, sigma, 0)
+            )
+        levels = torch.rand(n, device=low_res.device) * hp.aug_max
+        return self.condition(low_res, levels, batch.get("img_emb"))
+
+    def drop_condition(self, cond: dict[str, torch.Tensor], drop: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The condition is never dropped (no classifier-free guidance)."""
+        return cond
+
+    # --- sampling -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self,
+        low_res: torch.Tensor,
+        *,
+        image_embeddings: torch.Tensor | None = None,
+        aug_level: float | None = None,
+        sampler: str | None = None,
+        steps: int | str | None = None,
+        threshold: float | None = None,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """High-resolution images in [-1, 1] (B x 3 x factor·h x factor·w) for ``low_res`` (B x 3 x h x w
+        in [-1, 1], any size whose upsampled side the U-Net can halve enough times).
+
+        ``aug_level``, ``sampler``, ``steps`` default to the stage's; ``threshold`` is a dynamic
+        thresholding percentile, or None for static clipping (the default).
+        """
+        hp = self.hparams
+        if low_res.ndim != 4 or low_res.shape[1] != self.net.in_channels:
+            raise ValueError(
+                f"low_res must be B x {self.net.in_channels} x h x w, got {tuple(low_res.shape)}"
+            )
+        size = (low_res.shape[-2] * self.net.factor, low_res.shape[-1] * self.net.factor)
+        self.net.check_size(*size)
+        cond = self.condition(
+            low_res, hp.aug_level if aug_level is None else aug_level, image_embeddings, generator
+        )
+        return self.draw(
+            lambda x, t: self.net(x, t, cond), (len(low_res), self.net.in_channels, *size),
+            sampler=sampler or hp.sampler, steps=steps or hp.steps, threshold=threshold, eta=eta,
+            generator=generator, progress=progress,
+        )  # fmt: skip

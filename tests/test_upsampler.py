@@ -1,0 +1,207 @@
+"""The upsampler end to end through the real CLI (a micro super-resolution U-Net on 64px shapes, trained
+on 32px crops paired with their 8px versions), its paired-crop DataModule, its U-Net on other sizes,
+`t2i upsample`, and `t2i sample` chaining it after the decoder."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from t2i_lightning.data.decode import decode_image_caption
+from t2i_lightning.data.inspect import read_samples
+from t2i_lightning.data.superres import SuperResDataModule, downsample
+from t2i_lightning.nn.sr_unet import SuperResUNet
+from t2i_lightning.stages.upsampler import UpsamplerStage
+
+from .cli_runs import T2I, run, scalars
+
+MICRO_SR = dict(image_size=64, base_channels=16, channel_mult=(1, 2), groups=8)  # downsampling factor 2
+
+
+def upsampler_args(data, runs) -> list[str]:
+    net = "--model.init_args.net.init_args."
+    return [
+        T2I, "fit", "--config", "stages/upsampler.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", "6",
+        "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+        f"{net}image_size", "64", f"{net}base_channels", "16", f"{net}channel_mult", "[1, 2]", f"{net}groups", "8",
+        "--model.init_args.warmup_steps", "2", "--model.init_args.ema_decay", "0.9", "--model.init_args.ema_start_step", "2",
+        "--model.init_args.steps", "3", "--model.init_args.samples.init_args.n_images", "2",
+        "--data.init_args.train", str(data), "--data.init_args.val", str(data),
+        "--data.init_args.image_size", "64", "--data.init_args.crop", "32",
+        "--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "48",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def upsampler(shapes_dir, tmp_path_factory):
+    """A micro upsampler (64px from 16px) fitted through `t2i fit --config stages/upsampler.yaml`."""
+    runs = tmp_path_factory.mktemp("upsampler_runs")
+    run(*upsampler_args(shapes_dir, runs))
+    return {"runs": runs / "upsampler", "checkpoint": runs / "upsampler" / "checkpoints" / "last.ckpt"}
+
+
+def test_fit_writes_an_ema_checkpoint_grids_and_superres_metrics(upsampler):
+    checkpoint = torch.load(upsampler["checkpoint"], map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 6 and "averaging_state" in checkpoint
+    name = "net.unet.conv_in.weight"
+    assert checkpoint["state_dict"][name].shape[1] == 6  # the noisy image and the upsampled low-res input
+    assert not torch.equal(checkpoint["state_dict"][name], checkpoint["current_model_state"][name])  # EMA weights
+    logged = scalars(upsampler["runs"])
+    for metric in ("psnr", "ssim", "sharpness"):
+        for method in ("bicubic", "upsampler"):
+            assert f"val/{metric}_{method}" in logged, (metric, method)
+    assert "train/loss" in logged and "val/loss" in logged
+    grids = sorted((upsampler["runs"] / "samples").glob("step-*.png"))
+    assert [g.name for g in grids] == ["step-0000003.png", "step-0000006.png"]
+    with Image.open(grids[-1]) as grid:
+        assert grid.width >= 4 * 64  # low-res | bicubic | upsampler | ground truth, at 64px
+
+
+def test_crop_pairs_are_exact_and_lie_on_the_factor_grid(shapes_dir):
+    data = SuperResDataModule(
+        train=str(shapes_dir), val=str(shapes_dir), image_size=64, factor=4, crop=32, batch_size=8, num_workers=0,
+        epoch_size=16,
+    )  # fmt: skip
+    data.setup("fit")
+    full = {}
+    for url in data.urls["train"]:
+        for sample in read_samples(url):
+            full[sample["__key__"]] = decode_image_caption(sample, 64)["image"]
+    batch = next(iter(data.train_dataloader()))
+    assert batch["image"].shape == (8, 3, 32, 32) and batch["low_res"].shape == (8, 3, 8, 8)
+    torch.testing.assert_close(batch["low_res"], downsample(batch["image"], 4), rtol=0, atol=0)
+    corners = set()
+    for key, crop in zip(batch["key"], batch["image"], strict=True):
+        matches = [(top, left) for top in range(0, 33, 4) for left in range(0, 33, 4)
+                   if torch.equal(full[key][:, top : top + 32, left : left + 32], crop)]  # fmt: skip
+        assert matches, f"{key}: the crop is not a crop of its image at a multiple of the factor"
+        corners.add(matches[0])
+    assert len(corners) > 1  # training crops are random
+    val = next(iter(data.val_dataloader()))
+    whole = decode_image_caption(read_samples(data.urls["val"][0], limit=1)[0], 64)["image"]
+    torch.testing.assert_close(val["image"][0], whole[:, 16:48, 16:48], rtol=0, atol=0)  # the central crop
+    refs = data.reference_pairs(3)
+    assert refs["image"].shape == (3, 3, 64, 64) and torch.equal(refs["image"][0], whole)
+    torch.testing.assert_close(refs["low_res"], downsample(refs["image"], 4), rtol=0, atol=0)
+
+
+def test_embedding_conditioned_batches_join_the_embeddings(pipeline):
+    data = SuperResDataModule(
+        train=None, val=str(pipeline["data"]), image_size=64, crop=32, embeddings=str(pipeline["emb"]), num_workers=0
+    )
+    data.setup("validate")
+    batch = next(iter(data.val_dataloader()))
+    assert batch["img_emb"].shape == (len(batch["key"]), 32)
+    stage = UpsamplerStage(SuperResUNet(**MICRO_SR, cond_dim=32), stats=str(pipeline["emb"] / "stats.json"))
+    losses = stage._losses(batch, 0.0)
+    assert losses["loss"].shape == (len(batch["key"]),) and torch.isfinite(losses["loss"]).all()
+    with pytest.raises(ValueError, match="image_embeddings"):
+        stage.sample(batch["low_res"][:1], steps=2, progress=False)
+
+
+def test_the_unet_applies_to_other_sizes_and_reads_its_conditions():
+    torch.manual_seed(0)
+    net = SuperResUNet(**MICRO_SR).eval()
+    t = torch.tensor([10, 700])
+    for low in ((8, 8), (12, 12), (16, 8)):  # the training crop's 8px, and sizes it never saw
+        x = torch.randn(2, 3, low[0] * 4, low[1] * 4)
+        out = net(x, t, {"low_res": torch.randn(2, 3, *low), "aug_level": torch.tensor([0.0, 0.3])})
+        assert out.shape == (2, 6, *x.shape[-2:])
+    x, low_res, level = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 8, 8), torch.tensor([0.1])
+    with torch.no_grad():
+        base = net(x, t[:1], {"low_res": low_res, "aug_level": level})
+        other_image = net(x, t[:1], {"low_res": torch.randn(1, 3, 8, 8), "aug_level": level})
+        other_level = net(x, t[:1], {"low_res": low_res, "aug_level": torch.tensor([0.4])})
+    assert (base - other_image).abs().max() > 1e-4 and (base - other_level).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="times 4"):
+        net(torch.randn(1, 3, 32, 32), t[:1], {"low_res": torch.randn(1, 3, 16, 16), "aug_level": level})
+    deeper = SuperResUNet(**{**MICRO_SR, "channel_mult": (1, 1, 1, 1)})  # halves three times: sides must be multiples of 8
+    with pytest.raises(ValueError, match="divisible by the U-Net's downsampling factor 8"):
+        deeper(torch.randn(1, 3, 36, 36), t[:1], {"low_res": torch.randn(1, 3, 9, 9), "aug_level": level})
+
+
+def test_upsample_command_writes_the_requested_size(upsampler, shapes_dir, tmp_path):
+    sample = read_samples(sorted(shapes_dir.glob("val-*.tar"))[0], limit=1)[0]
+    small = tmp_path / "small.png"
+    Image.open(io.BytesIO(sample["png"])).resize((16, 16)).save(small)
+    out = tmp_path / "new" / "big.png"
+    result = run(T2I, "upsample", "--in", str(small), "--out", str(out), "--upsampler", str(upsampler["checkpoint"]),
+                 "--up-steps", "2")  # fmt: skip
+    assert "16x16 -> 64x64" in result.stdout
+    with Image.open(out) as image:
+        assert image.size == (64, 64) and np.asarray(image).std() > 0
+    Image.new("RGB", (20, 12)).save(tmp_path / "wide.png")  # any size the U-Net can halve
+    run(T2I, "upsample", "--in", str(tmp_path / "wide.png"), "--out", str(tmp_path / "wide4.png"),
+        "--upsampler", str(upsampler["checkpoint"]), "--up-steps", "2")  # fmt: skip
+    with Image.open(tmp_path / "wide4.png") as image:
+        assert image.size == (80, 48)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"--in": "nowhere.png"}, "Image not found: nowhere.png"),
+        ({"--aug-level": "1.5"}, "--aug-level must be in [0, 1]"),
+        ({"--up-steps": "0"}, "--up-steps must be positive"),
+        ({"--upsampler": "nowhere/last.ckpt"}, "make train-upsampler"),
+    ],
+)
+def test_upsample_rejects_bad_input_clearly(upsampler, tmp_path, overrides, message):
+    Image.new("RGB", (16, 16)).save(tmp_path / "small.png")
+    options = {"--in": str(tmp_path / "small.png"), "--upsampler": str(upsampler["checkpoint"]),
+               "--out": str(tmp_path / "x.png"), **overrides}  # fmt: skip
+    result = run(T2I, "upsample", *(a for pair in options.items() for a in pair), check=False)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_decoder_checkpoint_is_not_taken_for_an_upsampler(decoder, tmp_path):
+    Image.new("RGB", (16, 16)).save(tmp_path / "small.png")
+    result = run(T2I, "upsample", "--in", str(tmp_path / "small.png"), "--out", str(tmp_path / "x.png"),
+                 "--upsampler", str(decoder["decoder"]), check=False)  # fmt: skip
+    assert result.returncode != 0 and "is not an upsampler checkpoint" in result.stderr
+
+
+def test_sample_chains_the_upsampler_after_the_decoder(decoder, upsampler, tmp_path):
+    common = ["--prompt", "a red circle", "--n", "2", "--steps", "2", "--decoder", str(decoder["decoder"]),
+              "--translator", str(decoder["translator"])]  # fmt: skip
+    big = tmp_path / "big.png"
+    result = run(T2I, "sample", *common, "--upsampler", str(upsampler["checkpoint"]), "--up-steps", "2",
+                 "--out", str(big))  # fmt: skip
+    assert "2 images of 128x128" in result.stdout  # the micro decoder's 32px, upsampled 4x
+    with Image.open(big) as image:
+        assert image.size == (2 * 128, 128)
+    small = tmp_path / "small.png"
+    run(T2I, "sample", *common, "--no-upsample", "--out", str(small))
+    with Image.open(small) as image:
+        assert image.size == (2 * 32, 32)
+    result = run(T2I, "sample", *common, "--no-upsample", "--upsampler", str(upsampler["checkpoint"]),
+                 "--out", str(tmp_path / "x.png"), check=False)  # fmt: skip
+    assert result.returncode != 0 and "contradict" in result.stderr
+
+
+def test_sampling_is_reproducible_for_a_seed(upsampler):
+    stage = UpsamplerStage.load_from_checkpoint(upsampler["checkpoint"], map_location="cpu", weights_only=False)
+    low_res = torch.rand(1, 3, 8, 8) * 2 - 1
+    first, second, other = (
+        stage.sample(low_res, steps=2, progress=False, generator=torch.Generator().manual_seed(seed)) for seed in (0, 0, 1)
+    )
+    assert first.shape == (1, 3, 32, 32) and torch.equal(first, second) and not torch.equal(first, other)
+
+
+def test_evaluate_upsampler_scores_bicubic_and_each_setting(upsampler, shapes_dir, tmp_path):
+    out = tmp_path / "report.json"
+    result = run(T2I, "evaluate-upsampler", "--upsampler", str(upsampler["checkpoint"]), "--data", str(shapes_dir),
+                 "--n", "3", "--aug-levels", "0", "0.2", "--steps", "2", "--out", str(out))  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["images"] == 3 and report["size"] == [64, 64] and report["factor"] == 4
+    rows = report["rows"]
+    assert [(r["method"], r.get("aug_level")) for r in rows] == [("bicubic", None), ("upsampler", 0.0), ("upsampler", 0.2)]
+    assert 10 < rows[0]["psnr"] < 60 and 0 < rows[0]["ssim"] <= 1 and 0 < rows[0]["sharpness"] < 1  # bicubic blurs
+    assert all(r["s_per_image"] > 0 for r in rows) and "PSNR dB" in result.stdout
