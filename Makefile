@@ -35,6 +35,9 @@ TRANSLATOR_CKPT ?= $(RUNS)/translator/checkpoints/last.ckpt
 DECODER_CKPT ?= $(RUNS)/decoder/checkpoints/last.ckpt
 DECODER_TEXT_CKPT ?= $(RUNS)/decoder_text/checkpoints/last.ckpt
 UPSAMPLER_CKPT ?= $(RUNS)/upsampler/checkpoints/last.ckpt
+SCORE_CKPT   ?= $(RUNS)/score/checkpoints/last.ckpt
+CAPTIONER_CKPT ?= $(RUNS)/captioner/checkpoints/last.ckpt
+GUIDANCE     ?= 3
 PROMPT       ?= a red circle
 N            ?= 8
 SAMPLER      ?= ddim
@@ -44,7 +47,7 @@ SAMPLE_OUT   ?= $(RUNS)/samples/sample.png
 DEMO_PROMPTS ?= "a red circle" "a blue square on a yellow background" "two green triangles" "a small purple star to the left of a large orange ring"
 TRAINER_FLAGS = --trainer.accelerator $(ACCELERATOR) --trainer.devices $(DEVICES)
 
-.PHONY: help install data inspect clip embed train-translator embed-text train-decoder train-decoder-text train-upsampler evaluate-upsampler sample demo-samples demo test test-all lint tensorboard clean
+.PHONY: help install data inspect clip embed train-translator embed-text train-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance sample demo-samples demo test test-all lint tensorboard clean
 
 help: ## list the targets (this message)
 	@echo "t2i_lightning: staged text-to-image diffusion with PyTorch Lightning"
@@ -77,6 +80,8 @@ TRANSLATOR_DONE := $(RUNS)/translator/done.stamp
 DECODER_DONE    := $(RUNS)/decoder/done.stamp
 DECODER_TEXT_DONE := $(RUNS)/decoder_text/done.stamp
 UPSAMPLER_DONE  := $(RUNS)/upsampler/done.stamp
+SCORE_DONE      := $(RUNS)/score/done.stamp
+CAPTIONER_DONE  := $(RUNS)/captioner/done.stamp
 
 $(DATA)/index.json: | $(STAMP)
 	$(MAKE) --no-print-directory data
@@ -136,6 +141,30 @@ $(UPSAMPLER_DONE): $(DATA)/index.json | $(STAMP)
 evaluate-upsampler: $(UPSAMPLER_DONE) ## PSNR/SSIM/sharpness/time of the upsampler vs bicubic on validation images -> $(RUNS)/upsampler/report.json
 	$(T2I) evaluate-upsampler --upsampler $(UPSAMPLER_CKPT) --data $(DATA) --out $(RUNS)/upsampler/report.json
 
+train-score: $(SCORE_DONE) ## train the NCSN score model (32px, unconditional) on $(DATA) -> $(SCORE_CKPT)
+
+$(SCORE_DONE): $(DATA)/index.json | $(STAMP)
+	$(T2I) fit --config stages/score.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
+	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
+	@touch $@
+
+train-captioner: $(CAPTIONER_DONE) ## train the noise-conditioned captioner on $(DATA) -> $(CAPTIONER_CKPT)
+
+$(CAPTIONER_DONE): $(DATA)/index.json | $(STAMP)
+	$(T2I) fit --config stages/captioner.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
+	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
+	@touch $@
+
+sample-score: $(SCORE_DONE) $(CAPTIONER_DONE) ## unguided and captioner-guided (GUIDANCE) score-model samples of DEMO_PROMPTS -> $(RUNS)/demo/score-*.png
+	$(T2I) sample --method score --prompt "$(PROMPT)" --guidance 0 --n $(N) --score $(SCORE_CKPT) \
+	    --out $(RUNS)/demo/score-unguided.png
+	@i=0; for prompt in $(DEMO_PROMPTS); do i=$$((i+1)); \
+	    $(T2I) sample --method score --prompt "$$prompt" --guidance $(GUIDANCE) --n $(N) --score $(SCORE_CKPT) \
+	        --captioner $(CAPTIONER_CKPT) --out $(RUNS)/demo/score-guided-$$i.png || exit 1; done
+
+evaluate-guidance: $(SCORE_DONE) $(CAPTIONER_DONE) ## prompt-colour match of score samples, unguided vs guided -> $(RUNS)/score/guidance.json
+	$(T2I) evaluate-guidance --score $(SCORE_CKPT) --captioner $(CAPTIONER_CKPT) --out $(RUNS)/score/guidance.json
+
 # The upsampler is used when its checkpoint exists (256px out), else the images stay at 64px.
 UPSAMPLE_FLAGS = $(if $(wildcard $(UPSAMPLER_CKPT)),--upsampler $(UPSAMPLER_CKPT),--no-upsample)
 
@@ -148,7 +177,7 @@ demo-samples: $(DECODER_DONE) $(UPSAMPLER_DONE) ## N samples of each DEMO_PROMPT
 	    $(T2I) sample --prompt "$$prompt" --n $(N) --steps $(STEPS) --cfg $(CFG) --decoder $(DECODER_CKPT) \
 	        --translator $(TRANSLATOR_CKPT) --upsampler $(UPSAMPLER_CKPT) --out $(RUNS)/demo/prompt-$$i.png || exit 1; done
 
-demo: data inspect clip embed train-translator embed-text train-decoder train-upsampler demo-samples ## the whole pipeline that exists so far, on the embedded data
+demo: data inspect clip embed train-translator embed-text train-decoder train-upsampler demo-samples train-score train-captioner sample-score ## the whole pipeline that exists so far, on the embedded data
 
 test: install ## run the fast test suite (what CI runs)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

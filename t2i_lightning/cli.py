@@ -113,11 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed_text.add_argument("--k", type=int, default=5, help="neighbours to show (default: 5)")
     from .sample_command import add_sample_parser
+    from .score_command import add_evaluate_guidance_parser
     from .upsample_command import add_evaluate_upsampler_parser, add_upsample_parser
 
     add_sample_parser(subparsers)
     add_upsample_parser(subparsers)
     add_evaluate_upsampler_parser(subparsers)
+    add_evaluate_guidance_parser(subparsers)
     bench = subparsers.add_parser("bench", help="benchmarks as ratios against a baseline run side by side")
     kinds = bench.add_subparsers(dest="bench_command", metavar="{extraction,sampling}", required=True)
     extraction = kinds.add_parser(
@@ -171,6 +173,12 @@ def _run_upsample(args: argparse.Namespace) -> None:
     from .upsample_command import run_evaluate_upsampler, run_upsample
 
     (run_upsample if args.command == "upsample" else run_evaluate_upsampler)(args)
+
+
+def _run_evaluate_guidance(args: argparse.Namespace) -> None:
+    from .score_command import run_evaluate_guidance
+
+    run_evaluate_guidance(args)
 
 
 def _run_bench(args: argparse.Namespace) -> None:
@@ -244,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         commands = {"embed-text": _run_embed_text, "bench": _run_bench, "sample": _run_sample,
-                    "upsample": _run_upsample, "evaluate-upsampler": _run_upsample}  # fmt: skip
+                    "upsample": _run_upsample, "evaluate-upsampler": _run_upsample,
+                    "evaluate-guidance": _run_evaluate_guidance}  # fmt: skip
         commands.get(args.command, _run_data)(args)
     except USER_ERRORS as error:
         if os.environ.get("T2I_DEBUG"):

@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import lightning.pytorch as pl
 import torch
 from PIL import Image
 
 from .data.image_io import open_image, to_rgb
 from .nn.clip import create_clip, file_digest, preprocess_for, tokenizer_for
+from .stages.captioner import CaptionerStage
 from .stages.decoder import DecoderStage
+from .stages.score import ScoreStage
 from .stages.text_decoder import TextDecoderStage
 from .stages.translator import TranslatorStage
 from .stages.upsampler import UpsamplerStage
@@ -26,6 +29,8 @@ DEFAULT_CLIP = "runs/clip/checkpoints/last.ckpt"
 DEFAULT_TRANSLATOR = "runs/translator/checkpoints/last.ckpt"
 DEFAULT_DECODER = "runs/decoder/checkpoints/last.ckpt"
 DEFAULT_UPSAMPLER = "runs/upsampler/checkpoints/last.ckpt"
+DEFAULT_SCORE = "runs/score/checkpoints/last.ckpt"
+DEFAULT_CAPTIONER = "runs/captioner/checkpoints/last.ckpt"
 
 
 def require_checkpoint(path: str, target: str) -> None:
@@ -46,12 +51,28 @@ def is_text_decoder(path: str) -> bool:
     return "text_encoder" in checkpoint_hparams(path, "train-decoder")
 
 
-def load_upsampler(path: str = DEFAULT_UPSAMPLER) -> UpsamplerStage:
-    """The upsampler stage of a checkpoint (EMA weights), frozen; another stage's checkpoint is refused."""
-    if "aug_level" not in checkpoint_hparams(path, "train-upsampler"):
-        raise ValueError(f"{path} is not an upsampler checkpoint (make train-upsampler writes one)")
-    stage = UpsamplerStage.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+def load_frozen_stage(stage_class: type[pl.LightningModule], path: str, target: str, marker: str) -> pl.LightningModule:
+    """A stage from its checkpoint (EMA weights where it has them), frozen for inference. ``marker``, a
+    hyperparameter only that stage has, tells another stage's checkpoint apart; ``target`` makes it."""
+    if marker not in checkpoint_hparams(path, target):
+        raise ValueError(f"{path} is not a checkpoint of {stage_class.__name__} (`make {target}` writes one)")
+    stage = stage_class.load_from_checkpoint(path, map_location="cpu", weights_only=False)
     return stage.eval().requires_grad_(False)
+
+
+def load_upsampler(path: str = DEFAULT_UPSAMPLER) -> UpsamplerStage:
+    """The upsampler of a checkpoint (EMA weights), frozen."""
+    return load_frozen_stage(UpsamplerStage, path, "train-upsampler", "aug_level")
+
+
+def load_score_model(path: str = DEFAULT_SCORE) -> ScoreStage:
+    """The score model of a checkpoint (EMA weights), frozen."""
+    return load_frozen_stage(ScoreStage, path, "train-score", "steps_per_level")
+
+
+def load_captioner(path: str = DEFAULT_CAPTIONER) -> CaptionerStage:
+    """The noise-conditioned captioner of a checkpoint, frozen."""
+    return load_frozen_stage(CaptionerStage, path, "train-captioner", "all_captions")
 
 
 def load_decoder(path: str = DEFAULT_DECODER) -> DecoderStage:

@@ -6,6 +6,9 @@
     t2i sample --analogy A B C --out analogy.png                      # emb(A) - emb(B) + emb(C)
     t2i sample --interpolate A B --frames 5 --out strip.png           # a strip from A to B
 
+``--method score --prompt TEXT --guidance LAMBDA`` samples the captioner-guided score model instead
+(:mod:`t2i_lightning.score_command`).
+
 When an upsampler checkpoint exists (``runs/upsampler/`` by default, or ``--upsampler``), the
 decoder's 64px images go through it (256px out); ``--no-upsample`` stops at 64px.
 
@@ -18,14 +21,13 @@ of an n-image grid is image i.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .data.image_io import open_image, save_png_atomic, tensor_to_images, to_rgb
+from .data.image_io import grid_image, open_image, save_png_atomic, tensor_to_images, to_rgb
 from .diffusion import ImageGuidance
 from .pipeline import (
     DEFAULT_DECODER,
@@ -37,6 +39,7 @@ from .pipeline import (
     load_chain,
     load_upsampler,
 )
+from .score_command import add_score_options, run_score_sample
 from .stages.upsampler import UpsamplerStage
 from .upsample_command import add_upsampler_options, check_upsampler_args, upsample_tensor
 
@@ -53,6 +56,11 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--mix", nargs=2, metavar=("A", "B"), help="the average of two captions' embeddings")
     what.add_argument("--analogy", nargs=3, metavar=("A", "B", "C"), help="emb(A) - emb(B) + emb(C)")
     what.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="a strip of --frames images from A to B")
+    sample.add_argument(
+        "--method", choices=("unclip", "score"), default="unclip",
+        help="unclip: translator + decoder (+ upsampler); score: the captioner-guided score model (default: unclip)",
+    )  # fmt: skip
+    sample.add_argument("--guidance", type=float, default=1.0, help="--method score: captioner guidance lambda (default: 1)")
     sample.add_argument("--n", type=int, default=8, help="images per embedding (default: 8)")
     sample.add_argument("--frames", type=int, default=5, help="frames of --interpolate (default: 5)")
     sample.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="default: ddim")
@@ -74,6 +82,7 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     sample.add_argument("--clip", default=None, help="CLIP weights (default: the one the translator recorded)")
     add_upsampler_options(sample, ", used when it exists")
+    add_score_options(sample)
     sample.add_argument("--no-upsample", action="store_true", help="stop at the decoder's 64px images")
     sample.add_argument("--out", required=True, help="output PNG (a borderless grid)")
 
@@ -144,18 +153,11 @@ def target_embeddings(chain: TextToImage, args: argparse.Namespace) -> torch.Ten
     return (1 - weights) * a + weights * b
 
 
-def grid_image(images: list[Image.Image], columns: int) -> Image.Image:
-    """Tile equally sized images left to right, top to bottom, with no borders."""
-    side_w, side_h = images[0].size
-    rows = math.ceil(len(images) / columns)
-    grid = Image.new("RGB", (columns * side_w, rows * side_h), (255, 255, 255))
-    for i, image in enumerate(images):
-        grid.paste(image, ((i % columns) * side_w, (i // columns) * side_h))
-    return grid
-
-
 def run_sample(args: argparse.Namespace) -> None:
     check_sample_args(args)
+    if args.method == "score":
+        run_score_sample(args)
+        return
     check_decoder_args(args)
     chain = load_chain(args.decoder, args.translator, args.clip)
     conditioning = [args.prompt] * args.n if chain.conditions_on_text else target_embeddings(chain, args)

@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from t2i_lightning.diffusion import (
+    GuidanceNorms,
     ImageGuidance,
     NoiseSchedule,
+    annealed_langevin,
+    bayes_guided_score,
     classifier_free_guidance,
     cosine_alpha_bar,
     cosine_betas,
@@ -21,6 +24,7 @@ from t2i_lightning.diffusion import (
     eps_from_v,
     eps_from_x0,
     gaussian_blur,
+    geometric_sigmas,
     gradient_guidance,
     hybrid_loss,
     linear_betas,
@@ -605,3 +609,97 @@ def test_gaussian_blur_against_a_direct_convolution():
     torch.testing.assert_close(blurred[1:], direct, rtol=1e-5, atol=1e-6)
     constant = torch.full((1, 3, 9, 9), 0.25)
     torch.testing.assert_close(gaussian_blur(constant, 2.0), constant)  # the kernel sums to 1
+
+
+# --- score models: DSM, annealed Langevin, Bayes-rule guidance ------------------------------------
+
+
+def test_dsm_loss_of_the_optimal_score_of_gaussian_data_has_its_closed_form():
+    """x ~ N(mu, s^2 I): p_sigma = N(mu, (s^2 + sigma^2) I), so s*(x) = -(x - mu)/(s^2 + sigma^2) and
+    E ½‖σ s*(x + σz) + z‖² = ½ d s²/(s² + σ²); any other score does worse."""
+    generator = torch.Generator().manual_seed(0)
+    n, d, mu, s = 40000, 4, 0.5, 0.7
+    x = mu + s * torch.randn(n, d, generator=generator, dtype=F64)
+    z = torch.randn(n, d, generator=generator, dtype=F64)
+    for sigma in (0.05, 0.5, 2.0):
+        noisy = x + sigma * z
+        optimal = -(noisy - mu) / (s**2 + sigma**2)
+        loss = dsm_loss(optimal, z, torch.full((n,), sigma, dtype=F64)).mean().item()
+        assert loss == pytest.approx(0.5 * d * s**2 / (s**2 + sigma**2), rel=0.02)
+        worse = dsm_loss(optimal * 1.2, z, torch.full((n,), sigma, dtype=F64)).mean().item()
+        assert worse > loss
+
+
+def _mixture_score(weights, means, std):
+    """The exact score of a 1-D Gaussian mixture perturbed by N(0, σ²)."""
+
+    def score(x, sigma):
+        var = std**2 + sigma[:, None] ** 2  # B x 1
+        flat = x.reshape(x.shape[0], 1)
+        log_p = torch.log(weights)[None] - 0.5 * (flat - means[None]) ** 2 / var - 0.5 * torch.log(var)
+        responsibility = torch.softmax(log_p, dim=1)
+        return (responsibility * (means[None] - flat) / var).sum(dim=1).reshape(x.shape)
+
+    return score
+
+
+def test_annealed_langevin_with_the_exact_score_recovers_mixture_weights():
+    """Song & Ermon 2019 sec. 3.2.2 / fig. 3: annealing recovers the 1:4 weights; a chain at the lowest
+    level alone keeps the split of its starting points (both modes equally), since it cannot cross."""
+    weights, means = torch.tensor([0.2, 0.8]), torch.tensor([-5.0, 5.0])
+    score = _mixture_score(weights, means, 1.0)
+    start = torch.rand(4000, 1, generator=torch.Generator().manual_seed(0)) * 16 - 8
+    sigmas = geometric_sigmas(20.0, 0.5, 10)  # ε/(2σ_L²) = 0.1: each step contracts, none overshoots
+    annealed = annealed_langevin(score, sigmas, start, eps=0.05, steps_per_level=60, final_denoise=False,
+                                 generator=torch.Generator().manual_seed(1), progress=False)  # fmt: skip
+    assert (annealed < 0).float().mean().item() == pytest.approx(0.2, abs=0.05)
+    assert annealed[annealed > 0].std().item() == pytest.approx(math.sqrt(1 + 0.5**2), abs=0.08)  # p at σ_L
+    frozen = annealed_langevin(score, sigmas[-1:], start, eps=0.05, steps_per_level=60 * 10, final_denoise=False,
+                               generator=torch.Generator().manual_seed(1), progress=False)  # fmt: skip
+    assert (frozen < 0).float().mean().item() == pytest.approx(0.5, abs=0.05)
+
+
+def test_annealed_langevin_step_sizes_follow_algorithm_1():
+    """With a zero score every step only adds √α_i z, so the variance after the run is Σ_i T α_i."""
+    sigmas = geometric_sigmas(2.0, 0.5, 3)
+    eps, steps = 0.01, 50
+    out = annealed_langevin(lambda x, sigma: torch.zeros_like(x), sigmas, torch.zeros(20000, 1), eps=eps,
+                            steps_per_level=steps, final_denoise=False, generator=torch.Generator().manual_seed(0),
+                            progress=False)  # fmt: skip
+    expected = sum(steps * eps * float(s) ** 2 / float(sigmas[-1]) ** 2 for s in sigmas)
+    assert out.var().item() == pytest.approx(expected, rel=0.03)
+
+
+def test_bayes_guided_score_adds_the_scaled_likelihood_gradient():
+    x = torch.randn(3, 2, 4, 4, dtype=F64)
+    sigma = torch.full((3,), 0.5, dtype=F64)
+    target = torch.randn(3, 2, 4, 4, dtype=F64)
+
+    def score_fn(x, sigma):
+        return -x / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)
+
+    def log_likelihood(x, sigma):  # log N(target; x, I) up to a constant: gradient target - x
+        return -0.5 * ((x - target) ** 2).flatten(1).sum(1)
+
+    calls = []
+    counted = lambda x, sigma: calls.append(1) or log_likelihood(x, sigma)  # noqa: E731
+    assert torch.equal(bayes_guided_score(score_fn, counted, 0.0)(x, sigma), score_fn(x, sigma)) and not calls
+    norms = GuidanceNorms({}, {})
+    guided = bayes_guided_score(score_fn, log_likelihood, 2.0, norms=norms)(x, sigma)
+    torch.testing.assert_close(guided, score_fn(x, sigma) + 2.0 * (target - x))
+    assert norms.summary()[0]["sigma"] == 0.5 and norms.summary()[0]["guidance_norm"] > 0
+    linear = bayes_guided_score(score_fn, log_likelihood, 2.0, schedule="linear", sigma_range=(2.0, 0.02))(x, sigma)
+    torch.testing.assert_close(linear, score_fn(x, sigma) + 2.0 * 0.25 * (target - x))
+    with pytest.raises(ValueError, match="schedule"):
+        bayes_guided_score(score_fn, log_likelihood, 1.0, schedule="cubic")
+    with pytest.raises(ValueError, match=">= 0"):
+        bayes_guided_score(score_fn, log_likelihood, -1.0)
+
+
+def test_geometric_sigmas():
+    sigmas = geometric_sigmas(2.0, 0.02, 10)
+    assert sigmas[0].item() == pytest.approx(2.0) and sigmas[-1].item() == pytest.approx(0.02)
+    ratios = sigmas[1:] / sigmas[:-1]
+    torch.testing.assert_close(ratios, torch.full_like(ratios, 0.01 ** (1 / 9)))
+    with pytest.raises(ValueError):
+        geometric_sigmas(0.02, 2.0, 10)

@@ -165,7 +165,7 @@ def test_a_decoder_checkpoint_is_not_taken_for_an_upsampler(decoder, tmp_path):
     Image.new("RGB", (16, 16)).save(tmp_path / "small.png")
     result = run(T2I, "upsample", "--in", str(tmp_path / "small.png"), "--out", str(tmp_path / "x.png"),
                  "--upsampler", str(decoder["decoder"]), check=False)  # fmt: skip
-    assert result.returncode != 0 and "is not an upsampler checkpoint" in result.stderr
+    assert result.returncode != 0 and "is not a checkpoint of UpsamplerStage" in result.stderr
 
 
 def test_sample_chains_the_upsampler_after_the_decoder(decoder, upsampler, tmp_path):

@@ -7,6 +7,7 @@ Every image that enters a shard or a batch passes through :func:`to_rgb`, so gre
 from __future__ import annotations
 
 import io
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -98,3 +99,13 @@ def save_png_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
     image.save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
+
+
+def grid_image(images: list[Image.Image], columns: int) -> Image.Image:
+    """Tile equally sized images left to right, top to bottom, with no borders."""
+    side_w, side_h = images[0].size
+    rows = math.ceil(len(images) / columns)
+    grid = Image.new("RGB", (columns * side_w, rows * side_h), (255, 255, 255))
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % columns) * side_w, (i // columns) * side_h))
+    return grid

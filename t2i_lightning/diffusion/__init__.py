@@ -8,7 +8,10 @@ the conditioning augmentation of cascaded models (noise level, blur).
 
 from .augmentation import gaussian_blur, noise_augment
 from .guidance import (
+    GUIDANCE_SCHEDULES,
+    GuidanceNorms,
     ImageGuidance,
+    bayes_guided_score,
     classifier_free_guidance,
     dynamic_threshold,
     gradient_guidance,
@@ -34,16 +37,20 @@ from .parameterization import (
     x0_from_v,
 )
 from .process import q_posterior, q_sample
-from .samplers import SAMPLERS, ddim_sample, ddpm_sample
-from .schedules import NoiseSchedule, cosine_alpha_bar, cosine_betas, extract, linear_betas
+from .samplers import SAMPLERS, annealed_langevin, ddim_sample, ddpm_sample
+from .schedules import NoiseSchedule, cosine_alpha_bar, cosine_betas, extract, geometric_sigmas, linear_betas
 from .variance import learned_range_log_variance, split_learned_variance
 
 __all__ = [
+    "GUIDANCE_SCHEDULES",
     "PARAMETERIZATIONS",
     "SAMPLERS",
+    "GuidanceNorms",
     "ImageGuidance",
     "NoiseSchedule",
     "Prediction",
+    "annealed_langevin",
+    "bayes_guided_score",
     "classifier_free_guidance",
     "cosine_alpha_bar",
     "cosine_betas",
@@ -56,6 +63,7 @@ __all__ = [
     "eps_from_x0",
     "extract",
     "gaussian_blur",
+    "geometric_sigmas",
     "gradient_guidance",
     "hybrid_loss",
     "learned_range_log_variance",

@@ -1,4 +1,5 @@
-"""Samplers over a (possibly respaced) NoiseSchedule, all with one signature.
+"""Samplers: DDPM and DDIM over a (possibly respaced) NoiseSchedule, with one signature, and annealed
+Langevin dynamics over the noise levels of a score network.
 
 ``model_fn(x, t)`` returns the raw network output, where t [B] holds the ORIGINAL training step
 index ``schedule.timesteps[i]`` of step i. Sampling runs in float32 with autocast and autograd off
@@ -8,6 +9,7 @@ index ``schedule.timesteps[i]`` of step i. Sampling runs in float32 with autocas
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -136,6 +138,50 @@ def ddim_sample(
     return _sample_loop(
         step, model_fn, schedule, noise, image_guidance, progress, return_intermediates, "ddim"
     )
+
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def annealed_langevin(
+    score_fn: ScoreFn,
+    sigmas: Tensor,
+    noise: Tensor,
+    *,
+    eps: float = 2e-5,
+    steps_per_level: int = 100,
+    final_denoise: bool = True,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    callback: Callable[[int, Tensor], None] | None = None,
+) -> Tensor:
+    """Annealed Langevin dynamics, Song & Ermon 2019 ("NCSN") Algorithm 1, from x_0 = ``noise``.
+
+    ``score_fn(x, sigma)`` returns s(x, σ) ≈ ∇_x log p_σ(x), with ``sigma`` a [B] tensor. For each level
+    i (σ_1 > … > σ_L, ``sigmas``): α_i = ε·σ_i²/σ_L², then ``steps_per_level`` times
+    x ← x + (α_i/2)·s(x, σ_i) + √α_i·z, z ~ N(0, I). With ``final_denoise`` the result is x + σ_L²·s(x, σ_L),
+    the posterior mean of the clean data by Tweedie's formula (Jolicoeur-Martineau et al. 2021; NCSNv2
+    sec. 4.3). ``callback(i, x)`` runs after each level (e.g. to record gradient norms). Runs in float32
+    with autocast off; gradients stay off unless ``score_fn`` enables them (gradient guidance).
+    """
+    if steps_per_level <= 0 or eps <= 0:
+        raise ValueError(f"steps_per_level and eps must be positive, got {steps_per_level} and {eps}")
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    x = noise.float()
+    last = float(sigmas[-1])
+    with torch.autocast(device_type=x.device.type, enabled=False), torch.no_grad():
+        for i in tqdm(range(len(sigmas)), desc="langevin", disable=not progress):
+            sigma = float(sigmas[i])
+            alpha = eps * sigma**2 / last**2
+            level = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
+            for _ in range(steps_per_level):
+                x = x + 0.5 * alpha * score_fn(x, level).float() + math.sqrt(alpha) * _standard_normal(x, generator)
+            if callback is not None:
+                callback(i, x)
+        if final_denoise:
+            level = torch.full((x.shape[0],), last, device=x.device, dtype=x.dtype)
+            x = x + last**2 * score_fn(x, level).float()
+    return x
 
 
 SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample}

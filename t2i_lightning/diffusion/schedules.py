@@ -42,6 +42,18 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
     return (1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).clamp(max=max_beta)
 
 
+def geometric_sigmas(sigma_max: float, sigma_min: float, num_levels: int) -> Tensor:
+    """Noise levels σ_1 > … > σ_L of a noise-conditional score network, a geometric sequence from
+    ``sigma_max`` to ``sigma_min`` (Song & Ermon 2019, "NCSN", sec. 4.2). Returns float64 [L].
+
+    The study used σ from 1 to 0.01 with L = 10 for data in [0, 1]; for data in [−1, 1], twice the
+    range, the same noise-to-signal ratios are σ from 2 to 0.02.
+    """
+    if not (sigma_max > sigma_min > 0 and num_levels >= 2):
+        raise ValueError(f"need sigma_max > sigma_min > 0 and at least 2 levels, got {sigma_max}, {sigma_min}, {num_levels}")
+    return torch.logspace(math.log10(sigma_max), math.log10(sigma_min), num_levels, dtype=torch.float64)
+
+
 def extract(arr: Tensor, t: Tensor, like: Tensor) -> Tensor:
     """Gather ``arr[t]`` for a batch of step indices and shape it [B, 1, …] to broadcast against ``like``.
 

@@ -33,3 +33,25 @@ def reconstruction_colour_report(sources: torch.Tensor, reconstructions: torch.T
     matched = coarse_colour_error(sources, reconstructions).mean().item()
     shuffled = coarse_colour_error(sources.roll(1, dims=0), reconstructions).mean().item()
     return {"matched": matched, "random_pairs": shuffled, "ratio": matched / max(shuffled, 1e-8)}
+
+
+def dominant_object_colour(
+    image: torch.Tensor, palette: dict[str, tuple[int, int, int]], background_distance: float = 60.0
+) -> str | None:
+    """The palette colour most of an image's object pixels are nearest to, or None when no pixel stands out.
+
+    ``image``: 3 x H x W in [-1, 1]. The background is the median colour of the border pixels; object
+    pixels are those farther than ``background_distance`` (8-bit RGB, Euclidean) from it; each votes
+    for its nearest palette colour. A colour-histogram check of "is the prompt's colour there", usable
+    until a trained judge exists; it ignores shape, size and position.
+    """
+    pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).reshape(3, -1).T  # N x 3
+    border = torch.cat([image[:, 0], image[:, -1], image[:, :, 0], image[:, :, -1]], dim=1)
+    background = ((border.float().clamp(-1, 1) + 1) * 127.5).median(dim=1).values
+    foreground = pixels[(pixels - background).norm(dim=1) > background_distance]
+    if len(foreground) == 0:
+        return None
+    names = list(palette)
+    colours = torch.tensor([palette[name] for name in names], dtype=torch.float32)
+    nearest = torch.cdist(foreground, colours).argmin(dim=1)
+    return names[int(torch.bincount(nearest, minlength=len(names)).argmax())]

@@ -23,7 +23,7 @@ from .superres import superres_scores
 def _timed_batches(upsample, n: int, batch_size: int) -> tuple[torch.Tensor, float]:
     """``upsample(rows)`` over slices of ``n`` rows, concatenated, and the seconds per image it took."""
     start = time.perf_counter()
-    out = torch.cat([upsample(slice(i, i + batch_size)) for i in range(0, n, batch_size)])
+    out = torch.cat([upsample(slice(i, i + batch_size)).cpu() for i in range(0, n, batch_size)])
     return out, (time.perf_counter() - start) / n
 
 
@@ -52,7 +52,7 @@ def upsampler_report(
     sampler = sampler or hp.sampler
     for level in aug_levels or [hp.aug_level]:
         for step_count in steps or [int(hp.steps)]:
-            generator = torch.Generator().manual_seed(seed)
+            generator = torch.Generator(device=upsampler.device).manual_seed(seed)
 
             def upsample(rows: slice, level=level, step_count=step_count, generator=generator) -> torch.Tensor:
                 return upsampler.sample(

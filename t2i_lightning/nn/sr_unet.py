@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DModel
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 
-from .unet import level_layout
+from .unet import adm_unet, check_divisible, level_layout
 
 AUG_LEVEL_SCALE = 1000.0  # a level in [0, 1] is embedded as a timestep in [0, 1000]
 
@@ -69,23 +68,10 @@ class SuperResUNet(nn.Module):
         )
         self.learn_variance = learn_variance
         self.downsampling = 2 ** (len(channel_mult) - 1)
-        levels = len(channel_mult)
-        self.unet = UNet2DModel(
-            sample_size=image_size,
-            in_channels=2 * in_channels,
-            out_channels=in_channels * (2 if learn_variance else 1),
-            down_block_types=("ResnetDownsampleBlock2D",) * levels,
-            up_block_types=("ResnetUpsampleBlock2D",) * levels,
-            block_out_channels=tuple(channels),
-            layers_per_block=num_res_blocks,
-            downsample_type="resnet",
-            upsample_type="resnet",
-            dropout=dropout,
-            norm_num_groups=groups,
-            resnet_time_scale_shift="scale_shift",
-            add_attention=False,
-            class_embed_type="identity",
-        )
+        self.unet = adm_unet(
+            image_size, 2 * in_channels, in_channels * (2 if learn_variance else 1), channels, [False] * len(channels),
+            num_res_blocks, dropout, groups, groups, add_attention=False, class_embed_type="identity",
+        )  # fmt: skip
         time_dim = channels[0] * 4  # UNet2DModel's timestep-embedding width
         self.aug_dim = channels[0]
         self.aug_proj = nn.Sequential(
@@ -103,10 +89,7 @@ class SuperResUNet(nn.Module):
 
     def check_size(self, height: int, width: int) -> None:
         """Refuse a high-resolution size the U-Net cannot halve enough times."""
-        if height % self.downsampling or width % self.downsampling:
-            raise ValueError(
-                f"Image size {(height, width)} is not divisible by the U-Net's downsampling factor {self.downsampling}"
-            )
+        check_divisible(torch.empty(0, 0, height, width), self.downsampling)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         if not isinstance(cond, dict) or not {"low_res", "aug_level"} <= cond.keys():

@@ -23,7 +23,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from .unet import level_layout
+from .unet import check_divisible, level_layout
 
 
 class TextConditionalUNet(nn.Module):
@@ -82,10 +82,7 @@ class TextConditionalUNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
-            raise ValueError(
-                f"Image size {tuple(x.shape[-2:])} is not divisible by the U-Net's downsampling factor {self.downsampling}"
-            )
+        check_divisible(x, self.downsampling)
         if not isinstance(cond, dict) or not {"tokens", "mask", "pooled"} <= cond.keys():
             raise ValueError('This U-Net is text-conditioned: pass cond = {"tokens", "mask", "pooled"}')
         tokens, mask, pooled = cond["tokens"], cond["mask"], cond["pooled"]

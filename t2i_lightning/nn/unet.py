@@ -38,6 +38,46 @@ def level_layout(
     return channels, [r in attention_resolutions for r in resolutions]
 
 
+def adm_unet(
+    image_size: int,
+    in_channels: int,
+    out_channels: int,
+    channels: list[int],
+    attend: list[bool],
+    num_res_blocks: int,
+    dropout: float,
+    head_channels: int,
+    groups: int,
+    **options,
+) -> UNet2DModel:
+    """diffusers' ``UNet2DModel`` with the ADM blocks: scale-shift (AdaGN) timestep conditioning, residual
+    up/down-sampling, self-attention at the levels ``attend`` marks; ``options`` go to ``UNet2DModel``."""
+    return UNet2DModel(
+        sample_size=image_size,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        down_block_types=tuple("AttnDownBlock2D" if a else "ResnetDownsampleBlock2D" for a in attend),
+        up_block_types=tuple("AttnUpBlock2D" if a else "ResnetUpsampleBlock2D" for a in reversed(attend)),
+        block_out_channels=tuple(channels),
+        layers_per_block=num_res_blocks,
+        downsample_type="resnet",
+        upsample_type="resnet",
+        dropout=dropout,
+        attention_head_dim=head_channels,
+        norm_num_groups=groups,
+        resnet_time_scale_shift="scale_shift",
+        **options,
+    )
+
+
+def check_divisible(x: torch.Tensor, downsampling: int) -> None:
+    """Refuse an image the U-Net cannot halve ``log2(downsampling)`` times."""
+    if x.shape[-1] % downsampling or x.shape[-2] % downsampling:
+        raise ValueError(
+            f"Image size {tuple(x.shape[-2:])} is not divisible by the U-Net's downsampling factor {downsampling}"
+        )
+
+
 class ConditionalUNet(nn.Module):
     """``net(x, t, cond) -> output``: noisy images, timestep indices, conditioning vectors.
 
@@ -75,25 +115,10 @@ class ConditionalUNet(nn.Module):
         self.image_size, self.in_channels, self.cond_dim = image_size, in_channels, cond_dim
         self.learn_variance = learn_variance
         self.downsampling = 2 ** (len(channel_mult) - 1)
-        down = tuple("AttnDownBlock2D" if a else "ResnetDownsampleBlock2D" for a in attend)
-        up = tuple("AttnUpBlock2D" if a else "ResnetUpsampleBlock2D" for a in reversed(attend))
-        self.unet = UNet2DModel(
-            sample_size=image_size,
-            in_channels=in_channels,
-            out_channels=in_channels * (2 if learn_variance else 1),
-            down_block_types=down,
-            up_block_types=up,
-            block_out_channels=tuple(channels),
-            layers_per_block=num_res_blocks,
-            downsample_type="resnet",
-            upsample_type="resnet",
-            dropout=dropout,
-            attention_head_dim=head_channels,
-            norm_num_groups=groups,
-            resnet_time_scale_shift="scale_shift",
-            add_attention=True,
-            class_embed_type="identity" if cond_dim else None,
-        )
+        self.unet = adm_unet(
+            image_size, in_channels, in_channels * (2 if learn_variance else 1), channels, attend, num_res_blocks,
+            dropout, head_channels, groups, add_attention=True, class_embed_type="identity" if cond_dim else None,
+        )  # fmt: skip
         time_dim = channels[0] * 4  # UNet2DModel's timestep-embedding width
         self.cond_proj = (
             nn.Sequential(nn.Linear(cond_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
@@ -102,10 +127,7 @@ class ConditionalUNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
-            raise ValueError(
-                f"Image size {tuple(x.shape[-2:])} is not divisible by the U-Net's downsampling factor {self.downsampling}"
-            )
+        check_divisible(x, self.downsampling)
         if self.cond_proj is not None:
             if cond is None:
                 raise ValueError("This U-Net is conditioned: pass cond (batch x cond_dim)")

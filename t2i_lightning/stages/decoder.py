@@ -18,7 +18,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
 
 from ..diffusion import (
@@ -33,12 +32,12 @@ from ..diffusion import (
     static_threshold,
 )
 from .embedding_stats import EmbeddingStatsMixin
-from .optim import adamw_with_warmup, decay_groups
+from .training import StageTraining, fixed_seed
 
 NULL_CONDITIONS = ("learned", "zeros")
 
 
-class DecoderStage(EmbeddingStatsMixin, pl.LightningModule):
+class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
     """Args:
     net: the denoiser, ``net(x_t, t, cond)`` (``t2i_lightning.nn.unet.ConditionalUNet``).
     stats: ``stats.json`` of the embedding directory; its image-side mean/std standardise the
@@ -160,31 +159,8 @@ class DecoderStage(EmbeddingStatsMixin, pl.LightningModule):
         return self._log_losses(self._losses(batch, self.cond_drop_prob), "train", len(batch["key"]))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(batch_idx)  # the same t and noise every validation: comparable curves
-        try:
+        with fixed_seed(batch_idx):  # the same t and noise every validation: comparable curves
             self._log_losses(self._losses(batch, 0.0), "val", len(batch["key"]))
-        finally:
-            torch.random.set_rng_state(generator_state)
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
-        if norms:
-            self.log("train/grad_norm", torch.stack(norms).norm())
-
-    def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        total = int(self.trainer.estimated_stepping_batches)
-        return adamw_with_warmup(
-            decay_groups(self, hp.weight_decay), hp.lr, hp.weight_decay, hp.warmup_steps, total,
-            betas=(0.9, 0.999), decay=hp.lr_decay,
-        )  # fmt: skip
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        start = self.hparams.ema_start_step
-        ema = EMAWeightAveraging(decay=self.hparams.ema_decay, update_starting_at_step=start or None)
-        # The grid must come first: the EMA callback swaps the raw weights back at validation end.
-        return [c for c in (self.samples, ema) if c is not None]
 
     # --- sampling -----------------------------------------------------------------------------
 

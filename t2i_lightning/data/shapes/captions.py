@@ -60,6 +60,18 @@ BACKGROUND_TEMPLATES = (" on {a} {c} background", " against {a} {c} background",
 NUMBER_WORDS = {1: "a", 2: "two", 3: "three"}
 
 
+def grammar_words() -> list[str]:
+    """Every word (and the comma) any caption of the grammar can contain, sorted: e.g. the output
+    vocabulary of a captioner trained on shapes."""
+    kinds = [w for words in KIND_WORDS.values() for w in words]
+    phrases = kinds + [PLURALS.get(w, w + "s") for w in kinds]
+    for table in (COLOUR_WORDS, SIZE_WORDS, POSITION_PHRASES, RELATION_PHRASES):
+        phrases += [w for words in table.values() for w in words]
+    phrases += list(PREFIXES) + list(NUMBER_WORDS.values()) + ["an", "and", ","]
+    phrases += [t.format(a="", c="") for t in BACKGROUND_TEMPLATES]
+    return sorted({word for phrase in phrases for word in phrase.replace(",", " , ").split()})
+
+
 @dataclass(frozen=True)
 class GroupSpec:
     """A noun phrase: ``count`` objects of one kind and colour, optionally with size and position."""

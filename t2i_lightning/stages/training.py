@@ -1,0 +1,58 @@
+"""Training plumbing shared by the generative stages (decoder, upsampler, score model, captioner).
+
+:class:`StageTraining` gives a LightningModule, from its hyperparameters ``lr``, ``weight_decay``,
+``warmup_steps``, ``lr_decay`` and, when it has them, ``ema_decay`` and ``ema_start_step``:
+AdamW with weight decay on matrices only and a per-step warmup-then-decay schedule, the global
+gradient norm logged before each optimizer step (``train/grad_norm``), and its callbacks: its
+``samples`` grid (if any) and Lightning's ``EMAWeightAveraging``, in that order, because the EMA
+callback swaps the raw weights back at the end of validation, after the grid has been drawn
+with the EMA weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
+
+from .optim import adamw_with_warmup, decay_groups
+
+
+class StageTraining:
+    """Mixin for a ``pl.LightningModule`` with the hyperparameters above and a ``samples`` attribute."""
+
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
+        if norms:
+            self.log("train/grad_norm", torch.stack(norms).norm())
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        return adamw_with_warmup(
+            decay_groups(self, hp.weight_decay), hp.lr, hp.weight_decay, hp.warmup_steps,
+            int(self.trainer.estimated_stepping_batches), betas=self.adam_betas, decay=hp.lr_decay,
+        )  # fmt: skip
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        callbacks = [self.samples] if self.samples is not None else []
+        if "ema_decay" in self.hparams:
+            start = self.hparams.ema_start_step
+            callbacks.append(EMAWeightAveraging(decay=self.hparams.ema_decay, update_starting_at_step=start or None))
+        return callbacks
+
+
+@contextlib.contextmanager
+def fixed_seed(seed: int) -> Iterator[None]:
+    """Run the block with torch's global generator seeded by ``seed``, then restore its state: validation
+    draws the same timesteps and noise every time (comparable curves) without disturbing training's stream."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
