@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "extraction", help="embedding extraction vs a bare encode loop on the same batches"
     )
     extraction.add_argument("--data", default="data/shapes", help="image shards (default: data/shapes)")
-    extraction.add_argument("--model", default="shapes-vit-tiny", help="open_clip model name")
+    extraction.add_argument("--model", default="shapes-vitc-tiny", help="open_clip model name")
     extraction.add_argument("--clip", default="runs/clip/checkpoints/last.ckpt", help="CLIP weights")
     extraction.add_argument("--shards", type=int, default=2, help="shards to use (default: 2)")
     extraction.add_argument("--batch-size", type=int, default=256)

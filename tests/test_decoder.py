@@ -32,7 +32,7 @@ def test_fit_writes_an_ema_checkpoint_losses_and_sample_grids(decoder):
     assert "averaging_state" in checkpoint
     name = "net.unet.conv_in.weight"
     assert not torch.equal(ema[name], raw[name]), "the checkpoint's state_dict must hold the EMA weights"
-    assert checkpoint["clip_identity"]["model"] == "shapes-vit-micro"
+    assert checkpoint["clip_identity"]["model"] == "shapes-vitc-micro"
     logged = scalars(decoder["decoder_runs"] / "decoder")
     for tag in ("train/loss", "train/simple", "train/vlb", "train/grad_norm", "val/loss",
                 "val/recon_colour_error", "val/recon_colour_error_random_pairs"):  # fmt: skip

@@ -1,8 +1,10 @@
 """open_clip models: the project's small configs, and loading by name, tag or local file.
 
-``shapes-vit-tiny`` (``clip_configs/``) is a small ViT/8 image tower at 64px with a 3-layer text
-transformer, sized to train on the shapes data on a CPU in minutes; ``shapes-vit-micro`` is a
-one-layer 32px model for tests. Any open_clip model name
+``shapes-vitc-tiny`` (``clip_configs/``) is a small ViT/8 image tower at 64px with a convolutional
+stem (:mod:`t2i_lightning.nn.conv_stem_vit`, built by timm through open_clip) and a 3-layer text
+transformer, sized to train on the shapes data on a CPU in minutes; ``shapes-vitc-micro`` is a
+one-layer 32px model for tests; ``shapes-vit-tiny`` is the plain ViT/8 (patchify stem) of the
+same size, kept for comparison. Any open_clip model name
 works the same way (``ViT-B-32`` ...), with ``pretrained`` naming an open_clip tag
 (``laion2b_s34b_b79k``, downloaded where there is internet), an open_clip weights file, or a
 checkpoint of this project's CLIP stage.
@@ -26,9 +28,11 @@ class PretrainedWeightsError(FileNotFoundError):
 
 
 def register_project_configs() -> None:
-    """Make the project's model configs (``shapes-vit-tiny`` ...) known to open_clip."""
+    """Make the project's model configs (``shapes-vitc-tiny`` ...) known to open_clip."""
     global _registered
     if not _registered:
+        from . import conv_stem_vit  # noqa: F401  (registers the conv-stem ViT towers with timm)
+
         open_clip.add_model_config(CONFIG_DIR)
         _registered = True
 
@@ -66,7 +70,7 @@ def create_clip(model_name: str, pretrained: str | None = None) -> torch.nn.Modu
     """
     register_project_configs()
     if model_name not in open_clip.list_models():
-        raise ValueError(f"Unknown open_clip model {model_name!r}; e.g. shapes-vit-tiny, ViT-B-32")
+        raise ValueError(f"Unknown open_clip model {model_name!r}; e.g. shapes-vitc-tiny, ViT-B-32")
     if pretrained is None:
         return open_clip.create_model(model_name)
     if os.path.isfile(pretrained):

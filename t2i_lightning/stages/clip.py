@@ -28,7 +28,7 @@ class CLIPStage(pl.LightningModule):
     """An open_clip model trained contrastively; also the loader of pretrained CLIPs.
 
     Args:
-        model_name: open_clip model name: the project's ``shapes-vit-tiny`` or any open_clip
+        model_name: open_clip model name: the project's ``shapes-vitc-tiny`` or any open_clip
             model (``ViT-B-32`` ...).
         pretrained: None to train from scratch, an open_clip tag (``laion2b_s34b_b79k``), or a
             local weights file.
@@ -38,7 +38,7 @@ class CLIPStage(pl.LightningModule):
 
     def __init__(
         self,
-        model_name: str = "shapes-vit-tiny",
+        model_name: str = "shapes-vitc-tiny",
         pretrained: str | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.1,

@@ -29,6 +29,8 @@ class ScoreStage(StageTraining, pl.LightningModule):
     net: the score network ``net(x, sigma)`` (:class:`t2i_lightning.nn.score_unet.ScoreUNet`).
     sigma_max, sigma_min, num_levels: the geometric noise levels (2, 0.02, 10 for data in [−1, 1]).
     eps, steps_per_level, final_denoise: default annealed Langevin settings (Algorithm 1's ε and T).
+        NCSN's ε = 2e-5 with σ_L = 0.01 on [0, 1] data is ε/σ_L² = 0.2; the same step relative to the
+        noise here (σ_L = 0.02 on [−1, 1]) is ε = 8e-5, the default.
     lr, weight_decay, warmup_steps, lr_decay: AdamW with warmup then "linear" or "cosine" decay.
     ema_decay, ema_start_step: EMA of the weights.
     samples: a sample-grid callback, run at each validation with the EMA weights.
@@ -40,7 +42,7 @@ class ScoreStage(StageTraining, pl.LightningModule):
         sigma_max: float = 2.0,
         sigma_min: float = 0.02,
         num_levels: int = 10,
-        eps: float = 2e-5,
+        eps: float = 8e-5,
         steps_per_level: int = 100,
         final_denoise: bool = True,
         lr: float = 1e-3,
