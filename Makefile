@@ -37,6 +37,7 @@ DECODER_TEXT_CKPT ?= $(RUNS)/decoder_text/checkpoints/last.ckpt
 UPSAMPLER_CKPT ?= $(RUNS)/upsampler/checkpoints/last.ckpt
 SCORE_CKPT   ?= $(RUNS)/score/checkpoints/last.ckpt
 CAPTIONER_CKPT ?= $(RUNS)/captioner/checkpoints/last.ckpt
+JUDGE_CKPT   ?= $(RUNS)/judge/checkpoints/last.ckpt
 GUIDANCE     ?= 3
 PROMPT       ?= a red circle
 N            ?= 8
@@ -47,7 +48,7 @@ SAMPLE_OUT   ?= $(RUNS)/samples/sample.png
 DEMO_PROMPTS ?= "a red circle" "a blue square on a yellow background" "two green triangles" "a small purple star to the left of a large orange ring"
 TRAINER_FLAGS = --trainer.accelerator $(ACCELERATOR) --trainer.devices $(DEVICES)
 
-.PHONY: help install data inspect clip embed train-translator embed-text train-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance sample demo-samples demo test test-all lint tensorboard clean
+.PHONY: help install data inspect clip embed train-translator embed-text train-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge sample demo-samples demo test test-all lint tensorboard clean
 
 help: ## list the targets (this message)
 	@echo "t2i_lightning: staged text-to-image diffusion with PyTorch Lightning"
@@ -82,6 +83,7 @@ DECODER_TEXT_DONE := $(RUNS)/decoder_text/done.stamp
 UPSAMPLER_DONE  := $(RUNS)/upsampler/done.stamp
 SCORE_DONE      := $(RUNS)/score/done.stamp
 CAPTIONER_DONE  := $(RUNS)/captioner/done.stamp
+JUDGE_DONE      := $(RUNS)/judge/done.stamp
 
 $(DATA)/index.json: | $(STAMP)
 	$(MAKE) --no-print-directory data
@@ -153,6 +155,15 @@ train-captioner: $(CAPTIONER_DONE) ## train the noise-conditioned captioner on $
 $(CAPTIONER_DONE): $(DATA)/index.json | $(STAMP)
 	$(T2I) fit --config stages/captioner.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
+	@touch $@
+
+judge: $(JUDGE_DONE) ## train the evaluation's judge on $(DATA) -> $(JUDGE_CKPT), then print its per-attribute validation accuracy
+
+$(JUDGE_DONE): $(DATA)/index.json | $(STAMP)
+	$(T2I) fit --config stages/judge.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
+	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
+	$(T2I) validate --config stages/judge.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
+	    --data.init_args.val $(DATA) --ckpt_path $(JUDGE_CKPT)
 	@touch $@
 
 sample-score: $(SCORE_DONE) $(CAPTIONER_DONE) ## unguided and captioner-guided (GUIDANCE) score-model samples of DEMO_PROMPTS -> $(RUNS)/demo/score-*.png

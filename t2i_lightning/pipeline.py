@@ -20,6 +20,7 @@ from .data.image_io import open_image, to_rgb
 from .nn.clip import create_clip, file_digest, preprocess_for, tokenizer_for
 from .stages.captioner import CaptionerStage
 from .stages.decoder import DecoderStage
+from .stages.judge import JudgeStage
 from .stages.score import ScoreStage
 from .stages.text_decoder import TextDecoderStage
 from .stages.translator import TranslatorStage
@@ -31,6 +32,7 @@ DEFAULT_DECODER = "runs/decoder/checkpoints/last.ckpt"
 DEFAULT_UPSAMPLER = "runs/upsampler/checkpoints/last.ckpt"
 DEFAULT_SCORE = "runs/score/checkpoints/last.ckpt"
 DEFAULT_CAPTIONER = "runs/captioner/checkpoints/last.ckpt"
+DEFAULT_JUDGE = "runs/judge/checkpoints/last.ckpt"
 
 
 def require_checkpoint(path: str, target: str) -> None:
@@ -51,10 +53,16 @@ def is_text_decoder(path: str) -> bool:
     return "text_encoder" in checkpoint_hparams(path, "train-decoder")
 
 
-def load_frozen_stage(stage_class: type[pl.LightningModule], path: str, target: str, marker: str) -> pl.LightningModule:
+def load_frozen_stage(
+    stage_class: type[pl.LightningModule], path: str, target: str, marker: str | None
+) -> pl.LightningModule:
     """A stage from its checkpoint (EMA weights where it has them), frozen for inference. ``marker``, a
-    hyperparameter only that stage has, tells another stage's checkpoint apart; ``target`` makes it."""
-    if marker not in checkpoint_hparams(path, target):
+    hyperparameter only that stage has, tells another stage's checkpoint apart (None: the class path the
+    CLI recorded must name ``stage_class``); ``target`` makes it."""
+    hparams = checkpoint_hparams(path, target)
+    class_path = f"{stage_class.__module__}.{stage_class.__name__}"
+    recognised = marker in hparams if marker else hparams.get("_class_path") == class_path
+    if not recognised:
         raise ValueError(f"{path} is not a checkpoint of {stage_class.__name__} (`make {target}` writes one)")
     stage = stage_class.load_from_checkpoint(path, map_location="cpu", weights_only=False)
     return stage.eval().requires_grad_(False)
@@ -73,6 +81,11 @@ def load_score_model(path: str = DEFAULT_SCORE) -> ScoreStage:
 def load_captioner(path: str = DEFAULT_CAPTIONER) -> CaptionerStage:
     """The noise-conditioned captioner of a checkpoint, frozen."""
     return load_frozen_stage(CaptionerStage, path, "train-captioner", "all_captions")
+
+
+def load_judge(path: str = DEFAULT_JUDGE) -> JudgeStage:
+    """The shapes judge of a checkpoint, frozen (the evaluation's instrument)."""
+    return load_frozen_stage(JudgeStage, path, "judge", None)
 
 
 def load_decoder(path: str = DEFAULT_DECODER) -> DecoderStage:

@@ -57,6 +57,25 @@ def flip_position(position: str) -> str:
     return " ".join(swap.get(word, word) for word in position.split())
 
 
+def cell_relations(cells: list[tuple[int, int]]) -> list[tuple[int, str, int]]:
+    """Every pairwise relation ``(i, rel, j)`` between objects in grid cells ``(row, col)``: object i is
+    ``rel`` object j ("left of", "right of", "above", "below")."""
+    result = []
+    for i, (row_a, col_a) in enumerate(cells):
+        for j, (row_b, col_b) in enumerate(cells):
+            if i == j:
+                continue
+            if col_a < col_b:
+                result.append((i, "left of", j))
+            if col_a > col_b:
+                result.append((i, "right of", j))
+            if row_a < row_b:
+                result.append((i, "above", j))
+            if row_a > row_b:
+                result.append((i, "below", j))
+    return result
+
+
 @dataclass
 class ShapeObject:
     kind: str
@@ -83,20 +102,7 @@ class Scene:
 
     def relations(self) -> list[tuple[int, str, int]]:
         """Every true pairwise relation ``(i, rel, j)``: object i is ``rel`` object j (by grid cell)."""
-        result = []
-        for i, a in enumerate(self.objects):
-            for j, b in enumerate(self.objects):
-                if i == j:
-                    continue
-                if a.col < b.col:
-                    result.append((i, "left of", j))
-                if a.col > b.col:
-                    result.append((i, "right of", j))
-                if a.row < b.row:
-                    result.append((i, "above", j))
-                if a.row > b.row:
-                    result.append((i, "below", j))
-        return result
+        return cell_relations([(obj.row, obj.col) for obj in self.objects])
 
     def to_dict(self) -> dict:
         return asdict(self)

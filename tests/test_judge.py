@@ -1,0 +1,106 @@
+"""The judge: scene targets and their decoding, per-attribute scoring, and a tiny fit through the real CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from t2i_lightning.data.shapes.captions import caption_matches, parse_caption
+from t2i_lightning.data.shapes.generate import ShapesConfig, make_sample
+from t2i_lightning.eval.scene_labels import COLOUR_NAMES, IGNORE, SLOT_CLASSES, attribute_hits, decode_scenes, scene_targets
+from t2i_lightning.nn.judge import SceneJudge
+from t2i_lightning.pipeline import load_judge
+
+from .cli_runs import T2I, run, scalars
+
+
+def sample_metas(n: int) -> list[dict]:
+    config = ShapesConfig(seed=3, size=64)
+    return [json.loads(make_sample(config, "val", i)["json"]) for i in range(n)]
+
+
+def perfect_logits(targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Logits whose argmax is the target (IGNORE slots read as class 0)."""
+    sizes = {"slot": len(SLOT_CLASSES), "colour": len(COLOUR_NAMES), "size": 2, "background": len(COLOUR_NAMES)}
+    return {k: F.one_hot(v.clamp(min=0), sizes[k]).float() for k, v in targets.items()}
+
+
+def test_decoded_targets_satisfy_every_true_caption_of_the_scene():
+    metas = sample_metas(40)
+    scenes = decode_scenes(perfect_logits(scene_targets(metas)))
+    for meta, scene in zip(metas, scenes, strict=True):
+        assert scene["count"] == meta["count"]
+        assert scene["background"]["colour"] == meta["background"]["colour"]
+        for caption in meta["captions"]:  # relations, positions, sizes and counts all read back
+            assert caption_matches(parse_caption(caption), scene), (caption, scene)
+
+
+def test_attribute_hits_count_each_kind_of_mistake_where_it_belongs():
+    metas = sample_metas(24)
+    targets = scene_targets(metas)
+    logits = perfect_logits(targets)
+    assert all(v.mean().item() == 1.0 for v in attribute_hits(logits, targets).values())
+
+    occupied = (targets["slot"] != 0).nonzero()
+    b, c = occupied[0].tolist()
+    wrong_colour = {k: v.clone() for k, v in logits.items()}
+    wrong_colour["colour"][b, c] = wrong_colour["colour"][b, c].roll(1)
+    hits = attribute_hits(wrong_colour, targets)
+    objects = len(occupied)
+    assert hits["colour"].sum().item() == objects - 1
+    assert hits["kind"].mean().item() == hits["count"].mean().item() == 1.0
+    assert hits["scene"][b].item() == 0.0 and hits["scene"].sum().item() == len(metas) - 1
+
+    empty_b, empty_c = (targets["slot"] == 0).nonzero()[0].tolist()
+    ghost = {k: v.clone() for k, v in logits.items()}
+    ghost["slot"][empty_b, empty_c] = ghost["slot"][empty_b, empty_c].roll(1)  # an object where there is none
+    hits = attribute_hits(ghost, targets)
+    assert hits["kind"].mean().item() == hits["position"].mean().item() == 1.0
+    assert hits["count"][empty_b].item() == 0.0 and hits["scene"][empty_b].item() == 0.0
+    assert (targets["colour"] == IGNORE).any()
+
+
+def test_scene_targets_refuse_data_without_scene_metadata():
+    with pytest.raises(ValueError, match="scene metadata"):
+        scene_targets([{"captions": ["a photo"]}])
+
+
+def test_judge_reads_any_image_size_and_gives_one_reading_per_slot():
+    judge = SceneJudge(image_size=32, channels=(8, 16), groups=4)
+    for side in (16, 32, 64):
+        logits = judge(torch.randn(2, 3, side, side))
+        assert logits["slot"].shape == (2, 9, len(SLOT_CLASSES)) and logits["background"].shape == (2, 12)
+    assert judge.features(torch.randn(3, 3, 64, 64)).shape == (3, 16)
+
+
+@pytest.fixture(scope="module")
+def judge_run(shapes_dir, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("judge") / "runs"
+    run(
+        T2I, "fit", "--config", "stages/judge.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", "30",
+        "--trainer.val_check_interval", "30", "--trainer.log_every_n_steps", "1",
+        "--model.init_args.net.init_args.channels", "[16, 32]", "--model.init_args.net.init_args.groups", "8",
+        "--model.init_args.warmup_steps", "3",
+        "--data.init_args.train", str(shapes_dir), "--data.init_args.val", str(shapes_dir),
+        "--data.init_args.batch_size", "16", "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "96",
+    )  # fmt: skip
+    return runs
+
+
+def test_judge_fit_lowers_the_loss_and_logs_every_attribute_accuracy(judge_run):
+    logged = scalars(judge_run / "judge")
+    losses = logged["train/loss"]
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
+    for name in ("kind", "colour", "size", "position", "count", "background", "scene"):
+        assert 0.0 <= logged[f"val/acc_{name}"][-1] <= 1.0
+    judge = load_judge(str(judge_run / "judge" / "checkpoints" / "last.ckpt"))
+    assert not any(p.requires_grad for p in judge.parameters())
+
+
+def test_load_judge_refuses_another_stages_checkpoint(micro_clip):
+    with pytest.raises(ValueError, match="is not a checkpoint of JudgeStage .*make judge"):
+        load_judge(str(micro_clip))
