@@ -13,7 +13,7 @@ from PIL import Image
 from t2i_lightning.data.decode import ShardMismatchError
 from t2i_lightning.data.embeddings import IMAGE_MEMBER, load_npy
 from t2i_lightning.data.inspect import read_samples
-from t2i_lightning.data.joined import ImageEmbeddingDataModule
+from t2i_lightning.data.joined import EmbeddingLookup, ImageEmbeddingDataModule
 from t2i_lightning.data.shards import write_shard
 from t2i_lightning.nn.unet import ConditionalUNet
 
@@ -105,6 +105,24 @@ def test_joined_batches_carry_each_keys_own_embeddings(pipeline):
     expected = {s["__key__"]: load_npy(s[IMAGE_MEMBER]) for s in read_samples(str(shard))}
     for key, embedding in zip(batch["key"], batch["img_emb"], strict=True):
         np.testing.assert_array_equal(embedding.numpy(), expected[key].astype(np.float32))
+
+
+def test_embedding_lookup_reads_each_shard_once_while_shuffled_samples_alternate(pipeline):
+    """The shuffle buffer interleaves samples of neighbouring shards before decoding: the lookup must
+    keep several shards, not re-read one for every sample (a 20x slower input pipeline)."""
+    images = sorted(pipeline["data"].glob("train-*.tar"))
+    keys = {shard: [s["__key__"] for s in read_samples(str(pipeline["emb"] / shard.name))] for shard in images[:3]}
+    lookup = EmbeddingLookup(pipeline["emb"], capacity=2)
+    first, second, third = images[:3]
+    for a, b in zip(keys[first], keys[second], strict=True):  # alternating between two shards
+        lookup(str(first), a)
+        lookup(str(second), b)
+    assert lookup.shard_reads == 2
+    lookup(str(third), keys[third][0])  # evicts the least recently used (the first)
+    lookup(str(second), keys[second][0])
+    assert lookup.shard_reads == 3
+    lookup(str(first), keys[first][0])
+    assert lookup.shard_reads == 4
 
 
 def test_a_key_missing_from_the_embedding_shard_stops_the_run(pipeline, tmp_path):

@@ -10,7 +10,14 @@ import torch.nn.functional as F
 
 from t2i_lightning.data.shapes.captions import caption_matches, parse_caption
 from t2i_lightning.data.shapes.generate import ShapesConfig, make_sample
-from t2i_lightning.eval.scene_labels import COLOUR_NAMES, IGNORE, SLOT_CLASSES, attribute_hits, decode_scenes, scene_targets
+from t2i_lightning.eval.scene_labels import (
+    COLOUR_NAMES,
+    IGNORE,
+    SLOT_CLASSES,
+    attribute_hits,
+    decode_scenes,
+    scene_targets,
+)
 from t2i_lightning.nn.judge import SceneJudge
 from t2i_lightning.pipeline import load_judge
 

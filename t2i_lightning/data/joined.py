@@ -9,6 +9,7 @@ missing embedding shard, is a :class:`ShardMismatchError` that stops the run nam
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -24,34 +25,44 @@ from .inspect import read_samples
 class EmbeddingLookup:
     """``key -> (image embedding, text embedding)`` of the embedding shard mirroring an image shard.
 
-    Keeps the most recently read embedding shard (each worker reads its image shards one at a time).
+    Keeps the ``capacity`` most recently used embedding shards. The shuffle buffer sits before
+    decoding, so consecutive samples come from the two or three image shards the buffer spans: a
+    single-shard cache would re-read an embedding shard for almost every sample.
     """
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike, capacity: int = 8):
         self.directory = Path(directory)
-        self._url: str | None = None
-        self._table: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.capacity = capacity
+        self._tables: OrderedDict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = OrderedDict()
+        self.shard_reads = 0
 
     def mirror_of(self, image_shard: str) -> Path:
         return self.directory / Path(image_shard).name
 
+    def _table(self, image_shard: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        if image_shard in self._tables:
+            self._tables.move_to_end(image_shard)
+            return self._tables[image_shard]
+        path = self.mirror_of(image_shard)
+        if not path.is_file():
+            raise ShardMismatchError(
+                f"Image shard {image_shard} has no embedding shard {path}: run `make embed` for this dataset"
+            )
+        table = {s["__key__"]: (load_npy(s[IMAGE_MEMBER]), load_npy(s[TEXT_MEMBER])) for s in read_samples(str(path))}
+        self.shard_reads += 1
+        self._tables[image_shard] = table
+        if len(self._tables) > self.capacity:
+            self._tables.popitem(last=False)
+        return table
+
     def __call__(self, image_shard: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-        if image_shard != self._url:
-            path = self.mirror_of(image_shard)
-            if not path.is_file():
-                raise ShardMismatchError(
-                    f"Image shard {image_shard} has no embedding shard {path}: run `make embed` for this dataset"
-                )
-            self._table = {
-                s["__key__"]: (load_npy(s[IMAGE_MEMBER]), load_npy(s[TEXT_MEMBER])) for s in read_samples(str(path))
-            }
-            self._url = image_shard
-        if key not in self._table:
+        table = self._table(image_shard)
+        if key not in table:
             raise ShardMismatchError(
                 f"Key '{key}' of image shard {image_shard} is missing from embedding shard "
                 f"{self.mirror_of(image_shard)}: the embeddings were extracted from other shards; re-run `make embed`"
             )
-        return self._table[key]
+        return table[key]
 
 
 class ImageEmbeddingDataModule(ShardDataModule):

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D
 from torch import nn
 
-from ..eval.scene_labels import CELLS, COLOUR_NAMES, SLOT_CLASSES
 from ..data.shapes.scene import SIZES
+from ..eval.scene_labels import CELLS, COLOUR_NAMES, SLOT_CLASSES
 
 
 class SceneJudge(nn.Module):
