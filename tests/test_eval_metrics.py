@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
 import torch
 
+from t2i_lightning.data.shapes.generate import ShapesConfig, make_sample
+from t2i_lightning.data.shapes.scene import COLOURS
+from t2i_lightning.eval.alignment import alignment_report
 from t2i_lightning.eval.distances import feature_distances
 
 
@@ -44,3 +50,28 @@ def test_feature_distances_refuse_mismatched_sets():
         feature_distances(torch.zeros(10, 3), torch.zeros(10, 4))
     with pytest.raises(ValueError, match="more than 3 samples"):
         feature_distances(torch.randn(3, 2), torch.randn(10, 2))
+
+
+def test_alignment_is_perfect_on_real_scenes_and_drops_where_a_generator_breaks():
+    config = ShapesConfig(seed=5, size=64)
+    metas = [json.loads(make_sample(config, "val", i)["json"]) for i in range(60)]
+    captions = [m["captions"][0] for m in metas]
+    real = alignment_report(captions, metas)
+    assert real["all"] == 1.0 and all(real[a] == 1.0 for a in ("count", "kind", "colour", "binding"))
+
+    names = list(COLOURS)
+    permuted = {c: names[(i + 1) % len(names)] for i, c in enumerate(names)}  # every colour changed
+    broken = copy.deepcopy(metas)
+    for meta in broken:
+        for obj in meta["objects"]:
+            obj["colour"] = permuted[obj["colour"]]
+    report = alignment_report(captions, broken)
+    assert report["colour"] == report["binding"] == 0.0 and report["all"] == 0.0
+    assert report["kind"] == report["count"] == 1.0  # shapes and counts are untouched
+    if report["size"] is not None:
+        assert report["size"] == 0.0  # a group whose pair is absent has no object of the stated size
+
+
+def test_alignment_report_refuses_mismatched_inputs():
+    with pytest.raises(ValueError, match="one reading per caption"):
+        alignment_report(["a red circle"], [])

@@ -219,30 +219,54 @@ def parse_caption(caption: str) -> CaptionSpec:
     return spec
 
 
+def caption_checks(spec: CaptionSpec, meta: dict) -> dict[str, bool]:
+    """Each attribute ``spec`` states, checked against a scene's metadata (its ``.json``, or a judge's reading).
+
+    Always: ``count`` (the number of objects), ``kind`` and ``colour`` (the multisets of kinds and of
+    colours), ``binding`` (the multiset of kind-colour pairs: the right colour on the right shape).
+    When stated: ``size`` and ``position`` (every object of each group that states one, the group
+    being its kind-colour pair's objects, and not empty), ``relation`` (it holds between some object
+    of the first group and some object of the second), ``background``.
+    """
+    objects = meta["objects"]
+    stated = Counter({(g.kind, g.colour): g.count for g in spec.groups})
+    pairs = Counter((o["kind"], o["colour"]) for o in objects)
+    checks = {
+        "count": len(objects) == spec.object_count,
+        "kind": Counter(o["kind"] for o in objects) == _totals(spec, "kind"),
+        "colour": Counter(o["colour"] for o in objects) == _totals(spec, "colour"),
+        "binding": pairs == stated,
+    }
+    members = [
+        [i for i, o in enumerate(objects) if (o["kind"], o["colour"]) == (g.kind, g.colour)]
+        for g in spec.groups
+    ]
+    for attribute in ("size", "position"):
+        groups = [(g, idx) for g, idx in zip(spec.groups, members, strict=True) if getattr(g, attribute)]
+        if groups:
+            checks[attribute] = all(
+                idx and all(objects[i][attribute] == getattr(g, attribute) for i in idx) for g, idx in groups
+            )
+    if spec.relation:
+        relations = {(i, rel, j) for i, rel, j in meta["relations"]}
+        checks["relation"] = any((i, spec.relation, j) in relations for i in members[0] for j in members[1])
+    if spec.background is not None:
+        checks["background"] = meta["background"]["colour"] == spec.background
+    return checks
+
+
+def _totals(spec: CaptionSpec, attribute: str) -> Counter:
+    totals: Counter = Counter()
+    for group in spec.groups:
+        totals[getattr(group, attribute)] += group.count
+    return totals
+
+
 def caption_matches(spec: CaptionSpec, meta: dict) -> bool:
     """Whether a sample's metadata (its ``.json``) satisfies everything ``spec`` states.
 
     The objects must be exactly the stated ones (count, kind and colour of each group), every
     stated size and position must hold, a stated relation must hold between the two groups'
-    objects, and a stated background must be the background.
+    objects, and a stated background must be the background (:func:`caption_checks`, all true).
     """
-    objects = meta["objects"]
-    if len(objects) != spec.object_count:
-        return False
-    stated = Counter({(g.kind, g.colour): g.count for g in spec.groups})
-    if Counter((o["kind"], o["colour"]) for o in objects) != stated:
-        return False
-    members = [
-        [i for i, o in enumerate(objects) if (o["kind"], o["colour"]) == (g.kind, g.colour)]
-        for g in spec.groups
-    ]
-    for group, idx in zip(spec.groups, members, strict=True):
-        if group.size and any(objects[i]["size"] != group.size for i in idx):
-            return False
-        if group.position and any(objects[i]["position"] != group.position for i in idx):
-            return False
-    if spec.relation:
-        relations = {(i, rel, j) for i, rel, j in meta["relations"]}
-        if not any((i, spec.relation, j) in relations for i in members[0] for j in members[1]):
-            return False
-    return spec.background is None or meta["background"]["colour"] == spec.background
+    return all(caption_checks(spec, meta).values())
