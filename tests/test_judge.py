@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from t2i_lightning.data.shapes.captions import caption_matches, parse_caption
 from t2i_lightning.data.shapes.generate import ShapesConfig, make_sample
+from t2i_lightning.eval.judging import judge_images
 from t2i_lightning.eval.scene_labels import (
     COLOUR_NAMES,
     IGNORE,
@@ -111,3 +112,11 @@ def test_judge_fit_lowers_the_loss_and_logs_every_attribute_accuracy(judge_run):
 def test_load_judge_refuses_another_stages_checkpoint(micro_clip):
     with pytest.raises(ValueError, match="is not a checkpoint of JudgeStage .*make judge"):
         load_judge(str(micro_clip))
+
+
+def test_judge_images_reads_in_batches_what_one_call_reads(judge_run):
+    judge = load_judge(str(judge_run / "judge" / "checkpoints" / "last.ckpt")).net
+    images = torch.rand(5, 3, 64, 64) * 2 - 1
+    scenes, features = judge_images(judge, images, batch_size=2)
+    assert scenes == decode_scenes(judge(images))
+    torch.testing.assert_close(features, judge.features(images), atol=1e-5, rtol=1e-5)
