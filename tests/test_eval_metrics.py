@@ -8,10 +8,15 @@ import json
 import pytest
 import torch
 
+from t2i_lightning.data.image_io import tensor_to_images
 from t2i_lightning.data.shapes.generate import ShapesConfig, make_sample
 from t2i_lightning.data.shapes.scene import COLOURS
 from t2i_lightning.eval.alignment import alignment_report
+from t2i_lightning.eval.clip_space import ClipInstrument
 from t2i_lightning.eval.distances import feature_distances
+from t2i_lightning.nn.clip import create_clip, preprocess_for, tokenizer_for
+
+from .cli_runs import MICRO
 
 
 def gaussian(n: int, mean: torch.Tensor, seed: int) -> torch.Tensor:
@@ -75,3 +80,18 @@ def test_alignment_is_perfect_on_real_scenes_and_drops_where_a_generator_breaks(
 def test_alignment_report_refuses_mismatched_inputs():
     with pytest.raises(ValueError, match="one reading per caption"):
         alignment_report(["a red circle"], [])
+
+
+def test_clip_score_is_100_cosine_of_the_clips_own_embeddings(micro_clip):
+    clip = create_clip(MICRO, str(micro_clip))
+    instrument = ClipInstrument(clip, tokenizer_for(MICRO), name="micro", batch_size=3)
+    images = torch.rand(5, 3, 48, 48) * 2 - 1
+    captions = ["a red circle", "two blue squares", "a green star", "a white ring", "a grey cross"]
+    with torch.no_grad():
+        expected_images = clip.encode_image(torch.stack([preprocess_for(clip)(im) for im in tensor_to_images(images)]))
+        expected_text = clip.encode_text(tokenizer_for(MICRO)(captions))
+    torch.testing.assert_close(instrument.image_features(images), expected_images, atol=1e-5, rtol=1e-4)
+    cosine = torch.nn.functional.cosine_similarity(expected_images, expected_text, dim=-1)
+    torch.testing.assert_close(instrument.clip_score(images, captions), 100 * cosine.clamp(min=0), atol=1e-3, rtol=1e-4)
+    with pytest.raises(ValueError, match="one caption per image"):
+        instrument.clip_score(images, captions[:2])
