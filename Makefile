@@ -48,7 +48,7 @@ SAMPLE_OUT   ?= $(RUNS)/samples/sample.png
 DEMO_PROMPTS ?= "a red circle" "a blue square on a yellow background" "two green triangles" "a small purple star to the left of a large orange ring"
 TRAINER_FLAGS = --trainer.accelerator $(ACCELERATOR) --trainer.devices $(DEVICES)
 
-.PHONY: help install data inspect clip embed train-translator embed-text train-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge sample demo-samples demo test test-all lint tensorboard clean
+.PHONY: help install data inspect clip embed train-translator embed-text train-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo test test-all lint tensorboard clean
 
 help: ## list the targets (this message)
 	@echo "t2i_lightning: staged text-to-image diffusion with PyTorch Lightning"
@@ -166,6 +166,11 @@ $(JUDGE_DONE): $(DATA)/index.json | $(STAMP)
 	    --data.init_args.val $(DATA) --ckpt_path $(JUDGE_CKPT)
 	@touch $@
 
+evaluate: $(JUDGE_DONE) $(EMB)/stats.json | $(STAMP) ## the evaluation table of every variant whose checkpoints exist -> $(RUNS)/eval/table.md
+	$(T2I) evaluate --config stages/evaluate.yaml --data $(DATA) --embeddings $(EMB) --clip $(CLIP_WEIGHTS) \
+	    --clip-model $(CLIP_MODEL) --translator $(TRANSLATOR_CKPT) --decoder $(DECODER_CKPT) \
+	    --upsampler $(UPSAMPLER_CKPT) --decoder-text $(DECODER_TEXT_CKPT) --judge $(JUDGE_CKPT) --out $(RUNS)/eval
+
 sample-score: $(SCORE_DONE) $(CAPTIONER_DONE) ## unguided and captioner-guided (GUIDANCE) score-model samples of DEMO_PROMPTS -> $(RUNS)/demo/score-*.png
 	$(T2I) sample --method score --prompt "$(PROMPT)" --guidance 0 --n $(N) --score $(SCORE_CKPT) \
 	    --out $(RUNS)/demo/score-unguided.png
@@ -188,7 +193,7 @@ demo-samples: $(DECODER_DONE) $(UPSAMPLER_DONE) ## N samples of each DEMO_PROMPT
 	    $(T2I) sample --prompt "$$prompt" --n $(N) --steps $(STEPS) --cfg $(CFG) --decoder $(DECODER_CKPT) \
 	        --translator $(TRANSLATOR_CKPT) --upsampler $(UPSAMPLER_CKPT) --out $(RUNS)/demo/prompt-$$i.png || exit 1; done
 
-demo: data inspect clip embed train-translator embed-text train-decoder train-upsampler demo-samples train-score train-captioner sample-score ## the whole pipeline that exists so far, on the embedded data
+demo: data inspect clip embed train-translator embed-text train-decoder train-upsampler demo-samples train-score train-captioner sample-score judge evaluate ## the whole pipeline that exists so far, on the embedded data
 
 test: install ## run the fast test suite (what CI runs)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -4,6 +4,7 @@
     t2i data shapes|coco|folder|inspect ...
     t2i sample --prompt "a red circle" --out red.png
     t2i upsample --in small.png --out big.png
+    t2i evaluate --config stages/evaluate.yaml
 
 ``lightning`` (also installed) is the same as ``t2i`` restricted to the LightningCLI
 subcommands, so ``lightning fit --config stages/decoder.yaml`` works as users type it.
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--emb", default=None, help="embedding directory to search (default: the translator's)"
     )
     embed_text.add_argument("--k", type=int, default=5, help="neighbours to show (default: 5)")
+    from .evaluate_command import add_evaluate_parser
     from .sample_command import add_sample_parser
     from .score_command import add_evaluate_guidance_parser
     from .upsample_command import add_evaluate_upsampler_parser, add_upsample_parser
@@ -120,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_upsample_parser(subparsers)
     add_evaluate_upsampler_parser(subparsers)
     add_evaluate_guidance_parser(subparsers)
+    add_evaluate_parser(subparsers)
     bench = subparsers.add_parser("bench", help="benchmarks as ratios against a baseline run side by side")
     kinds = bench.add_subparsers(dest="bench_command", metavar="{extraction,sampling}", required=True)
     extraction = kinds.add_parser(
@@ -173,6 +176,12 @@ def _run_upsample(args: argparse.Namespace) -> None:
     from .upsample_command import run_evaluate_upsampler, run_upsample
 
     (run_upsample if args.command == "upsample" else run_evaluate_upsampler)(args)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate_command import run_evaluate
+
+    run_evaluate(args, args.argv[1:])
 
 
 def _run_evaluate_guidance(args: argparse.Namespace) -> None:
@@ -245,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         run_lightning(argv)
         return
     args = build_parser().parse_args(argv)
+    args.argv = argv
     command = " ".join(
         filter(
             None, [args.command, getattr(args, "data_command", None) or getattr(args, "bench_command", None)]
@@ -253,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         commands = {"embed-text": _run_embed_text, "bench": _run_bench, "sample": _run_sample,
                     "upsample": _run_upsample, "evaluate-upsampler": _run_upsample,
-                    "evaluate-guidance": _run_evaluate_guidance}  # fmt: skip
+                    "evaluate-guidance": _run_evaluate_guidance, "evaluate": _run_evaluate}  # fmt: skip
         commands.get(args.command, _run_data)(args)
     except USER_ERRORS as error:
         if os.environ.get("T2I_DEBUG"):

@@ -22,7 +22,7 @@ from t2i_lightning.eval.scene_labels import (
 from t2i_lightning.nn.judge import SceneJudge
 from t2i_lightning.pipeline import load_judge
 
-from .cli_runs import T2I, run, scalars
+from .cli_runs import scalars
 
 
 def sample_metas(n: int) -> list[dict]:
@@ -82,21 +82,6 @@ def test_judge_reads_any_image_size_and_gives_one_reading_per_slot():
         logits = judge(torch.randn(2, 3, side, side))
         assert logits["slot"].shape == (2, 9, len(SLOT_CLASSES)) and logits["background"].shape == (2, 12)
     assert judge.features(torch.randn(3, 3, 64, 64)).shape == (3, 16)
-
-
-@pytest.fixture(scope="module")
-def judge_run(shapes_dir, tmp_path_factory):
-    runs = tmp_path_factory.mktemp("judge") / "runs"
-    run(
-        T2I, "fit", "--config", "stages/judge.yaml",
-        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", "30",
-        "--trainer.val_check_interval", "30", "--trainer.log_every_n_steps", "1",
-        "--model.init_args.net.init_args.channels", "[16, 32]", "--model.init_args.net.init_args.groups", "8",
-        "--model.init_args.warmup_steps", "3",
-        "--data.init_args.train", str(shapes_dir), "--data.init_args.val", str(shapes_dir),
-        "--data.init_args.batch_size", "16", "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "96",
-    )  # fmt: skip
-    return runs
 
 
 def test_judge_fit_lowers_the_loss_and_logs_every_attribute_accuracy(judge_run):

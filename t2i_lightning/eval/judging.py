@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..nn.judge import SceneJudge
-from .scene_labels import decode_scenes
+from .scene_labels import attribute_hits, decode_scenes, scene_targets
 
 
 @torch.no_grad()
@@ -18,3 +18,16 @@ def judge_images(judge: SceneJudge, images: torch.Tensor, batch_size: int = 64) 
         scenes += decode_scenes(judge(batch))
         features.append(judge.features(batch).cpu())
     return scenes, torch.cat(features) if features else torch.empty(0)
+
+
+@torch.no_grad()
+def judge_accuracy(judge: SceneJudge, images: torch.Tensor, metas: list[dict], batch_size: int = 64) -> dict[str, float]:
+    """The judge's per-attribute accuracy on real images with their scene metadata (its credibility)."""
+    device = next(judge.parameters()).device
+    hits: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(images), batch_size):
+        logits = judge(images[start : start + batch_size].to(device))
+        targets = {k: v.to(device) for k, v in scene_targets(metas[start : start + batch_size]).items()}
+        for name, value in attribute_hits(logits, targets).items():
+            hits.setdefault(name, []).append(value.cpu())
+    return {name: torch.cat(values).mean().item() for name, values in hits.items()}

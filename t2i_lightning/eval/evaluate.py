@@ -1,0 +1,167 @@
+"""``t2i evaluate``: draw every variant for the same reference captions and score it (the ablation table).
+
+For each variant and seed the images are drawn once and cached under ``<out>/cache/`` (atomically,
+with a fingerprint of the settings and checkpoints: a re-run reuses them unless ``force``), then
+scored against the reference set:
+
+- in the judge's feature space (shapes): Fréchet distance, KID, precision and recall (k = 3), and
+  exact alignment of the judge's readings with the captions (:mod:`t2i_lightning.eval.alignment`);
+- in a CLIP's image-embedding space: the same distances and the CLIP score with the caption;
+- Inception FID and IS when Inception weights are present locally, else the cells say so;
+- PSNR/SSIM against the reference image where a row corresponds to it one to one;
+- seconds per image.
+
+Distances are mean ± std over the seeds; the judge-space Fréchet distance is also given at several
+set sizes (seed 0) to show its small-sample bias. The judge's own per-attribute accuracy on the
+reference images goes in the table's header: it is the instrument's credibility.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.image_io import grid_image, save_png_atomic, tensor_to_images
+from ..data.shards import atomic_path, write_json_atomic
+from .alignment import alignment_report
+from .clip_space import ClipInstrument
+from .distances import feature_distances
+from .inception import InceptionInstrument
+from .judging import judge_images
+from .reference import ReferenceSet
+from .superres import superres_scores
+from .table import format_table
+from .variants import EvalModels, SamplingOptions, Variant
+
+DISTANCE_KEYS = ("fd", "kid", "precision", "recall")
+
+
+@dataclass
+class EvaluationSettings:
+    n: int
+    seeds: list[int]
+    variants: list[str]
+    subset_sizes: list[int]
+    options: SamplingOptions = field(default_factory=SamplingOptions)
+
+
+@dataclass
+class Instruments:
+    judge: torch.nn.Module
+    clip: ClipInstrument
+    inception: InceptionInstrument
+
+
+def _fingerprint(variant: Variant, settings: EvaluationSettings, models: EvalModels, seed: int) -> str:
+    paths = {k: models.paths.get(k) for k in variant.needs}
+    stamps = {k: (os.path.getsize(p), os.path.getmtime(p)) for k, p in paths.items() if p and os.path.isfile(p)}
+    record = {"variant": variant.name, "n": settings.n, "seed": seed, "options": asdict(settings.options),
+              "paths": paths, "stamps": stamps}  # fmt: skip
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def drawn_images(
+    variant: Variant, models: EvalModels, ref: ReferenceSet, real: ReferenceSet,
+    settings: EvaluationSettings, seed: int, cache: Path, force: bool,
+) -> tuple[torch.Tensor, float, bool]:  # fmt: skip
+    """The variant's images for ``seed`` (from the cache when its fingerprint matches), seconds per image
+    when drawn, and whether they came from the cache."""
+    path = cache / f"{variant.name}-seed{seed}.pt"
+    fingerprint = _fingerprint(variant, settings, models, seed)
+    if path.is_file() and not force:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        if stored.get("fingerprint") == fingerprint:
+            return stored["images"].float() / 127.5 - 1, float(stored["s_per_image"]), True
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    images = variant.draw(models, ref, real, settings.options, generator).detach().cpu()
+    seconds = (time.perf_counter() - start) / len(images)
+    quantised = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    with atomic_path(path) as tmp:
+        torch.save({"images": quantised, "s_per_image": seconds, "fingerprint": fingerprint}, tmp)
+    return quantised.float() / 127.5 - 1, seconds, False
+
+
+def score_images(
+    images: torch.Tensor, ref: ReferenceSet, reference_features: dict[str, torch.Tensor],
+    instruments: Instruments, ground_truth: bool,
+) -> dict[str, float | dict]:  # fmt: skip
+    """Every metric of one drawn set against the reference set."""
+    scenes, judge_features = judge_images(instruments.judge, images)
+    result: dict[str, float | dict] = {}
+    for key, value in feature_distances(reference_features["judge"], judge_features).items():
+        result[f"judge_{key}"] = value
+    clip_features = instruments.clip.image_features(images)
+    for key, value in feature_distances(reference_features["clip"], clip_features).items():
+        result[f"clip_{key}"] = value
+    result["clip_score"] = instruments.clip.clip_score(images, ref.captions).mean().item()
+    result.update(instruments.inception.scores(images, reference_features.get("inception")))
+    alignment = alignment_report(ref.captions, scenes)
+    result.update({f"align_{k}": v for k, v in alignment.items() if k != "n" and v is not None})
+    if ground_truth:
+        truth = ref.images
+        if truth.shape[-1] != images.shape[-1]:
+            truth = torch.nn.functional.interpolate(truth, size=images.shape[-2:], mode="bicubic", antialias=True)
+        scores = superres_scores(truth, images)
+        result.update({"psnr": scores["psnr"], "ssim": scores["ssim"]})
+    return result
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0}
+
+
+def evaluate(
+    settings: EvaluationSettings, models: EvalModels, ref: ReferenceSet, real: ReferenceSet,
+    instruments: Instruments, out: str | os.PathLike, force: bool = False, header: dict | None = None,
+) -> dict:  # fmt: skip
+    """Draw and score every variant; write ``table.md``, ``table.json`` and a grid per variant under ``out``."""
+    from .variants import variant as lookup
+
+    out = Path(out)
+    reference_features = {
+        "judge": judge_images(instruments.judge, ref.images)[1],
+        "clip": instruments.clip.image_features(ref.images),
+    }
+    if instruments.inception.available:
+        reference_features["inception"] = instruments.inception.features(ref.images)
+    rows = []
+    for name in settings.variants:
+        row_variant = lookup(name)
+        reason = models.missing(row_variant.needs)
+        if reason:
+            rows.append({"variant": name, "skipped": reason})
+            print(f"{name}: skipped ({reason})")
+            continue
+        per_seed, seconds, first_images = [], [], None
+        for seed in settings.seeds if row_variant.seeded else settings.seeds[:1]:
+            images, s_per_image, cached = drawn_images(row_variant, models, ref, real, settings, seed, out / "cache", force)
+            first_images = images if first_images is None else first_images
+            per_seed.append(score_images(images, ref, reference_features, instruments, row_variant.ground_truth))
+            seconds.append(s_per_image)
+            print(f"{name} seed {seed}: {'cached' if cached else f'{s_per_image:.2f} s/image'}, "
+                  f"judge FD {per_seed[-1]['judge_fd']:.3g}, alignment {per_seed[-1]['align_all']:.3f}")  # fmt: skip
+        metrics = {key: _mean_std([m[key] for m in per_seed]) for key in per_seed[0]}
+        metrics["s_per_image"] = _mean_std(seconds)
+        bias = {}
+        for size in (s for s in settings.subset_sizes if 3 < s <= len(ref)):
+            judge_real = reference_features["judge"][:size]
+            judge_fake = judge_images(instruments.judge, first_images[:size])[1]
+            bias[str(size)] = feature_distances(judge_real, judge_fake)["fd"]
+        grid = grid_image(tensor_to_images(first_images[:16]), columns=8)
+        save_png_atomic(grid, out / "grids" / f"{name}.png")
+        rows.append({"variant": name, "seeds": len(per_seed), "metrics": metrics, "judge_fd_at_n": bias,
+                     "grid": str(out / "grids" / f"{name}.png")})  # fmt: skip
+    table = {"header": header or {}, "settings": {**asdict(settings), "options": asdict(settings.options)}, "rows": rows}
+    write_json_atomic(out / "table.json", table)
+    with atomic_path(out / "table.md") as tmp:
+        tmp.write_text(format_table(table))
+    return table

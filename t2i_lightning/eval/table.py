@@ -1,0 +1,47 @@
+"""The evaluation table as Markdown: a header saying what was measured with what, one row per variant."""
+
+from __future__ import annotations
+
+from .inception import MISSING
+
+COLUMNS = (
+    ("judge FD", "judge_fd"), ("judge KID", "judge_kid"), ("P", "judge_precision"), ("R", "judge_recall"),
+    ("CLIP FD", "clip_fd"), ("CLIP P", "clip_precision"), ("CLIP R", "clip_recall"), ("CLIP score", "clip_score"),
+    ("FID", "fid"), ("IS", "is"), ("aligned", "align_all"), ("colour", "align_colour"), ("kind", "align_kind"),
+    ("count", "align_count"), ("binding", "align_binding"), ("PSNR", "psnr"), ("SSIM", "ssim"), ("s/img", "s_per_image"),
+)  # fmt: skip
+
+
+def _cell(metric: dict | None, key: str, header: dict) -> str:
+    if metric is None:
+        return header.get("inception", MISSING) if key in ("fid", "is") else "–"
+    mean, std = metric["mean"], metric["std"]
+    return f"{mean:.3g} ± {std:.2g}" if std else f"{mean:.3g}"
+
+
+def format_table(table: dict) -> str:
+    header, settings = table["header"], table["settings"]
+    lines = ["# Evaluation", ""]
+    lines += [f"- **{k}**: {v}" for k, v in header.items()]
+    o = settings["options"]
+    sampling = (f"{o['sampler']} with {o['steps']} steps, guidance scale {o['cfg_scale']}, "
+                + (f"dynamic thresholding at {o['threshold']}" if o["threshold"] else "static clipping"))  # fmt: skip
+    lines += [f"- **settings**: N = {settings['n']} per variant, seeds {settings['seeds']}; decoder: {sampling}", ""]
+    lines.append("| variant | " + " | ".join(name for name, _ in COLUMNS) + " |")
+    lines.append("|---" * (len(COLUMNS) + 1) + "|")
+    for row in table["rows"]:
+        if "skipped" in row:
+            lines.append(f"| {row['variant']} | skipped: {row['skipped']} |" + " |" * (len(COLUMNS) - 1))
+            continue
+        cells = [_cell(row["metrics"].get(key), key, header) for _, key in COLUMNS]
+        lines.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
+    sizes = sorted({int(n) for row in table["rows"] for n in row.get("judge_fd_at_n", {})})
+    if sizes:
+        lines += ["", "Judge-space Fréchet distance at several N (seed 0): its small-sample bias.", ""]
+        lines.append("| variant | " + " | ".join(f"N={n}" for n in sizes) + " |")
+        lines.append("|---" * (len(sizes) + 1) + "|")
+        for row in table["rows"]:
+            if "judge_fd_at_n" in row:
+                values = [row["judge_fd_at_n"].get(str(n)) for n in sizes]
+                lines.append(f"| {row['variant']} | " + " | ".join("–" if v is None else f"{v:.3g}" for v in values) + " |")
+    return "\n".join(lines) + "\n"

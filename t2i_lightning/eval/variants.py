@@ -1,0 +1,166 @@
+"""The rows of the evaluation table: how each variant draws one image per reference caption.
+
+Each variant names the checkpoints it needs; one that is missing makes the row "skipped" with the
+reason instead of failing the table. The unCLIP-lite rows share one loaded chain (CLIP, translator,
+decoder) and differ only in what conditions the decoder and how it samples (the study's ablations):
+
+- ``real``: a second, disjoint real set of the same size (another split): the floor every number is
+  read against.
+- ``full``: caption → CLIP text embedding → translator → decoder.
+- ``decoder_only``: the true CLIP image embedding of the reference image → decoder (the study's
+  reconstruction row; PSNR/SSIM against the reference image).
+- ``no_translator``: the CLIP text embedding straight into the decoder.
+- ``full_256``: ``full`` then the upsampler, 256px.
+- ``ddpm``: ``full`` with ancestral DDPM over every training step instead of DDIM.
+- ``cfg_<s>``: ``full`` at classifier-free guidance scale s (e.g. ``cfg_1``, ``cfg_8``).
+- ``no_dynamic_threshold``: ``full`` with static clipping instead of dynamic thresholding.
+- ``text_decoder``: the Imagen-like text-conditioned decoder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..pipeline import TextToImage, load_decoder, load_upsampler
+from .reference import ReferenceSet
+
+TARGETS = {
+    "clip": "clip", "translator": "train-translator", "decoder": "train-decoder", "upsampler": "train-upsampler",
+    "decoder_text": "train-decoder-text", "judge": "judge",
+}  # fmt: skip
+
+
+@dataclass
+class SamplingOptions:
+    """The decoder's sampling settings shared by the unCLIP-lite rows (a row may override one)."""
+
+    sampler: str = "ddim"
+    steps: int | str = 50
+    cfg_scale: float = 3.0
+    threshold: float | None = 0.995
+    batch_size: int = 50
+
+    def as_kwargs(self, **overrides) -> dict:
+        kwargs = {"sampler": self.sampler, "steps": self.steps, "cfg_scale": self.cfg_scale, "threshold": self.threshold}
+        return {**kwargs, **overrides}
+
+
+@dataclass
+class EvalModels:
+    """Checkpoint paths (``clip``, ``translator``, ``decoder``, ``upsampler``, ``decoder_text``), loaded on first use."""
+
+    paths: dict[str, str | None]
+    _loaded: dict = field(default_factory=dict)
+
+    def missing(self, needs: tuple[str, ...]) -> str | None:
+        """Why a row needing ``needs`` cannot be drawn, or None."""
+        for key in needs:
+            path = self.paths.get(key)
+            if not path:
+                return f"no {key} checkpoint configured"
+            if not os.path.isfile(path):
+                return f"{key} checkpoint {path} not found (`make {TARGETS.get(key, key)}`)"
+        return None
+
+    def _get(self, name: str, load: Callable[[], object]):
+        if name not in self._loaded:
+            self._loaded[name] = load()
+        return self._loaded[name]
+
+    @property
+    def chain(self) -> TextToImage:
+        paths = self.paths
+        return self._get("chain", lambda: TextToImage.from_checkpoints(paths["decoder"], paths["translator"], paths.get("clip")))
+
+    @property
+    def upsampler(self):
+        return self._get("upsampler", lambda: load_upsampler(self.paths["upsampler"]))
+
+    @property
+    def text_decoder(self):
+        return self._get("text_decoder", lambda: load_decoder(self.paths["decoder_text"]).eval().requires_grad_(False))
+
+
+Draw = Callable[[EvalModels, ReferenceSet, ReferenceSet, SamplingOptions, torch.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    needs: tuple[str, ...]
+    draw: Draw  # (models, reference, second real set, options, generator) -> N x 3 x S x S in [-1, 1]
+    ground_truth: bool = False  # images correspond one to one to the reference images
+    seeded: bool = True  # False: the same images whatever the seed (the real set)
+
+
+CHAIN = ("clip", "translator", "decoder")
+
+
+def _batched(fn: Callable[[slice], torch.Tensor], n: int, batch_size: int) -> torch.Tensor:
+    return torch.cat([fn(slice(i, min(i + batch_size, n))) for i in range(0, n, batch_size)])
+
+
+def _chain_rows(conditioning: str, **overrides) -> Draw:
+    """A row drawing from the loaded chain, conditioned on the captions (through the translator), the
+    true image embeddings or the raw text embeddings, with sampling ``overrides``."""
+
+    def draw(models, ref, real, options, generator):
+        chain = models.chain
+        kwargs = options.as_kwargs(**overrides)
+
+        def part(rows: slice) -> torch.Tensor:
+            if conditioning == "caption":
+                cond = chain.embedder(ref.captions[rows])
+            else:
+                cond = getattr(ref, conditioning)[rows]
+            return chain.decode(cond, generator=generator, progress=False, **kwargs)
+
+        return _batched(part, len(ref), options.batch_size)
+
+    return draw
+
+
+def _full_256(models, ref, real, options, generator):
+    low = _chain_rows("caption")(models, ref, real, options, generator)
+    up = models.upsampler
+    return _batched(lambda rows: up.sample(low[rows], generator=generator, progress=False), len(low), options.batch_size)
+
+
+def _text_decoder(models, ref, real, options, generator):
+    decoder = models.text_decoder
+    return _batched(
+        lambda rows: decoder.sample(ref.captions[rows], generator=generator, progress=False, **options.as_kwargs()),
+        len(ref), options.batch_size,
+    )  # fmt: skip
+
+
+def _real(models, ref, real, options, generator):
+    return real.images
+
+
+FIXED = {
+    "real": Variant("real", (), _real, seeded=False),
+    "full": Variant("full", CHAIN, _chain_rows("caption")),
+    "decoder_only": Variant("decoder_only", CHAIN, _chain_rows("img_emb"), ground_truth=True),
+    "no_translator": Variant("no_translator", CHAIN, _chain_rows("txt_emb")),
+    "full_256": Variant("full_256", (*CHAIN, "upsampler"), _full_256),
+    "ddpm": Variant("ddpm", CHAIN, _chain_rows("caption", sampler="ddpm", steps="all")),
+    "no_dynamic_threshold": Variant("no_dynamic_threshold", CHAIN, _chain_rows("caption", threshold=None)),
+    "text_decoder": Variant("text_decoder", ("decoder_text",), _text_decoder),
+}
+_CFG = re.compile(r"^cfg_(\d+(?:\.\d+)?)$")
+
+
+def variant(name: str) -> Variant:
+    """The variant called ``name`` (see the module docstring; ``cfg_<s>`` for any scale s)."""
+    if name in FIXED:
+        return FIXED[name]
+    match = _CFG.match(name)
+    if match:
+        return Variant(name, CHAIN, _chain_rows("caption", cfg_scale=float(match[1])))
+    raise ValueError(f"Unknown variant {name!r}; use {', '.join(FIXED)} or cfg_<scale>")

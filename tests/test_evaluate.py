@@ -1,0 +1,64 @@
+"""`t2i evaluate` end to end through the real CLI, from micro checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .cli_runs import MICRO, T2I, run
+
+
+def evaluate_args(decoder: dict, judge_runs, out, *extra: str) -> list[str]:
+    return [
+        T2I, "evaluate", "--config", "stages/evaluate.yaml",
+        "--data", str(decoder["data"]), "--embeddings", str(decoder["emb"]), "--n", "8", "--seeds", "0", "1",
+        "--subset-sizes", "4", "8", "--variants", "real", "full", "decoder_only", "no_translator", "full_256",
+        "--clip", str(decoder["clip"]), "--clip-model", MICRO, "--translator", str(decoder["translator"]),
+        "--decoder", str(decoder["decoder"]), "--upsampler", str(out / "no-upsampler.ckpt"),
+        "--judge", str(judge_runs / "judge" / "checkpoints" / "last.ckpt"),
+        "--steps", "3", "--batch-size", "4", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def evaluation(decoder, judge_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "eval"
+    env = {"TORCH_HOME": str(out.parent / "torch-home")}  # no cached Inception weights
+    first = run(*evaluate_args(decoder, judge_run, out), env=env)
+    again = run(*evaluate_args(decoder, judge_run, out), env=env)
+    return {"out": out, "first": first, "again": again, "decoder": decoder, "judge": judge_run, "env": env}
+
+
+def test_evaluate_writes_the_table_with_every_row_and_labelled_gaps(evaluation):
+    out = evaluation["out"]
+    table = json.loads((out / "table.json").read_text())
+    rows = {row["variant"]: row for row in table["rows"]}
+    assert list(rows) == ["real", "full", "decoder_only", "no_translator", "full_256"]
+    assert "make train-upsampler" in rows["full_256"]["skipped"]
+    assert "psnr" in rows["decoder_only"]["metrics"] and "psnr" not in rows["full"]["metrics"]
+    assert rows["full"]["seeds"] == 2 and rows["real"]["seeds"] == 1
+    assert set(rows["full"]["judge_fd_at_n"]) == {"4", "8"}
+    # the real-vs-real floor is below a micro generator that draws little more than noise
+    assert rows["real"]["metrics"]["judge_fd"]["mean"] < rows["full"]["metrics"]["judge_fd"]["mean"]
+    assert 0 <= rows["real"]["metrics"]["align_all"]["mean"] <= 1
+    markdown = (out / "table.md").read_text()
+    assert "no Inception weights" in markdown and "skipped:" in markdown and "accuracy on these reference images" in markdown
+    assert (out / "grids" / "full.png").is_file() and not (out / "grids" / "full_256.png").exists()
+
+
+def test_evaluate_reuses_finished_variants_unless_forced(evaluation):
+    assert "cached" not in evaluation["first"].stdout
+    assert evaluation["again"].stdout.count("cached") == 7  # 3 drawn rows x 2 seeds + the real row
+    forced = run(*evaluate_args(evaluation["decoder"], evaluation["judge"], evaluation["out"], "--variants", "full",
+                                "--seeds", "0", "--force"), env=evaluation["env"])  # fmt: skip
+    assert "cached" not in forced.stdout
+
+
+def test_evaluate_rejects_bad_configs_clearly(evaluation, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("n: 8\nbogus_key: 1\n")
+    result = run(T2I, "evaluate", "--config", str(config), check=False)
+    assert result.returncode != 0 and "Unknown key(s) bogus_key" in result.stderr and "Traceback" not in result.stderr
+    result = run(*evaluate_args(evaluation["decoder"], evaluation["judge"], tmp_path, "--variants", "cfg_x"), check=False)
+    assert result.returncode != 0 and "Unknown variant 'cfg_x'" in result.stderr
