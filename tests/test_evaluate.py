@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .cli_runs import MICRO, T2I, run
+from .cli_runs import MICRO, T2I, run, scalars
 
 
 def evaluate_args(decoder: dict, judge_runs, out, *extra: str) -> list[str]:
@@ -45,6 +45,8 @@ def test_evaluate_writes_the_table_with_every_row_and_labelled_gaps(evaluation):
     markdown = (out / "table.md").read_text()
     assert "no Inception weights" in markdown and "skipped:" in markdown and "accuracy on these reference images" in markdown
     assert (out / "grids" / "full.png").is_file() and not (out / "grids" / "full_256.png").exists()
+    logged = scalars(out)
+    assert logged["judge_fd/full"][-1] == pytest.approx(rows["full"]["metrics"]["judge_fd"]["mean"], rel=1e-5)
 
 
 def test_evaluate_reuses_finished_variants_unless_forced(evaluation):

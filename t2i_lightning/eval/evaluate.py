@@ -162,6 +162,25 @@ def evaluate(
                      "grid": str(out / "grids" / f"{name}.png")})  # fmt: skip
     table = {"header": header or {}, "settings": {**asdict(settings), "options": asdict(settings.options)}, "rows": rows}
     write_json_atomic(out / "table.json", table)
+    markdown = format_table(table)
     with atomic_path(out / "table.md") as tmp:
-        tmp.write_text(format_table(table))
+        tmp.write_text(markdown)
+    log_to_tensorboard(table, markdown, out)
     return table
+
+
+def log_to_tensorboard(table: dict, markdown: str, out: Path) -> None:
+    """The table's numbers as scalars (``<metric>/<variant>``, so a metric's rows share a chart), its
+    grids as images and the Markdown as text, in ``out`` (``make tensorboard`` serves it)."""
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(out)) as writer:
+        for row in table["rows"]:
+            if "skipped" in row:
+                continue
+            for metric, value in row["metrics"].items():
+                writer.add_scalar(f"{metric}/{row['variant']}", value["mean"], 0)
+            grid = np.asarray(Image.open(row["grid"]).convert("RGB"))
+            writer.add_image(f"grids/{row['variant']}", grid, 0, dataformats="HWC")
+        writer.add_text("table", markdown, 0)
