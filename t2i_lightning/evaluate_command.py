@@ -30,9 +30,11 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subset-sizes", type=int, nargs="*", default=[25, 50, 100],
                         help="set sizes for the judge-space distance's small-sample bias (default: 25 50 100)")  # fmt: skip
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS,
-                        help=f"rows: {', '.join(FIXED)}, cfg_<scale> (default: {' '.join(DEFAULT_VARIANTS)})")  # fmt: skip
+                        help=f"rows: {', '.join(FIXED)}, cfg_<scale>, score_guided_<lambda> "
+                             f"(default: {' '.join(DEFAULT_VARIANTS)})")  # fmt: skip
     for name, target in (("clip", "clip"), ("translator", "translator"), ("decoder", "decoder"),
-                         ("upsampler", "upsampler"), ("decoder-text", "decoder_text"), ("judge", "judge")):  # fmt: skip
+                         ("upsampler", "upsampler"), ("decoder-text", "decoder_text"), ("score", "score"),
+                         ("captioner", "captioner"), ("judge", "judge")):  # fmt: skip
         default = f"runs/{target}/checkpoints/last.ckpt"
         parser.add_argument(f"--{name}", default=default, help=f"{name} checkpoint (default: {default})")
     parser.add_argument("--clip-model", default="shapes-vitc-tiny", help="open_clip model of --clip")
@@ -120,7 +122,7 @@ def run_evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     options = SamplingOptions(args.sampler, steps, args.cfg, args.threshold or None, args.batch_size)
     settings = EvaluationSettings(args.n, list(args.seeds), list(args.variants), list(args.subset_sizes), options)
     paths = {"clip": args.clip, "translator": args.translator, "decoder": args.decoder, "upsampler": args.upsampler,
-             "decoder_text": args.decoder_text}  # fmt: skip
+             "decoder_text": args.decoder_text, "score": args.score, "captioner": args.captioner}  # fmt: skip
     header = {
         "data": f"{args.data}: the first {args.n} {args.split} images and captions; real-vs-real set: the first "
         f"{args.n} {args.real_split} images",

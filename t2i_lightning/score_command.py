@@ -52,11 +52,16 @@ def load_score_pair(args: argparse.Namespace, guided: bool) -> tuple[ScoreStage,
     if not guided:
         return score, None
     captioner = load_captioner(args.captioner)
+    check_same_noise_levels(score, captioner)
+    return score, captioner
+
+
+def check_same_noise_levels(score: ScoreStage, captioner: CaptionerStage) -> None:
+    """Refuse a captioner trained at other noise levels than the score model it is to guide."""
     ours = {k: score.hparams[k] for k in NOISE_LEVEL_KEYS}
     theirs = {k: captioner.hparams[k] for k in NOISE_LEVEL_KEYS}
     if ours != theirs:
         raise ValueError(f"The captioner was trained at other noise levels ({theirs}) than the score model ({ours})")
-    return score, captioner
 
 
 def warn_unknown_words(captioner: CaptionerStage | None, prompts: list[str]) -> None:

@@ -81,3 +81,36 @@ def judge_run(shapes_dir, tmp_path_factory):
         "--data.init_args.batch_size", "16", "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "96",
     )  # fmt: skip
     return runs
+
+
+SCORE_NET = "--model.init_args.net.init_args."
+SCORE_COMMON = [
+    "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+    "--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "32",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def score_runs(shapes_dir, tmp_path_factory):
+    """A micro score model and a micro captioner fitted through `t2i fit --config stages/{score,captioner}.yaml`."""
+    runs = tmp_path_factory.mktemp("score_runs")
+    data = ["--data.init_args.train", str(shapes_dir), "--data.init_args.val", str(shapes_dir)]
+    run(
+        T2I, "fit", "--config", "stages/score.yaml", "--trainer.logger.init_args.save_dir", str(runs),
+        "--trainer.max_steps", "8", *SCORE_COMMON, *data,
+        f"{SCORE_NET}base_channels", "16", f"{SCORE_NET}channel_mult", "[1, 2]", f"{SCORE_NET}attention_resolutions", "[16]",
+        f"{SCORE_NET}head_channels", "16", f"{SCORE_NET}groups", "8", "--model.init_args.steps_per_level", "2",
+        "--model.init_args.ema_decay", "0.9", "--model.init_args.ema_start_step", "2",
+        "--model.init_args.samples.init_args.n", "2",
+    )  # fmt: skip
+    run(
+        T2I, "fit", "--config", "stages/captioner.yaml", "--trainer.logger.init_args.save_dir", str(runs),
+        "--trainer.max_steps", "8", *SCORE_COMMON, *data,
+        f"{SCORE_NET}channels", "[16, 32]", f"{SCORE_NET}width", "32", f"{SCORE_NET}layers", "1", f"{SCORE_NET}heads", "2", f"{SCORE_NET}groups", "8",
+        "--model.init_args.warmup_steps", "2", "--model.init_args.samples.init_args.n", "3",
+    )  # fmt: skip
+    return {
+        "runs": runs,
+        "score": runs / "score" / "checkpoints" / "last.ckpt",
+        "captioner": runs / "captioner" / "checkpoints" / "last.ckpt",
+    }

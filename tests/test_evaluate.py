@@ -9,11 +9,13 @@ import pytest
 from .cli_runs import MICRO, T2I, run, scalars
 
 
-def evaluate_args(decoder: dict, judge_runs, out, *extra: str) -> list[str]:
+def evaluate_args(decoder: dict, judge_runs, score: dict, out, *extra: str) -> list[str]:
     return [
         T2I, "evaluate", "--config", "stages/evaluate.yaml",
         "--data", str(decoder["data"]), "--embeddings", str(decoder["emb"]), "--n", "8", "--seeds", "0", "1",
-        "--subset-sizes", "4", "8", "--variants", "real", "full", "decoder_only", "no_translator", "full_256",
+        "--subset-sizes", "4", "8",
+        "--variants", "real", "full", "decoder_only", "no_translator", "full_256", "score_unguided", "score_guided_2",
+        "--score", str(score["score"]), "--captioner", str(score["captioner"]),
         "--clip", str(decoder["clip"]), "--clip-model", MICRO, "--translator", str(decoder["translator"]),
         "--decoder", str(decoder["decoder"]), "--upsampler", str(out / "no-upsampler.ckpt"),
         "--judge", str(judge_runs / "judge" / "checkpoints" / "last.ckpt"),
@@ -22,19 +24,20 @@ def evaluate_args(decoder: dict, judge_runs, out, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def evaluation(decoder, judge_run, tmp_path_factory):
+def evaluation(decoder, judge_run, score_runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "eval"
     env = {"TORCH_HOME": str(out.parent / "torch-home")}  # no cached Inception weights
-    first = run(*evaluate_args(decoder, judge_run, out), env=env)
-    again = run(*evaluate_args(decoder, judge_run, out), env=env)
-    return {"out": out, "first": first, "again": again, "decoder": decoder, "judge": judge_run, "env": env}
+    first = run(*evaluate_args(decoder, judge_run, score_runs, out), env=env)
+    again = run(*evaluate_args(decoder, judge_run, score_runs, out), env=env)
+    return {"out": out, "first": first, "again": again, "decoder": decoder, "judge": judge_run, "score": score_runs,
+            "env": env}  # fmt: skip
 
 
 def test_evaluate_writes_the_table_with_every_row_and_labelled_gaps(evaluation):
     out = evaluation["out"]
     table = json.loads((out / "table.json").read_text())
     rows = {row["variant"]: row for row in table["rows"]}
-    assert list(rows) == ["real", "full", "decoder_only", "no_translator", "full_256"]
+    assert list(rows) == ["real", "full", "decoder_only", "no_translator", "full_256", "score_unguided", "score_guided_2"]
     assert "make train-upsampler" in rows["full_256"]["skipped"]
     assert "psnr" in rows["decoder_only"]["metrics"] and "psnr" not in rows["full"]["metrics"]
     assert rows["full"]["seeds"] == 2 and rows["real"]["seeds"] == 1
@@ -51,8 +54,8 @@ def test_evaluate_writes_the_table_with_every_row_and_labelled_gaps(evaluation):
 
 def test_evaluate_reuses_finished_variants_unless_forced(evaluation):
     assert "cached" not in evaluation["first"].stdout
-    assert evaluation["again"].stdout.count("cached") == 7  # 3 drawn rows x 2 seeds + the real row
-    forced = run(*evaluate_args(evaluation["decoder"], evaluation["judge"], evaluation["out"], "--variants", "full",
+    assert evaluation["again"].stdout.count("cached") == 11  # 5 drawn rows x 2 seeds + the real row
+    forced = run(*evaluate_args(evaluation["decoder"], evaluation["judge"], evaluation["score"], evaluation["out"], "--variants", "full",
                                 "--seeds", "0", "--force"), env=evaluation["env"])  # fmt: skip
     assert "cached" not in forced.stdout
 
@@ -62,5 +65,6 @@ def test_evaluate_rejects_bad_configs_clearly(evaluation, tmp_path):
     config.write_text("n: 8\nbogus_key: 1\n")
     result = run(T2I, "evaluate", "--config", str(config), check=False)
     assert result.returncode != 0 and "Unknown key(s) bogus_key" in result.stderr and "Traceback" not in result.stderr
-    result = run(*evaluate_args(evaluation["decoder"], evaluation["judge"], tmp_path, "--variants", "cfg_x"), check=False)
+    result = run(*evaluate_args(evaluation["decoder"], evaluation["judge"], evaluation["score"], tmp_path,
+                                 "--variants", "cfg_x"), check=False)
     assert result.returncode != 0 and "Unknown variant 'cfg_x'" in result.stderr

@@ -19,39 +19,7 @@ from t2i_lightning.stages.score import ScoreStage
 
 from .cli_runs import T2I, run, scalars
 
-NET = "--model.init_args.net.init_args."
 MICRO_CAPTIONER = dict(channels=(16, 32), width=32, layers=1, heads=2, groups=8)
-COMMON = [
-    "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
-    "--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "32",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def score_runs(shapes_dir, tmp_path_factory):
-    """A micro score model and a micro captioner fitted through `t2i fit --config stages/{score,captioner}.yaml`."""
-    runs = tmp_path_factory.mktemp("score_runs")
-    data = ["--data.init_args.train", str(shapes_dir), "--data.init_args.val", str(shapes_dir)]
-    run(
-        T2I, "fit", "--config", "stages/score.yaml", "--trainer.logger.init_args.save_dir", str(runs),
-        "--trainer.max_steps", "8", *COMMON, *data,
-        f"{NET}base_channels", "16", f"{NET}channel_mult", "[1, 2]", f"{NET}attention_resolutions", "[16]",
-        f"{NET}head_channels", "16", f"{NET}groups", "8", "--model.init_args.steps_per_level", "2",
-        "--model.init_args.ema_decay", "0.9", "--model.init_args.ema_start_step", "2",
-        "--model.init_args.samples.init_args.n", "2",
-    )  # fmt: skip
-    run(
-        T2I, "fit", "--config", "stages/captioner.yaml", "--trainer.logger.init_args.save_dir", str(runs),
-        "--trainer.max_steps", "8", *COMMON, *data,
-        f"{NET}channels", "[16, 32]", f"{NET}width", "32", f"{NET}layers", "1", f"{NET}heads", "2", f"{NET}groups", "8",
-        "--model.init_args.warmup_steps", "2", "--model.init_args.samples.init_args.n", "3",
-    )  # fmt: skip
-    return {
-        "runs": runs,
-        "score": runs / "score" / "checkpoints" / "last.ckpt",
-        "captioner": runs / "captioner" / "checkpoints" / "last.ckpt",
-    }
-
 
 def test_score_fit_writes_an_ema_checkpoint_dsm_curves_and_grids(score_runs):
     checkpoint = torch.load(score_runs["score"], map_location="cpu", weights_only=False)

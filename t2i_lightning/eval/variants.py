@@ -15,6 +15,8 @@ decoder) and differ only in what conditions the decoder and how it samples (the 
 - ``cfg_<s>``: ``full`` at classifier-free guidance scale s (e.g. ``cfg_1``, ``cfg_8``).
 - ``no_dynamic_threshold``: ``full`` with static clipping instead of dynamic thresholding.
 - ``text_decoder``: the Imagen-like text-conditioned decoder.
+- ``score_unguided``, ``score_guided_<λ>``: the score model by annealed Langevin dynamics, unguided or
+  guided by the captioner at scale λ towards each caption (32px: the instruments resize).
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..pipeline import TextToImage, load_decoder, load_upsampler
+from ..pipeline import TextToImage, load_captioner, load_decoder, load_score_model, load_upsampler
 from .reference import ReferenceSet
 
 TARGETS = {
     "clip": "clip", "translator": "train-translator", "decoder": "train-decoder", "upsampler": "train-upsampler",
-    "decoder_text": "train-decoder-text", "judge": "judge",
+    "decoder_text": "train-decoder-text", "judge": "judge", "score": "train-score", "captioner": "train-captioner",
 }  # fmt: skip
 
 
@@ -80,6 +82,23 @@ class EvalModels:
     @property
     def upsampler(self):
         return self._get("upsampler", lambda: load_upsampler(self.paths["upsampler"]))
+
+    @property
+    def score(self):
+        return self._get("score", lambda: load_score_model(self.paths["score"]))
+
+    @property
+    def captioner(self):
+        """The captioner, refused when its noise levels are not the score model's."""
+
+        def load():
+            from ..score_command import check_same_noise_levels
+
+            captioner = load_captioner(self.paths["captioner"])
+            check_same_noise_levels(self.score, captioner)
+            return captioner
+
+        return self._get("captioner", load)
 
     @property
     def text_decoder(self):
@@ -139,6 +158,21 @@ def _text_decoder(models, ref, real, options, generator):
     )  # fmt: skip
 
 
+def _score_rows(guidance: float) -> Draw:
+    """The score model, guided by the captioner at ``guidance`` towards each caption (0: unguided)."""
+
+    def draw(models, ref, real, options, generator):
+        score = models.score
+        captioner = models.captioner.net if guidance > 0 else None
+        return _batched(
+            lambda rows: score.sample(rows.stop - rows.start, captioner=captioner, prompt=ref.captions[rows],
+                                      guidance=guidance, generator=generator, progress=False),
+            len(ref), options.batch_size,
+        )  # fmt: skip
+
+    return draw
+
+
 def _real(models, ref, real, options, generator):
     return real.images
 
@@ -152,8 +186,10 @@ FIXED = {
     "ddpm": Variant("ddpm", CHAIN, _chain_rows("caption", sampler="ddpm", steps="all")),
     "no_dynamic_threshold": Variant("no_dynamic_threshold", CHAIN, _chain_rows("caption", threshold=None)),
     "text_decoder": Variant("text_decoder", ("decoder_text",), _text_decoder),
+    "score_unguided": Variant("score_unguided", ("score",), _score_rows(0.0)),
 }
 _CFG = re.compile(r"^cfg_(\d+(?:\.\d+)?)$")
+_GUIDED = re.compile(r"^score_guided_(\d+(?:\.\d+)?)$")
 
 
 def variant(name: str) -> Variant:
@@ -163,4 +199,7 @@ def variant(name: str) -> Variant:
     match = _CFG.match(name)
     if match:
         return Variant(name, CHAIN, _chain_rows("caption", cfg_scale=float(match[1])))
-    raise ValueError(f"Unknown variant {name!r}; use {', '.join(FIXED)} or cfg_<scale>")
+    match = _GUIDED.match(name)
+    if match:
+        return Variant(name, ("score", "captioner"), _score_rows(float(match[1])))
+    raise ValueError(f"Unknown variant {name!r}; use {', '.join(FIXED)}, cfg_<scale> or score_guided_<lambda>")

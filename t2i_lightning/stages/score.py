@@ -14,6 +14,7 @@ an argument of :meth:`ScoreStage.sample`, never a submodule.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -85,7 +86,7 @@ class ScoreStage(StageTraining, pl.LightningModule):
         n: int,
         *,
         captioner: nn.Module | None = None,
-        prompt: str | None = None,
+        prompt: str | Sequence[str] | None = None,
         guidance: float = 0.0,
         schedule: str = "constant",
         eps: float | None = None,
@@ -98,6 +99,7 @@ class ScoreStage(StageTraining, pl.LightningModule):
     ) -> torch.Tensor:
         """``n`` images in [-1, 1] by annealed Langevin dynamics from uniform noise in [-1, 1] (NCSN sec. 4.3).
 
+        ``prompt`` is one caption for every image or a list of ``n``, one per image.
         With ``guidance`` λ > 0 the score is that of p(x | prompt) by Bayes' rule, with the frozen
         ``captioner``'s log p(prompt | x_σ, σ) (:class:`t2i_lightning.nn.captioner.NoisyCaptioner`);
         ``schedule`` shapes λ over σ. ``norms`` collects both terms' norms per level. The Langevin
@@ -108,10 +110,13 @@ class ScoreStage(StageTraining, pl.LightningModule):
             raise ValueError(f"n must be positive, got {n}")
         size = image_size or self.net.image_size
         score_fn: Any = lambda x, sigma: self.net(x, sigma)  # noqa: E731
-        if guidance and (captioner is None or not prompt or not prompt.strip()):
+        prompts = [prompt] * n if isinstance(prompt, str) else list(prompt or [])
+        if prompts and len(prompts) != n:
+            raise ValueError(f"Give one prompt or one per image ({n}), got {len(prompts)}")
+        if guidance and (captioner is None or not prompts or not all(p.strip() for p in prompts)):
             raise ValueError("Guided sampling needs a captioner and a non-empty prompt")
-        if captioner is not None and prompt:
-            token_ids = captioner.tokenize([prompt] * n).to(self.device)
+        if captioner is not None and prompts:
+            token_ids = captioner.tokenize(prompts).to(self.device)
             score_fn = bayes_guided_score(
                 score_fn, lambda x, sigma: captioner.log_likelihood(x, sigma, token_ids), guidance,
                 schedule=schedule, sigma_range=(hp.sigma_max, hp.sigma_min), norms=norms,
