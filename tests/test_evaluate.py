@@ -68,3 +68,35 @@ def test_evaluate_rejects_bad_configs_clearly(evaluation, tmp_path):
     result = run(*evaluate_args(evaluation["decoder"], evaluation["judge"], evaluation["score"], tmp_path,
                                  "--variants", "cfg_x"), check=False)
     assert result.returncode != 0 and "Unknown variant 'cfg_x'" in result.stderr
+
+
+def test_sample_quality_callback_logs_the_judge_distance_during_a_score_fit(shapes_dir, judge_run, tmp_path):
+    runs = tmp_path / "runs"
+    net = "--model.init_args.net.init_args."
+    run(
+        T2I, "fit", "--config", "stages/score.yaml", "--trainer.logger.init_args.save_dir", str(runs),
+        "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+        "--trainer.callbacks+=t2i_lightning.callbacks.sample_quality.SampleQuality",
+        "--trainer.callbacks.judge", str(judge_run / "judge" / "checkpoints" / "last.ckpt"),
+        "--trainer.callbacks.n", "8",
+        "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitor", "val/judge_fd",
+        "--trainer.callbacks.mode", "min", "--trainer.callbacks.filename", "best-judge-fd",
+        f"{net}base_channels", "16", f"{net}channel_mult", "[1, 2]", f"{net}attention_resolutions", "[16]",
+        f"{net}head_channels", "16", f"{net}groups", "8", "--model.init_args.steps_per_level", "2",
+        "--model.init_args.samples.init_args.n", "2",
+        "--data.init_args.train", str(shapes_dir), "--data.init_args.val", str(shapes_dir),
+        "--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "32",
+    )  # fmt: skip
+    logged = scalars(runs / "score")
+    assert len(logged["val/judge_fd"]) == 2 and all(v > 0 for v in logged["val/judge_fd"])
+    assert "val/judge_aligned" not in logged  # the score model is unconditional
+    assert (runs / "score" / "checkpoints" / "best-judge-fd.ckpt").is_file()  # selected by the sample metric
+
+
+def test_sample_quality_refuses_a_missing_judge(micro_clip, tmp_path):
+    from t2i_lightning.callbacks.sample_quality import SampleQuality
+
+    with pytest.raises(FileNotFoundError, match="make judge"):
+        SampleQuality(judge=str(tmp_path / "none.ckpt")).setup(None, None, "fit")
+    with pytest.raises(ValueError, match="is not a checkpoint of JudgeStage"):
+        SampleQuality(judge=str(micro_clip)).setup(None, None, "fit")
