@@ -43,6 +43,7 @@ class SampleQuality(pl.Callback):
         self.n, self.steps, self.seed = n, steps, seed
         self.judge = None
         self.references: dict[str, Any] = {}
+        self._real_features: torch.Tensor | None = None  # the references' judge features, computed once
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         from ..pipeline import load_judge
@@ -80,9 +81,10 @@ class SampleQuality(pl.Callback):
             return
         with torch.no_grad():
             images = self._draw(pl_module).cpu()
-        _, real_features = judge_images(self.judge, self.references["image"])
+        if self._real_features is None:
+            self._real_features = judge_images(self.judge, self.references["image"])[1]
         scenes, features = judge_images(self.judge, images)
-        metrics = {"val/judge_fd": feature_distances(real_features, features)["fd"]}
+        metrics = {"val/judge_fd": feature_distances(self._real_features, features)["fd"]}
         unconditional = "img_emb" not in self.references and not getattr(pl_module, "conditions_on_text", False)
         if not unconditional:
             metrics["val/judge_aligned"] = alignment_report(self.references["caption"], scenes)["all"]

@@ -39,6 +39,7 @@ from .reference import ReferenceSet
 from .superres import superres_scores
 from .table import format_table
 from .variants import EvalModels, SamplingOptions, Variant
+from .variants import variant as named_variant
 
 DISTANCE_KEYS = ("fd", "kid", "precision", "recall")
 
@@ -124,8 +125,6 @@ def evaluate(
     instruments: Instruments, out: str | os.PathLike, force: bool = False, header: dict | None = None,
 ) -> dict:  # fmt: skip
     """Draw and score every variant; write ``table.md``, ``table.json`` and a grid per variant under ``out``."""
-    from .variants import variant as lookup
-
     out = Path(out)
     reference_features = {
         "judge": judge_images(instruments.judge, ref.images)[1],
@@ -135,7 +134,7 @@ def evaluate(
         reference_features["inception"] = instruments.inception.features(ref.images)
     rows = []
     for name in settings.variants:
-        row_variant = lookup(name)
+        row_variant = named_variant(name)
         reason = models.missing(row_variant.needs)
         if reason:
             rows.append({"variant": name, "skipped": reason})
@@ -152,10 +151,9 @@ def evaluate(
         metrics = {key: _mean_std([m[key] for m in per_seed]) for key in per_seed[0]}
         metrics["s_per_image"] = _mean_std(seconds)
         bias = {}
+        first_features = judge_images(instruments.judge, first_images)[1]
         for size in (s for s in settings.subset_sizes if 3 < s <= len(ref)):
-            judge_real = reference_features["judge"][:size]
-            judge_fake = judge_images(instruments.judge, first_images[:size])[1]
-            bias[str(size)] = feature_distances(judge_real, judge_fake)["fd"]
+            bias[str(size)] = feature_distances(reference_features["judge"][:size], first_features[:size])["fd"]
         grid = grid_image(tensor_to_images(first_images[:16]), columns=8)
         save_png_atomic(grid, out / "grids" / f"{name}.png")
         rows.append({"variant": name, "seeds": len(per_seed), "metrics": metrics, "judge_fd_at_n": bias,
