@@ -13,11 +13,16 @@ subcommands, so ``lightning fit --config stages/decoder.yaml`` works as users ty
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+from collections.abc import Iterator
 
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from .callbacks.finite_guard import NonFiniteLossError
 from .lightning_cli import SUBCOMMANDS
 
 
@@ -242,7 +247,22 @@ def _run_data(args: argparse.Namespace) -> None:
         print(inspect_dataset(args.path, args.out, n_images=args.n))
 
 
-USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError)
+USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, NonFiniteLossError)
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def reported_as_user_error(command: str) -> Iterator[None]:
+    """Turn the errors a user can fix into one line on stderr and a non-zero exit (no traceback unless
+    ``T2I_DEBUG`` is set); a SIGTERM-stopped fit exits with 143 so that make does not mark it done."""
+    try:
+        yield
+    except SIGTERMException:
+        sys.exit(SIGTERM_EXIT_CODE)
+    except USER_ERRORS as error:
+        if os.environ.get("T2I_DEBUG"):
+            raise
+        sys.exit(f"{command}: error: {error}\n(set T2I_DEBUG=1 for a traceback)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -251,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in SUBCOMMANDS:
         from .lightning_cli import run_lightning
 
-        run_lightning(argv)
+        with reported_as_user_error(f"t2i {argv[0]}"):
+            run_lightning(argv)
         return
     args = build_parser().parse_args(argv)
     args.argv = argv
@@ -260,15 +281,11 @@ def main(argv: list[str] | None = None) -> None:
             None, [args.command, getattr(args, "data_command", None) or getattr(args, "bench_command", None)]
         )
     )
-    try:
-        commands = {"embed-text": _run_embed_text, "bench": _run_bench, "sample": _run_sample,
-                    "upsample": _run_upsample, "evaluate-upsampler": _run_upsample,
-                    "evaluate-guidance": _run_evaluate_guidance, "evaluate": _run_evaluate}  # fmt: skip
+    commands = {"embed-text": _run_embed_text, "bench": _run_bench, "sample": _run_sample,
+                "upsample": _run_upsample, "evaluate-upsampler": _run_upsample,
+                "evaluate-guidance": _run_evaluate_guidance, "evaluate": _run_evaluate}  # fmt: skip
+    with reported_as_user_error(f"t2i {command}"):
         commands.get(args.command, _run_data)(args)
-    except USER_ERRORS as error:
-        if os.environ.get("T2I_DEBUG"):
-            raise
-        sys.exit(f"t2i {command}: error: {error}\n(set T2I_DEBUG=1 for a traceback)")
 
 
 def lightning_main(argv: list[str] | None = None) -> None:

@@ -14,6 +14,10 @@ from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from .resume import checkpoint_directory, find_resume_point, move_aside
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 TRAINER_DEFAULTS = "_trainer.yaml"
@@ -53,7 +57,12 @@ def with_trainer_defaults(argv: list[str]) -> list[str]:
 
 
 class T2ILightningCLI(LightningCLI):
-    """LightningCLI in subclass mode for models and data, overwriting a previous run's config.yaml."""
+    """LightningCLI in subclass mode for models and data, overwriting a previous run's config.yaml.
+
+    ``fit`` resumes from the run's newest good checkpoint when there is one (:mod:`t2i_lightning.resume`):
+    ``--fresh`` starts over instead, ``--resume-changed-config`` accepts other model settings, and an
+    explicit ``--ckpt_path`` is used as given.
+    """
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         warnings.filterwarnings("ignore", message=r".*IterableDataset.* has `__len__` defined.*")
@@ -69,6 +78,39 @@ class T2ILightningCLI(LightningCLI):
             run=run,
             auto_configure_optimizers=True,
         )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--fresh", action="store_true",
+            help="fit: start over; the run's old checkpoints are moved to checkpoints.replaced-<time>/",
+        )  # fmt: skip
+        parser.add_argument(
+            "--resume-changed-config", action="store_true",
+            help="fit: resume even though the model settings differ from the checkpoint's",
+        )  # fmt: skip
+
+    def before_fit(self) -> None:
+        config = self.config[self.subcommand]
+        if config.get("ckpt_path"):
+            return
+        directory = checkpoint_directory(self.trainer)
+        if config.fresh:
+            moved = move_aside(directory) if rank_zero_only.rank == 0 else None
+            if moved is not None:
+                rank_zero_info(f"Starting fresh (--fresh); the previous checkpoints are in {moved}")
+            return
+        point = find_resume_point(
+            directory, config.model.class_path, dict(self.model.hparams),
+            allow_changed_config=config.resume_changed_config,
+        )  # fmt: skip
+        if point is None:
+            return
+        for skipped in point.skipped:
+            rank_zero_info(f"Unreadable checkpoint passed over: {skipped}")
+        rank_zero_info(
+            f"Resuming from {point.path} (step {point.global_step}); pass --fresh to start over instead"
+        )
+        self.config_init[self.subcommand]["ckpt_path"] = str(point.path)
 
 
 def run_lightning(argv: list[str] | None = None) -> None:

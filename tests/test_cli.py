@@ -81,7 +81,7 @@ def test_tiny_fit_through_the_real_cli_writes_checkpoint_and_events(command, tmp
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list(run_dir.glob("events.out.tfevents.*"))
     assert "MeanColourRegressor" in (run_dir / "config.yaml").read_text()
-    run(str(BIN / command), *args, "--trainer.max_steps", "2")  # a second run in the same directory works
+    run(str(BIN / command), *args, "--trainer.max_steps", "2", "--fresh")  # a fresh second run, same directory
 
     import torch
 

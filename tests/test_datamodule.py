@@ -32,7 +32,7 @@ def test_batches_have_documented_keys_shapes_and_dtypes(shapes_dir):
     )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"image", "caption", "key", "meta", "skipped"}
+    assert set(batch) == {"image", "caption", "key", "meta", "skipped", "skipped_shards"}
     assert batch["image"].shape == (8, 3, 32, 32) and batch["image"].dtype == torch.float32
     assert -1.0 <= batch["image"].min() and batch["image"].max() <= 1.0
     assert batch["image"].min() < -0.5 and batch["image"].max() > 0.5  # really spans the range
@@ -95,6 +95,7 @@ def test_corrupt_and_incomplete_samples_are_skipped_and_counted(tmp_path, caplog
         batches = _all_batches(dm.val_dataloader())
     assert _keys(batches) == ["ok_0", "ok_1"]
     assert sum(int(b["skipped"]) for b in batches) == 3
+    assert [s for b in batches for s in b["skipped_shards"]] == [str(tmp_path / "val-000000.tar")] * 3
     text = caplog.text
     assert "bad_image" in text and "no_caption" in text and "empty_caption" in text
 
@@ -107,7 +108,29 @@ def test_truncated_shard_is_skipped_with_a_count(tmp_path, shapes_dir):
     dm.setup("validate")
     batches = _all_batches(dm.val_dataloader())
     assert sum(int(b["skipped"]) for b in batches) >= 1
+    assert str(tmp_path / "val-000000.tar") in {s for b in batches for s in b["skipped_shards"]}
     assert 0 < len(_keys(batches)) < 16
+
+
+def test_a_skip_rate_over_the_limit_stops_training_naming_the_bad_shards():
+    from t2i_lightning.callbacks.data_health import SkippedSamplesLogger, SkipRateError
+
+    class Module:
+        def log(self, *args, **kwargs):
+            pass
+
+    logger = SkippedSamplesLogger(max_skip_rate=0.05, min_samples=100)
+    clean = {"key": ["k"] * 20, "skipped": torch.tensor(0), "skipped_shards": []}
+    dirty = {"key": ["k"] * 18, "skipped": torch.tensor(2), "skipped_shards": ["data/bad-000007.tar"] * 2}
+    for batch in [clean, clean, clean, clean, dirty]:  # 2 of 100 read: under 5 %
+        logger.on_train_batch_end(None, Module(), None, batch, 0)
+    resumed = SkippedSamplesLogger(max_skip_rate=0.05, min_samples=100)
+    resumed.load_state_dict(logger.state_dict())  # the count survives a resume
+    worse = {"key": ["k"] * 10, "skipped": torch.tensor(10), "skipped_shards": ["data/bad-000007.tar"] * 10}
+    with pytest.raises(
+        SkipRateError, match=r"12 of 120 training samples were skipped .*bad-000007.tar \(12\)"
+    ):
+        resumed.on_train_batch_end(None, Module(), None, worse, 0)
 
 
 @pytest.mark.parametrize("spec", ["{root}/nope", "{root}/train-{{000000..000003}}.tar", "{root}/*.tar", ""])

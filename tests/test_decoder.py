@@ -17,7 +17,7 @@ from t2i_lightning.data.joined import EmbeddingLookup, ImageEmbeddingDataModule
 from t2i_lightning.data.shards import write_shard
 from t2i_lightning.nn.unet import ConditionalUNet
 
-from .cli_runs import T2I, run, scalars
+from .cli_runs import T2I, decoder_args, run, scalars
 
 MICRO_UNET = dict(
     image_size=32, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,),
@@ -157,3 +157,18 @@ def test_sampling_benchmark_times_both_samplers_side_by_side(decoder):
     result = run(T2I, "bench", "sampling", "--decoder", str(decoder["decoder"]), "--n", "1",
                  "--ddim-steps", "2", "--ddpm-steps", "8")  # fmt: skip
     assert "DDIM-2" in result.stdout and "DDPM-8" in result.stdout and "x faster" in result.stdout
+
+
+def test_the_same_command_run_again_resumes_with_optimizer_schedule_and_ema_state(decoder, tmp_path):
+    """Re-running a finished 6-step fit for 8 steps resumes at step 6: Adam's step count, the
+    learning-rate schedule and the EMA count continue from the checkpoint instead of restarting."""
+    runs = tmp_path / "runs"
+    shutil.copytree(decoder["decoder_runs"], runs)
+    before = torch.load(runs / "decoder" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    result = run(*decoder_args(decoder, runs), "--trainer.max_steps", "8")
+    assert f"Resuming from {runs / 'decoder' / 'checkpoints' / 'last.ckpt'} (step 6)" in result.stderr
+    after = torch.load(runs / "decoder" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert after["global_step"] == 8
+    assert int(after["optimizer_states"][0]["state"][0]["step"]) == 8
+    assert after["lr_schedulers"][0]["last_epoch"] == 8
+    assert int(after["averaging_state"]["n_averaged"]) == int(before["averaging_state"]["n_averaged"]) + 2

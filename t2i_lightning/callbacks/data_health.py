@@ -1,31 +1,77 @@
-"""Logging of samples the data pipeline skipped (corrupt or incomplete), per step and per epoch."""
+"""Logging of samples the data pipeline skipped (corrupt or incomplete), and a stop when too many are.
+
+A few bad samples in web-scraped data are normal and are skipped; many mean a broken download or
+a wrong path, and training on what is left would quietly give a different dataset. So when more
+than ``max_skip_rate`` of the training samples seen so far (once ``min_samples`` have been read)
+were skipped, the run stops with :class:`SkipRateError`, naming the shards the skips came from.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import lightning.pytorch as pl
 
 
-class SkippedSamplesLogger(pl.Callback):
-    """Sums ``batch["skipped"]`` (set by :mod:`t2i_lightning.data.streams`) and logs the totals.
+class SkipRateError(ValueError):
+    """Too large a share of the training samples could not be read."""
 
-    Logs ``data/skipped_train`` (cumulative, each step it changes and at epoch end) and
-    ``data/skipped_val`` (per validation run). Batches without the key are ignored.
+
+class SkippedSamplesLogger(pl.Callback):
+    """Sums ``batch["skipped"]`` (set by :mod:`t2i_lightning.data.streams`), logs the totals, and stops
+    the run when the training skip rate passes ``max_skip_rate``.
+
+    Logs ``data/skipped_train`` (cumulative, each step), ``data/skipped_train_epoch`` (per epoch)
+    and ``data/skipped_val`` (per validation run). Batches without the key are ignored.
+
+    Args:
+        max_skip_rate: the largest tolerated share of skipped training samples (0.01); None never stops.
+        min_samples: the rate is judged only once this many training samples were read or skipped.
     """
 
-    def __init__(self) -> None:
-        self.train_total = 0
-        self.val_epoch = 0
+    def __init__(self, max_skip_rate: float | None = 0.01, min_samples: int = 1000) -> None:
+        if max_skip_rate is not None and not 0 <= max_skip_rate < 1:
+            raise ValueError(f"max_skip_rate must be in [0, 1), got {max_skip_rate}")
+        self.max_skip_rate, self.min_samples = max_skip_rate, min_samples
+        self.train_total = self.train_seen = self.train_epoch = self.val_epoch = 0
+        self.bad_shards: Counter[str] = Counter()
 
     @staticmethod
     def _count(batch: Any) -> int:
         return int(batch["skipped"]) if isinstance(batch, dict) and "skipped" in batch else 0
 
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.train_epoch = 0
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.train_total += self._count(batch)
+        skipped = self._count(batch)
+        self.train_total += skipped
+        self.train_epoch += skipped
+        if isinstance(batch, dict):
+            self.train_seen += len(batch.get("key", ()))
+            self.bad_shards.update(batch.get("skipped_shards", ()))
         pl_module.log(
             "data/skipped_train", float(self.train_total), on_step=True, on_epoch=False, reduce_fx="max"
+        )
+        self._check_rate()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        pl_module.log("data/skipped_train_epoch", float(self.train_epoch), on_step=False, on_epoch=True)
+
+    def _check_rate(self) -> None:
+        read = self.train_seen + self.train_total
+        if (
+            self.max_skip_rate is None
+            or read < self.min_samples
+            or self.train_total <= self.max_skip_rate * read
+        ):
+            return
+        shards = ", ".join(f"{url} ({count})" for url, count in self.bad_shards.most_common(10))
+        raise SkipRateError(
+            f"{self.train_total} of {read} training samples were skipped ({self.train_total / read:.1%}, more than "
+            f"the {self.max_skip_rate:.1%} allowed); skips by shard: {shards}. Repair or remove those shards "
+            "(`t2i data inspect` reads a dataset), or raise SkippedSamplesLogger's max_skip_rate"
         )
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
@@ -40,8 +86,14 @@ class SkippedSamplesLogger(pl.Callback):
         if not trainer.sanity_checking:
             pl_module.log("data/skipped_val", float(self.val_epoch), reduce_fx="sum")
 
-    def state_dict(self) -> dict[str, int]:
-        return {"train_total": self.train_total}
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "train_total": self.train_total,
+            "train_seen": self.train_seen,
+            "bad_shards": dict(self.bad_shards),
+        }
 
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_total = state_dict.get("train_total", 0)
+        self.train_seen = state_dict.get("train_seen", 0)
+        self.bad_shards = Counter(state_dict.get("bad_shards", {}))

@@ -4,7 +4,8 @@ Training streams resample shards forever from this rank's share (``resampled``) 
 into epochs by ``with_epoch``; evaluation streams read each shard of this rank's share once,
 in order. Corrupt or incomplete samples are skipped with a warning, and the number of skips
 (samples, or unreadable stretches of a damaged tar) travels with a batch as
-``batch["skipped"]`` so the main process can log it, whatever the number of worker processes.
+``batch["skipped"]``, and the shard of each as ``batch["skipped_shards"]``, so the main process
+can log them and name bad shards, whatever the number of worker processes.
 """
 
 from __future__ import annotations
@@ -71,8 +72,32 @@ class RankWorkerShards(IterableDataset):
             yield {"url": rng.choice(mine)}
 
 
+def shard_of(error: BaseException) -> str:
+    """The shard an error of the data pipeline came from: set by :func:`tagged_with_shard`, or the URL
+    webdataset appends to the arguments of a tar-reading error; "?" when neither says."""
+    url = getattr(error, "shard_url", None)
+    if url:
+        return str(url)
+    strings = [arg for arg in getattr(error, "args", ()) if isinstance(arg, str)]
+    return next((arg for arg in reversed(strings) if ".tar" in arg), "?")
+
+
+def tagged_with_shard(decode: Callable[[dict], dict]) -> Callable[[dict], dict]:
+    """``decode`` whose errors carry ``shard_url``, the shard of the sample that failed."""
+
+    @functools.wraps(decode)
+    def run(sample: dict) -> dict:
+        try:
+            return decode(sample)
+        except Exception as error:
+            error.shard_url = sample.get("__url__")
+            raise
+
+    return run
+
+
 class SkipCounter:
-    """Counts and reports skipped samples inside one worker process (a webdataset handler).
+    """Counts and reports skipped samples, per shard, inside one worker process (a webdataset handler).
 
     Errors that mean the data is wrong as a whole rather than one sample being bad
     (``fatal``, e.g. image and embedding shards that do not mirror each other) are re-raised.
@@ -81,18 +106,20 @@ class SkipCounter:
     fatal: tuple[type[BaseException], ...] = (ShardMismatchError,)
 
     def __init__(self) -> None:
-        self.count = 0
+        self.shards: list[str] = []
 
     def __call__(self, error: BaseException) -> bool:
         if isinstance(error, self.fatal):
             raise error
-        self.count += 1
+        self.shards.append(shard_of(error))
         log.warning("skipping: %s", error)
         return True
 
-    def take(self) -> int:
-        count, self.count = self.count, 0
-        return count
+    def take(self) -> dict[str, Any]:
+        """The skips since the last call, as batch entries: ``skipped`` (a count) and ``skipped_shards``
+        (the shard of each skip)."""
+        shards, self.shards = self.shards, []
+        return {"skipped": torch.tensor(len(shards)), "skipped_shards": shards}
 
 
 def batches_with_skips(
@@ -107,7 +134,7 @@ def batches_with_skips(
     bucket: list[dict] = []
 
     def release(batch: dict) -> dict:
-        return {**batch, "skipped": torch.tensor(counter.take())}
+        return {**batch, **counter.take()}
 
     for sample in samples:
         bucket.append(sample)
@@ -144,7 +171,7 @@ def build_stream(
     stages: list = [shards, wds.tarfile_to_samples(handler=counter)]
     if shuffle_buffer > 0:
         stages.append(functools.partial(seeded_shuffle, bufsize=shuffle_buffer, seed=seed))
-    stages.append(wds.map(decode, handler=counter))
+    stages.append(wds.map(tagged_with_shard(decode), handler=counter))
     stages.append(
         functools.partial(
             batches_with_skips, batch_size=batch_size, collate=collate, counter=counter, partial=partial
@@ -177,7 +204,7 @@ class ShardAlignedBatches(IterableDataset):
 
     def _batch(self, examples: list[dict], url: str, counter: SkipCounter, done: bool) -> dict[str, Any]:
         batch = self.collate(examples) if examples else {"key": []}
-        return {**batch, "shard": url, "shard_done": done, "skipped": torch.tensor(counter.take())}
+        return {**batch, "shard": url, "shard_done": done, **counter.take()}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, workers, _ = worker_position()
@@ -186,7 +213,7 @@ class ShardAlignedBatches(IterableDataset):
             samples = wds.DataPipeline(
                 wds.SimpleShardList([url]),
                 wds.tarfile_to_samples(handler=counter),
-                wds.map(self.decode, handler=counter),
+                wds.map(tagged_with_shard(self.decode), handler=counter),
             )
             held: list[dict] | None = None
             bucket: list[dict] = []

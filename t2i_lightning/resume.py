@@ -1,0 +1,132 @@
+"""Resuming a killed ``t2i fit`` / ``make train-*`` from its newest good checkpoint, or refusing to.
+
+Running the same command again after a kill (or a preemption) finds the run's checkpoint
+directory, picks the newest checkpoint that loads (``last.ckpt`` first), and resumes from it,
+with global step, optimizer, learning-rate schedule and EMA state restored by Lightning. It
+refuses, with the reason, a checkpoint written by another stage class or with other model
+hyperparameters unless ``--resume-changed-config`` is given; ``--fresh`` starts over and moves
+the old checkpoints aside (nothing is deleted).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class ResumeError(ValueError):
+    """A checkpoint exists in the run directory but may not be resumed without an explicit flag."""
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    path: Path
+    global_step: int
+    skipped: tuple[str, ...]  # newer checkpoints that did not load, with the reason
+
+
+def _plain(value: Any) -> Any:
+    """Hyperparameters as plain JSON-able values (jsonargparse Namespaces become dicts)."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, str | int | float | bool | type(None)) else str(value)
+
+
+def changed_hyperparameters(saved: dict, current: dict) -> list[str]:
+    """Dotted names of the hyperparameters that differ between a checkpoint and the current config."""
+    saved, current = _plain(saved), _plain(current)
+
+    def walk(a: Any, b: Any, prefix: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [
+                name
+                for key in sorted(set(a) | set(b))
+                for name in walk(a.get(key), b.get(key), f"{prefix}{key}.")
+            ]
+        return [] if json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True) else [prefix.rstrip(".")]
+
+    return walk(saved, current, "")
+
+
+def _candidates(directory: Path, last_name: str) -> list[Path]:
+    """Checkpoint files of a run directory, the ``last`` one first, then newest first."""
+    files = sorted(directory.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return sorted(files, key=lambda p: p.name != last_name)
+
+
+def find_resume_point(
+    directory: str | Path,
+    class_path: str,
+    hyperparameters: dict,
+    *,
+    allow_changed_config: bool = False,
+    last_name: str = "last.ckpt",
+) -> ResumePoint | None:
+    """The checkpoint to resume from in ``directory``, or None when there is none.
+
+    Checkpoints that cannot be read (truncated, not a Lightning checkpoint) are passed over and
+    reported in ``skipped``; the first readable one must be of ``class_path`` and (unless
+    ``allow_changed_config``) have the same model hyperparameters, else :class:`ResumeError`.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    skipped = []
+    for path in _candidates(directory, last_name):
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            saved_hparams, step = checkpoint.get("hyper_parameters", {}), int(checkpoint["global_step"])
+        except Exception as error:  # any unreadable file is skipped, and said so
+            skipped.append(f"{path.name}: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
+            continue
+        saved_class = saved_hparams.get("_class_path")
+        hint = "pass --fresh to start over (the old checkpoints are moved aside)"
+        if saved_class and saved_class != class_path:
+            raise ResumeError(
+                f"{path} was written by {saved_class}, but this config trains {class_path}; {hint}"
+            )
+        changed = changed_hyperparameters(saved_hparams, hyperparameters)
+        if changed and not allow_changed_config:
+            raise ResumeError(
+                f"{path} (step {step}) was trained with other model settings: {', '.join(changed)}; "
+                f"{hint}, or --resume-changed-config to resume with the new settings"
+            )
+        return ResumePoint(path, step, tuple(skipped))
+    if skipped:
+        raise ResumeError(
+            f"No checkpoint in {directory} can be read ({'; '.join(skipped)}); pass --fresh to start over"
+        )
+    return None
+
+
+def move_aside(directory: str | Path) -> Path | None:
+    """Rename a run's checkpoint directory to ``<name>.replaced-<time>`` (for ``--fresh``); its new name."""
+    directory = Path(directory)
+    if not directory.is_dir() or not any(directory.glob("*.ckpt")):
+        return None
+    target = directory.with_name(f"{directory.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    directory.rename(target)
+    return target
+
+
+def checkpoint_directory(trainer: Any) -> Path:
+    """The directory a trainer's ModelCheckpoint writes to (``runs/<stage>/checkpoints``), known
+    before ``fit`` resolves it: its ``dirpath`` if set, else ``<save_dir>/<name>/<version>/checkpoints``
+    of the first logger, as Lightning resolves it."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.dirpath:
+        return Path(callback.dirpath)
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+        return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / version / "checkpoints"
+    return Path(trainer.default_root_dir) / "checkpoints"

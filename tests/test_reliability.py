@@ -1,0 +1,249 @@
+"""Kill-and-resume, preemption, numerical faults and atomic checkpoints, through the real ``t2i fit``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from t2i_lightning.callbacks.finite_guard import NonFiniteGuard
+from t2i_lightning.checkpoint_io import AtomicCheckpointIO
+from t2i_lightning.resume import ResumeError, find_resume_point, move_aside
+
+from .cli_runs import ROOT, T2I, run
+
+TINY = ["--config", "stages/_trainer.yaml", "--config", "tests/configs/tiny_fit.yaml"]
+
+
+def tiny_fit_args(runs: Path, data: Path, *extra: str) -> list[str]:
+    return [
+        T2I, "fit", *TINY, "--trainer.logger.init_args.save_dir", str(runs),
+        "--data.init_args.train", str(data), "--data.init_args.val", str(data), *extra,
+    ]  # fmt: skip
+
+
+def last(runs: Path) -> dict:
+    return torch.load(runs / "tiny" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def wait_for_step(heartbeat: Path, step: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            stderr = process.stderr.read() if process.stderr else ""
+            raise AssertionError(f"the fit ended (exit {process.returncode}) before step {step}:\n{stderr[-3000:]}")
+        if heartbeat.exists() and heartbeat.read_text().strip() and int(heartbeat.read_text()) >= step:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no step {step} within {timeout} s")
+
+
+def popen(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_kill_9_in_the_middle_then_the_same_command_resumes(tmp_path, shapes_dir):
+    runs, beat = tmp_path / "runs", tmp_path / "beat"
+    args = tiny_fit_args(
+        runs, shapes_dir, "--trainer.max_steps", "12", "--trainer.callbacks+=tests.tiny_modules.Heartbeat",
+        "--trainer.callbacks.path", str(beat),
+    )  # fmt: skip
+    process = popen(args)
+    wait_for_step(beat, 5, process)  # checkpoints are written every 2 steps (val_check_interval)
+    process.kill()
+    process.wait()
+    checkpoints = runs / "tiny" / "checkpoints"
+    assert not [p for p in checkpoints.iterdir() if not p.name.endswith(".ckpt")], "a partial file was left"
+    step = last(runs)["global_step"]
+    assert step >= 4
+    result = run(*args)
+    assert f"Resuming from {checkpoints / 'last.ckpt'} (step {step})" in result.stderr
+    assert last(runs)["global_step"] == 12
+
+
+def test_sigterm_writes_a_checkpoint_at_the_current_step_and_exits_143(tmp_path, shapes_dir):
+    runs, beat = tmp_path / "runs", tmp_path / "beat"
+    args = tiny_fit_args(
+        runs, shapes_dir, "--trainer.max_steps", "200", "--trainer.val_check_interval", "100",
+        "--trainer.check_val_every_n_epoch", "null",
+        "--trainer.callbacks+=tests.tiny_modules.Heartbeat", "--trainer.callbacks.path", str(beat),
+    )  # fmt: skip
+    process = popen(args)
+    wait_for_step(beat, 3, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    assert "SIGTERM at step" in stderr and "Traceback" not in stderr
+    step = last(runs)["global_step"]
+    assert 3 <= step < 100  # written on SIGTERM: no periodic checkpoint comes before step 100
+    result = run(*tiny_fit_args(runs, shapes_dir, "--trainer.max_steps", str(step + 2)))
+    assert f"(step {step})" in result.stderr and last(runs)["global_step"] == step + 2
+
+
+def test_changed_settings_are_refused_unless_asked_and_fresh_moves_the_old_run_aside(tmp_path, shapes_dir):
+    runs = tmp_path / "runs"
+    run(*tiny_fit_args(runs, shapes_dir, "--trainer.max_steps", "2"))
+    changed = tiny_fit_args(runs, shapes_dir, "--trainer.max_steps", "4", "--model.init_args.lr", "0.05")
+    refused = run(*changed, check=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "other model settings: lr" in refused.stderr and "--fresh" in refused.stderr
+    assert last(runs)["global_step"] == 2  # nothing was touched
+
+    resumed = run(*changed, "--resume-changed-config")
+    assert "(step 2)" in resumed.stderr and last(runs)["global_step"] == 4
+
+    fresh = run(*tiny_fit_args(runs, shapes_dir, "--trainer.max_steps", "2", "--fresh"))
+    assert "Resuming" not in fresh.stderr and last(runs)["global_step"] == 2
+    (moved,) = (runs / "tiny").glob("checkpoints.replaced-*")
+    assert torch.load(moved / "last.ckpt", weights_only=True)["global_step"] == 4  # the old run is kept
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, shapes_dir):
+    runs = tmp_path / "runs"
+    args = tiny_fit_args(
+        runs, shapes_dir, "--model", "tests.tiny_modules.NonFiniteAtStep", "--model.init_args.nan_at_step", "3",
+        "--trainer.max_steps", "8",
+    )  # fmt: skip
+    result = run(*args, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "non-finite loss or gradient at step 3" in result.stderr
+    checkpoint = last(runs)
+    assert checkpoint["global_step"] == 2
+    assert all(torch.isfinite(value).all() for value in checkpoint["state_dict"].values())
+
+
+class _Batches(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return {"image": torch.full((3, 8, 8), index / 8.0)}
+
+
+def test_skip_mode_leaves_the_weights_of_a_nan_step_untouched_and_counts_it():
+    from tests.tiny_modules import NonFiniteAtStep
+
+    class Recorder(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 2:
+                self.before = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:  # the optimizer "stepped" over the NaN batch
+                self.after = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+    guard, recorder = NonFiniteGuard(action="skip"), Recorder()
+    model = NonFiniteAtStep(nan_at_step=2)
+    trainer = pl.Trainer(
+        max_steps=5, callbacks=[guard, recorder], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, torch.utils.data.DataLoader(_Batches(), batch_size=2))
+    assert guard.skipped == 1 and trainer.global_step == 5
+    for name, value in recorder.before.items():
+        torch.testing.assert_close(recorder.after[name], value, msg=name)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_skip_mode_gives_up_after_too_many_consecutive_non_finite_steps():
+    from t2i_lightning.callbacks.finite_guard import NonFiniteLossError
+    from tests.tiny_modules import MeanColourRegressor
+
+    class AlwaysNaN(MeanColourRegressor):
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch, batch_idx) * float("nan")
+
+    trainer = pl.Trainer(
+        max_steps=50, callbacks=[NonFiniteGuard(action="skip", max_consecutive=3)], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite"):
+        trainer.fit(AlwaysNaN(), torch.utils.data.DataLoader(_Batches(), batch_size=2))
+
+
+def test_ddp_on_two_cpu_processes_splits_shards_syncs_losses_and_writes_one_checkpoint(tmp_path, shapes_dir):
+    """``strategy=ddp`` with 2 gloo processes: no shard is read by both ranks (training or validation),
+    every validation key is read once, the logged validation loss is the mean over both ranks' samples, and
+    one set of checkpoint files is written."""
+    runs, record = tmp_path / "runs", tmp_path / "record"
+    args = tiny_fit_args(
+        runs, shapes_dir, "--model", "tests.tiny_modules.RankRecorder", "--model.init_args.record", str(record),
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "null",
+    )  # fmt: skip
+    run(*args)
+    ranks = [json.loads((record / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    def shards(keys: list[str]) -> set[int]:
+        return {int(key.rsplit("_", 1)[1]) // 16 for key in keys}  # the fixture writes 16 samples per shard
+
+    for split in ("train", "val"):
+        assert ranks[0][split] and ranks[1][split], split
+        assert not shards(ranks[0][split]) & shards(ranks[1][split]), f"a {split} shard was read by both ranks"
+    val_keys = ranks[0]["val"] + ranks[1]["val"]
+    assert len(val_keys) == len(set(val_keys)) == 40  # the fixture's 40 validation samples, each once
+    local = [rank["val_loss_sum"] / rank["val_count"] for rank in ranks]
+    overall = sum(rank["val_loss_sum"] for rank in ranks) / sum(rank["val_count"] for rank in ranks)
+    assert local[0] != pytest.approx(local[1])
+    for rank in ranks:  # the sample-weighted mean over both ranks, on both
+        assert rank["val_loss_synced"] == pytest.approx(overall, rel=1e-5)
+    files = sorted(p.name for p in (runs / "tiny" / "checkpoints").iterdir())
+    assert files == ["epoch=1-step=4.ckpt", "last.ckpt"]  # 2 steps per epoch on each of 2 ranks
+
+
+# ------------------------------------------------------------------------------- unit: resume / atomic IO
+
+
+def _fake_checkpoint(path: Path, step: int, class_path: str = "pkg.Stage", **hparams) -> None:
+    torch.save({"global_step": step, "hyper_parameters": {"_class_path": class_path, **hparams}}, path)
+
+
+def test_resume_point_passes_over_an_unreadable_last_checkpoint(tmp_path):
+    _fake_checkpoint(tmp_path / "epoch=0-step=3.ckpt", 3, lr=0.1)
+    (tmp_path / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    point = find_resume_point(tmp_path, "pkg.Stage", {"lr": 0.1})
+    assert point.path.name == "epoch=0-step=3.ckpt" and point.global_step == 3
+    assert point.skipped and point.skipped[0].startswith("last.ckpt")
+
+
+def test_resume_point_refuses_another_stage_and_unreadable_runs(tmp_path):
+    _fake_checkpoint(tmp_path / "last.ckpt", 5, class_path="pkg.Captioner")
+    with pytest.raises(ResumeError, match="written by pkg.Captioner, but this config trains pkg.Decoder"):
+        find_resume_point(tmp_path, "pkg.Decoder", {})
+    (tmp_path / "last.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ResumeError, match="No checkpoint .* can be read"):
+        find_resume_point(tmp_path, "pkg.Decoder", {})
+    assert find_resume_point(tmp_path / "none", "pkg.Decoder", {}) is None
+
+
+def test_nested_setting_changes_are_named(tmp_path):
+    _fake_checkpoint(tmp_path / "last.ckpt", 1, net={"class_path": "U", "init_args": {"width": 32}})
+    with pytest.raises(ResumeError, match=r"net\.init_args\.width"):
+        find_resume_point(tmp_path, "pkg.Stage", {"net": {"class_path": "U", "init_args": {"width": 64}}})
+    assert move_aside(tmp_path).name.startswith(f"{tmp_path.name}.replaced-")
+
+
+def test_a_checkpoint_save_that_dies_midway_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    target = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"global_step": 1}, target)
+
+    def dies_midway(obj, handle):
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicCheckpointIO().save_checkpoint({"global_step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True) == {"global_step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
