@@ -33,13 +33,13 @@ def fit_clip(runs: Path, data: Path, steps: int = 40) -> Path:
     return runs / "clip" / "checkpoints" / "last.ckpt"
 
 
-def extract(clip_ckpt: Path, data: Path, out: Path, check: bool = True, popen: bool = False):
+def extract(clip_ckpt: Path, data: Path, out: Path, *extra: str, check: bool = True, popen: bool = False):
     args = [
         T2I, "predict", "--config", "stages/embed.yaml",
         "--model.init_args.model_name", MICRO, "--model.init_args.pretrained", str(clip_ckpt),
         "--model.init_args.out", str(out), "--data.init_args.predict", str(data),
         "--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0",
-        "--trainer.default_root_dir", str(out.parent),
+        "--trainer.default_root_dir", str(out.parent), *extra,
     ]  # fmt: skip
     if popen:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}

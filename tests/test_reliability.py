@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ from t2i_lightning.callbacks.finite_guard import NonFiniteGuard
 from t2i_lightning.checkpoint_io import AtomicCheckpointIO
 from t2i_lightning.resume import ResumeError, find_resume_point, move_aside
 
-from .cli_runs import ROOT, T2I, run
+from .cli_runs import ROOT, T2I, extract, run
 
 TINY = ["--config", "stages/_trainer.yaml", "--config", "tests/configs/tiny_fit.yaml"]
 
@@ -199,6 +200,27 @@ def test_ddp_on_two_cpu_processes_splits_shards_syncs_losses_and_writes_one_chec
         assert rank["val_loss_synced"] == pytest.approx(overall, rel=1e-5)
     files = sorted(p.name for p in (runs / "tiny" / "checkpoints").iterdir())
     assert files == ["epoch=1-step=4.ckpt", "last.ckpt"]  # 2 steps per epoch on each of 2 ranks
+
+
+def test_extraction_on_two_ranks_writes_every_shard_as_one_rank_does(pipeline, tmp_path):
+    out = tmp_path / "emb"
+    extract(
+        pipeline["clip"], pipeline["data"], out,
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+    )  # fmt: skip
+    single = sorted(p.name for p in pipeline["emb"].glob("*.tar"))
+    assert sorted(p.name for p in out.glob("*.tar")) == single and len(single) > 2
+    from t2i_lightning.data.embeddings import IMAGE_MEMBER, load_npy
+    from t2i_lightning.data.inspect import read_samples
+
+    for name in single:  # same keys in the same order; values equal up to float16 rounding of CPU math
+        a, b = read_samples(str(out / name)), read_samples(str(pipeline["emb"] / name))
+        assert [x["__key__"] for x in a] == [x["__key__"] for x in b], name
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_allclose(load_npy(x[IMAGE_MEMBER]), load_npy(y[IMAGE_MEMBER]), atol=2e-2)
+    two, one = (json.loads((d / "stats.json").read_text()) for d in (out, pipeline["emb"]))
+    assert two["count"] == one["count"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.suffix == ".tmp"]
 
 
 # ------------------------------------------------------------------------------- unit: resume / atomic IO
