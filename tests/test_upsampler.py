@@ -205,3 +205,24 @@ def test_evaluate_upsampler_scores_bicubic_and_each_setting(upsampler, shapes_di
     assert [(r["method"], r.get("aug_level")) for r in rows] == [("bicubic", None), ("upsampler", 0.0), ("upsampler", 0.2)]
     assert 10 < rows[0]["psnr"] < 60 and 0 < rows[0]["ssim"] <= 1 and 0 < rows[0]["sharpness"] < 1  # bicubic blurs
     assert all(r["s_per_image"] > 0 for r in rows) and "PSNR dB" in result.stdout
+
+
+class _ZeroNet(SuperResUNet):
+    """A super-resolution U-Net whose prediction is 0 everywhere (x̂_0 = 0 in the x0 parameterization)."""
+
+    def forward(self, x, t, cond):
+        return super().forward(x, t, cond) * 0
+
+
+def test_residual_mode_diffuses_the_detail_over_bicubic_and_adds_the_bicubic_back():
+    stage = UpsamplerStage(_ZeroNet(**MICRO_SR, learn_variance=False), parameterization="x0", residual=True)
+    image = torch.rand(2, 3, 64, 64) * 2 - 1
+    low_res = downsample(image, 4)
+    bicubic = torch.nn.functional.interpolate(low_res, scale_factor=4, mode="bicubic").clamp(-1, 1)
+    torch.testing.assert_close(stage.diffusion_target({"image": image, "low_res": low_res}), image - bicubic)
+    # a network predicting no detail gives back exactly the bicubic image (DDIM with η = 0 ends at x̂_0)
+    drawn = stage.sample(low_res, aug_level=0.0, sampler="ddim", steps=3, progress=False)
+    torch.testing.assert_close(drawn, bicubic)
+    plain = UpsamplerStage(_ZeroNet(**MICRO_SR, learn_variance=False), parameterization="x0")
+    torch.testing.assert_close(plain.diffusion_target({"image": image, "low_res": low_res}), image)
+    assert plain.sample(low_res, aug_level=0.0, sampler="ddim", steps=3, progress=False).abs().max() < 1e-5

@@ -131,8 +131,12 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
 
     # --- training -----------------------------------------------------------------------------
 
+    def diffusion_target(self, batch: dict[str, Any]) -> torch.Tensor:
+        """What the diffusion process runs on: the batch's images (a subclass may diffuse a residual)."""
+        return batch["image"]
+
     def _losses(self, batch: dict[str, Any], drop_prob: float) -> dict[str, torch.Tensor]:
-        x0 = batch["image"]
+        x0 = self.diffusion_target(batch)
         n = x0.shape[0]
         drop = torch.rand(n, device=x0.device) < drop_prob
         cond = self.drop_condition(self.batch_condition(batch), drop)
@@ -214,11 +218,15 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
         threshold: float | None = 0.995,
         eta: float = 0.0,
         image_guidance: ImageGuidance | None = None,
+        offset: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         progress: bool = True,
     ) -> torch.Tensor:
         """Run ``sampler`` with ``model_fn(x_t, t)`` from Gaussian noise of ``shape`` over the respaced
-        schedule, thresholding x̂_0, and return the images clamped to [-1, 1]."""
+        schedule, thresholding x̂_0, and return the images clamped to [-1, 1].
+
+        ``offset``: when the process runs on the residual image − offset (residual diffusion), the
+        image offset + x̂_0 is what is thresholded and offset + the sample what is returned."""
         if sampler not in SAMPLERS:
             raise ValueError(f"Unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
         schedule = self.schedule if str(steps) == "all" else self.schedule.respace(
@@ -226,9 +234,12 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
         )  # fmt: skip
         noise = torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
         extra = {"eta": eta} if sampler == "ddim" else {}
-        return SAMPLERS[sampler](
+        to_image = (lambda x0: dynamic_threshold(x0, threshold)) if threshold else static_threshold
+        base = 0.0 if offset is None else offset.to(self.device, torch.float32)
+        sample = SAMPLERS[sampler](
             model_fn, schedule, noise,
             parameterization=self.hparams.parameterization, learn_variance=self.net.learn_variance,
-            x0_transform=(lambda x0: dynamic_threshold(x0, threshold)) if threshold else static_threshold,
+            x0_transform=to_image if offset is None else (lambda x0: to_image(base + x0) - base),
             image_guidance=image_guidance, generator=generator, progress=progress, **extra,
-        ).clamp(-1, 1)  # fmt: skip
+        )  # fmt: skip
+        return (base + sample).clamp(-1, 1)
