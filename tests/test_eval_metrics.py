@@ -14,6 +14,7 @@ from t2i_lightning.data.shapes.scene import COLOURS
 from t2i_lightning.eval.alignment import alignment_report
 from t2i_lightning.eval.clip_space import ClipInstrument
 from t2i_lightning.eval.distances import feature_distances
+from t2i_lightning.eval.superres import edge_sharpness, gradient_magnitude
 from t2i_lightning.nn.clip import create_clip, preprocess_for, tokenizer_for
 
 from .cli_runs import MICRO
@@ -95,3 +96,18 @@ def test_clip_score_is_100_cosine_of_the_clips_own_embeddings(micro_clip):
     torch.testing.assert_close(instrument.clip_score(images, captions), 100 * cosine.clamp(min=0), atol=1e-3, rtol=1e-4)
     with pytest.raises(ValueError, match="one caption per image"):
         instrument.clip_score(images, captions[:2])
+
+
+def test_edge_sharpness_is_one_for_the_truth_drops_with_blur_and_ignores_flat_noise():
+    truth = torch.zeros(1, 3, 32, 32)
+    truth[..., 8:24, 8:24] = 1.0  # a white square: its border is the only edge
+    blurred = torch.nn.functional.avg_pool2d(truth, 3, stride=1, padding=1, count_include_pad=False)
+    noisy = truth.clone()
+    noisy[..., 0:4, :] += 0.01 * torch.randn(1, 3, 4, 32, generator=torch.Generator().manual_seed(0))
+    sharp = edge_sharpness(truth, truth).item()
+    assert sharp == 1.0
+    assert edge_sharpness(truth, blurred).item() < 0.75  # a 3-pixel blur spreads each step over 3 pixels
+    assert abs(edge_sharpness(truth, noisy).item() - 1.0) < 1e-6  # noise off the edges is not sharpness
+    assert torch.isnan(edge_sharpness(torch.zeros(1, 3, 8, 8), torch.rand(1, 3, 8, 8)))  # no edges
+    # the mean over all pixels is blind to the blur (total variation) and would call this "sharp"
+    assert gradient_magnitude(blurred).mean() > 0.9 * gradient_magnitude(truth).mean()
