@@ -3,8 +3,8 @@
 PSNR and SSIM (Wang et al. 2004) come from torchmetrics, on images mapped to [0, 1]. Edge sharpness
 is the mean image-gradient magnitude of a candidate on the ground truth's edges relative to the
 ground truth's (:func:`edge_sharpness`): bicubic
-upsampling is blurry and scores well below 1; an upsampler that restores edges, or one that
-invents noise, scores near or above 1, which is why it is read beside PSNR/SSIM and never alone.
+upsampling is blurry and scores well below 1; an upsampler that restores edges scores near 1, and
+noise on the edges raises it too, which is why it is read beside PSNR/SSIM and never alone.
 """
 
 from __future__ import annotations

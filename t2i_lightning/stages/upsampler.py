@@ -13,8 +13,8 @@ being the low-resolution image (SR3, Saharia et al. 2021; Cascaded Diffusion Mod
   few respaced steps on the whole image;
 - with ``residual`` the process runs on the residual x_0 = image − bicubic(low-resolution image)
   instead of the image (SRDiff, Li et al. 2022, sec. 3.2): colours and layout come from the
-  bicubic image exactly, and the network only has to learn edges and texture, which a short
-  training run can.
+  bicubic image exactly, and the network only has to learn edges and texture (on the CPU demo's
+  800 steps it keeps colours and layout but has not yet learnt sharper edges: see the README).
 
 There is no classifier-free guidance: the low-resolution image determines the output almost
 entirely, so the condition is never dropped.
