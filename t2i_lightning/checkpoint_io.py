@@ -1,4 +1,6 @@
-"""Checkpoint files written atomically: a temporary file in the same directory, fsynced, then renamed.
+"""Checkpoint files: written atomically, read as data only.
+
+Saving: a temporary file in the same directory, fsynced, then renamed.
 
 Lightning's own ``TorchCheckpointIO`` writes through an fsspec transaction whose temporary file
 lives in the system temp directory; when that is another filesystem than ``runs/`` the final
@@ -6,11 +8,19 @@ move is a copy, and a kill during it leaves a truncated ``last.ckpt`` under its 
 Here the temporary file sits beside the target (:func:`~t2i_lightning.data.shards.atomic_path`),
 so the rename stays on one filesystem: a reader sees either the previous complete checkpoint or
 the new complete one, never a part.
+
+Loading: every checkpoint read, by the project or by Lightning through :class:`AtomicCheckpointIO`,
+uses ``torch.load(weights_only=True)``: tensors and plain containers, never pickled code. What a
+stage checkpoint is still trusted with is its ``hyper_parameters``: ``load_from_checkpoint`` (and
+LightningCLI's ``--ckpt_path``) rebuild the stage and its networks from the ``class_path`` and
+``init_args`` recorded there, and Lightning only builds a class that is already imported and is a
+subclass of the stage class asked for.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Any
 
 import torch
@@ -19,8 +29,28 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from .data.shards import atomic_path
 
 
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's contents as data (``weights_only=True``), memory-mapped: tensors are read when used."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError("not a PyTorch checkpoint archive")
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def error_summary(error: BaseException) -> str:
+    """``Type: first line of the message`` (at most 120 characters) of why a checkpoint did not load."""
+    lines = str(error).splitlines() or [""]
+    return f"{type(error).__name__}: {lines[0][:120]}"
+
+
+def stage_name(hparams: dict) -> str | None:
+    """The stage class a checkpoint was written by, as the CLI recorded it (``DecoderStage``), or None."""
+    class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
+    return class_path.rpartition(".")[2] if isinstance(class_path, str) else None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` whose saves are atomic (see the module docstring); loading is Lightning's."""
+    """``TorchCheckpointIO`` whose saves are atomic and whose loads are ``weights_only`` unless asked otherwise
+    (see the module docstring)."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
@@ -31,3 +61,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, handle)
             handle.flush()
             os.fsync(handle.fileno())
+
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location, True if weights_only is None else weights_only)

@@ -13,6 +13,7 @@ import argparse
 
 import yaml
 
+from .data.shards import check_writable
 from .eval.variants import FIXED, SamplingOptions
 
 DEFAULT_VARIANTS = ["real", "full", "decoder_only", "no_translator"]
@@ -92,6 +93,7 @@ def check_evaluate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--threshold must be in [0, 1), got {args.threshold}")
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    check_writable(args.out, directory=True)
     from .eval.variants import variant
 
     for name in args.variants:

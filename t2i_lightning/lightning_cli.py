@@ -17,7 +17,8 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from .resume import checkpoint_directory, find_resume_point, move_aside
+from .data.shards import check_writable
+from .resume import check_explicit_checkpoint, checkpoint_directory, find_resume_point, move_aside
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 TRAINER_DEFAULTS = "_trainer.yaml"
@@ -89,11 +90,21 @@ class T2ILightningCLI(LightningCLI):
             help="fit: resume even though the model settings differ from the checkpoint's",
         )  # fmt: skip
 
+    def parse_arguments(self, parser, args) -> None:
+        """Parse as LightningCLI does, then refuse a ``--ckpt_path`` file of another stage (before
+        LightningCLI reads the checkpoint's hyperparameters into the model config)."""
+        super().parse_arguments(parser, args)
+        config = self.config.get(self.config.get("subcommand") or "", {})
+        ckpt_path, class_path = config.get("ckpt_path"), config.get("model.class_path")
+        if ckpt_path and class_path and Path(ckpt_path).is_file():
+            check_explicit_checkpoint(ckpt_path, class_path)
+
     def before_fit(self) -> None:
         config = self.config[self.subcommand]
+        directory = checkpoint_directory(self.trainer)
+        check_writable(directory.parent, directory=True)  # the run directory: refused now, not after data setup
         if config.get("ckpt_path"):
             return
-        directory = checkpoint_directory(self.trainer)
         if config.fresh:
             moved = move_aside(directory) if rank_zero_only.rank == 0 else None
             if moved is not None:

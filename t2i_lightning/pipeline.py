@@ -16,8 +16,9 @@ import lightning.pytorch as pl
 import torch
 from PIL import Image
 
+from .checkpoint_io import error_summary, read_checkpoint, stage_name
 from .data.image_io import open_image, to_rgb
-from .nn.clip import create_clip, file_digest, preprocess_for, tokenizer_for
+from .nn.clip import create_clip, file_digest, preprocess_for, tokenizer_for, warn_if_truncated
 from .stages.captioner import CaptionerStage
 from .stages.decoder import DecoderStage
 from .stages.judge import JudgeStage
@@ -42,9 +43,13 @@ def require_checkpoint(path: str, target: str) -> None:
 
 
 def checkpoint_hparams(path: str, target: str) -> dict:
-    """The hyperparameters a stage checkpoint saved (memory-mapped: its weights are not read)."""
+    """The hyperparameters a stage checkpoint saved (memory-mapped: its weights are not read); a file that
+    is not a checkpoint is refused naming it."""
     require_checkpoint(path, target)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    try:
+        checkpoint = read_checkpoint(path)
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
+        raise ValueError(f"{path} is not a readable checkpoint ({error_summary(error)})") from error
     return checkpoint.get("hyper_parameters") or {}
 
 
@@ -63,8 +68,12 @@ def load_frozen_stage(
     class_path = f"{stage_class.__module__}.{stage_class.__name__}"
     recognised = marker in hparams if marker else hparams.get("_class_path") == class_path
     if not recognised:
-        raise ValueError(f"{path} is not a checkpoint of {stage_class.__name__} (`make {target}` writes one)")
-    stage = stage_class.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+        found = stage_name(hparams)
+        raise ValueError(
+            f"{path} is not a checkpoint of {stage_class.__name__}" + (f" but of {found}" if found else "")
+            + f" (`make {target}` writes one)"
+        )
+    stage = stage_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     return stage.eval().requires_grad_(False)
 
 
@@ -89,10 +98,10 @@ def load_judge(path: str = DEFAULT_JUDGE) -> JudgeStage:
 
 
 def load_decoder(path: str = DEFAULT_DECODER) -> DecoderStage:
-    """The decoder stage of a checkpoint (EMA weights), as its own class: a :class:`DecoderStage`
+    """The decoder stage of a checkpoint (EMA weights), frozen, as its own class: a :class:`DecoderStage`
     conditioned on CLIP image embeddings or a :class:`TextDecoderStage` conditioned on captions."""
     stage_class = TextDecoderStage if is_text_decoder(path) else DecoderStage
-    return stage_class.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    return load_frozen_stage(stage_class, path, "train-decoder", "cond_drop_prob")
 
 
 def load_recorded_clip(
@@ -144,8 +153,7 @@ class TextToImageEmbedding:
         its embeddings' ``stats.json``; a CLIP checkpoint whose hash differs from the recorded
         one is refused (its embeddings would not be the ones the translator learnt).
         """
-        require_checkpoint(translator, "train-translator")
-        stage = TranslatorStage.load_from_checkpoint(translator, map_location="cpu", weights_only=False)
+        stage = load_frozen_stage(TranslatorStage, translator, "train-translator", "patience")
         model_name = model_name or stage.clip_identity.get("model")
         return cls(load_recorded_clip(stage.clip_identity, "translator", clip, model_name), tokenizer_for(model_name), stage)
 
@@ -154,6 +162,7 @@ class TextToImageEmbedding:
         """Raw CLIP text embeddings of ``captions`` (as extraction computes them)."""
         if isinstance(captions, str) or not captions or not all(c.strip() for c in captions):
             raise ValueError("Give a non-empty list of non-empty captions")
+        warn_if_truncated(self.tokenizer, captions)
         return self.clip.encode_text(self.tokenizer(list(captions)))
 
     @torch.no_grad()
@@ -223,6 +232,7 @@ class DirectTextToImage:
 
     def decode(self, captions: Sequence[str], **options) -> torch.Tensor:
         """Images in [-1, 1], one per caption; ``options`` go to :meth:`DecoderStage.sample`."""
+        warn_if_truncated(getattr(self.decoder.text_encoder, "tokenizer", None), captions)
         return self.decoder.sample(list(captions), **options)
 
     __call__ = decode

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from .checkpoint_io import error_summary, read_checkpoint
 
 
 class ResumeError(ValueError):
@@ -57,6 +57,17 @@ def changed_hyperparameters(saved: dict, current: dict) -> list[str]:
     return walk(saved, current, "")
 
 
+def check_explicit_checkpoint(path: str | Path, class_path: str) -> None:
+    """Refuse a ``--ckpt_path`` file that another stage class wrote than the one the config trains:
+    LightningCLI would otherwise replace the config's model with the checkpoint's."""
+    try:
+        saved_class = read_checkpoint(path).get("hyper_parameters", {}).get("_class_path")
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
+        raise ResumeError(f"--ckpt_path {path} is not a readable checkpoint ({error_summary(error)})") from error
+    if saved_class and saved_class != class_path:
+        raise ResumeError(f"--ckpt_path {path} was written by {saved_class}, but this config trains {class_path}")
+
+
 def _candidates(directory: Path, last_name: str) -> list[Path]:
     """Checkpoint files of a run directory, the ``last`` one first, then newest first."""
     files = sorted(directory.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -83,10 +94,10 @@ def find_resume_point(
     skipped = []
     for path in _candidates(directory, last_name):
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            checkpoint = read_checkpoint(path)
             saved_hparams, step = checkpoint.get("hyper_parameters", {}), int(checkpoint["global_step"])
         except Exception as error:  # any unreadable file is skipped, and said so
-            skipped.append(f"{path.name}: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
+            skipped.append(f"{path.name}: {error_summary(error)}")
             continue
         saved_class = saved_hparams.get("_class_path")
         hint = "pass --fresh to start over (the old checkpoints are moved aside)"

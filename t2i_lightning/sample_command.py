@@ -28,7 +28,9 @@ import torch
 from PIL import Image
 
 from .data.image_io import grid_image, open_image, save_png_atomic, tensor_to_images, to_rgb
+from .data.shards import check_writable
 from .diffusion import ImageGuidance
+from .nn.text_encoder import check_captions
 from .pipeline import (
     DEFAULT_DECODER,
     DEFAULT_TRANSLATOR,
@@ -88,9 +90,11 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def check_sample_args(args: argparse.Namespace) -> None:
-    """User errors before any model is loaded."""
+    """User errors before any model is loaded; the output's directory is created (and must be writable)."""
     if args.n <= 0:
         raise ValueError(f"--n must be positive, got {args.n}")
+    if args.size is not None and args.size <= 0:
+        raise ValueError(f"--size must be positive, got {args.size}")
     if args.interpolate and args.frames < 2:
         raise ValueError(f"--frames must be at least 2, got {args.frames}")
     if args.cfg < 0 or args.ig_scale < 0:
@@ -100,11 +104,12 @@ def check_sample_args(args: argparse.Namespace) -> None:
     if args.steps != "all" and not (args.steps.isdigit() and int(args.steps) > 0):
         raise ValueError(f"--steps must be a positive integer or 'all', got {args.steps!r}")
     texts = [args.prompt] if args.prompt is not None else (args.mix or args.analogy or args.interpolate or [])
-    if any(not t.strip() for t in texts):
-        raise ValueError("Captions must not be empty")
+    if texts:
+        check_captions(texts)
     check_upsampler_args(args)
     if args.no_upsample and args.upsampler:
         raise ValueError("--no-upsample and --upsampler contradict each other")
+    check_writable(args.out)
 
 
 def check_decoder_args(args: argparse.Namespace) -> None:
@@ -115,6 +120,13 @@ def check_decoder_args(args: argparse.Namespace) -> None:
             f"{args.decoder} is a text-conditioned decoder: it takes --prompt only (--from-image, --mix, --analogy "
             "and --interpolate act on CLIP image embeddings, which it does not use)"
         )
+
+
+def check_image_files(args: argparse.Namespace) -> None:
+    """The images named by --from-image and --image-guidance exist, before any model is loaded."""
+    for option, path in (("--from-image", args.from_image), ("--image-guidance", args.image_guidance)):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"Image not found: {path} ({option})")
 
 
 def chain_upsampler(args: argparse.Namespace, chain: TextToImage | DirectTextToImage) -> UpsamplerStage | None:
@@ -159,6 +171,7 @@ def run_sample(args: argparse.Namespace) -> None:
         run_score_sample(args)
         return
     check_decoder_args(args)
+    check_image_files(args)
     chain = load_chain(args.decoder, args.translator, args.clip)
     conditioning = [args.prompt] * args.n if chain.conditions_on_text else target_embeddings(chain, args)
     guidance = None

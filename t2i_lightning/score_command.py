@@ -16,7 +16,10 @@ import time
 import torch
 
 from .data.image_io import grid_image, save_png_atomic, tensor_to_images
+from .data.shards import check_writable, write_json_atomic
 from .diffusion import GUIDANCE_SCHEDULES, GuidanceNorms
+from .nn.clip import warn_if_truncated
+from .nn.text_encoder import check_captions
 from .pipeline import DEFAULT_CAPTIONER, DEFAULT_SCORE, load_captioner, load_score_model
 from .stages.captioner import CaptionerStage
 from .stages.score import ScoreStage
@@ -65,10 +68,14 @@ def check_same_noise_levels(score: ScoreStage, captioner: CaptionerStage) -> Non
 
 
 def warn_unknown_words(captioner: CaptionerStage | None, prompts: list[str]) -> None:
-    """Say which prompt words the captioner cannot read (they count as one unknown token each)."""
-    unknown = captioner.net.vocab.unknown_words(prompts) if captioner is not None else []
+    """Say which prompt words the captioner cannot read (they count as one unknown token each), and
+    which prompts are longer than its context (they are truncated)."""
+    if captioner is None:
+        return
+    unknown = captioner.net.vocab.unknown_words(prompts)
     if unknown:
         print(f"warning: the captioner never saw {', '.join(unknown)}: guidance reads them as unknown tokens")
+    warn_if_truncated(captioner.net.vocab.bpe, prompts)
 
 
 def draw(score: ScoreStage, captioner: CaptionerStage | None, prompt: str, guidance: float, n: int,
@@ -119,12 +126,13 @@ def add_evaluate_guidance_parser(subparsers: argparse._SubParsersAction) -> None
 def run_evaluate_guidance(args: argparse.Namespace) -> None:
     from .data.shapes.captions import parse_caption
     from .data.shapes.scene import COLOURS
-    from .data.shards import write_json_atomic
     from .eval.colour import dominant_object_colour
 
     check_score_args(args, args.guidance)
     if args.n <= 0:
         raise ValueError(f"--n must be positive, got {args.n}")
+    check_captions(args.prompts)
+    check_writable(args.out)
     colours = {prompt: parse_caption(prompt).groups[0].colour for prompt in args.prompts}
     score, captioner = load_score_pair(args, any(g > 0 for g in args.guidance))
     warn_unknown_words(captioner, args.prompts)

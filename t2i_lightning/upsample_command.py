@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .data.image_io import open_image, save_png_atomic, tensor_to_images, to_rgb
+from .data.shards import check_writable, write_json_atomic
 from .pipeline import DEFAULT_UPSAMPLER, clip_image_embeddings, load_recorded_clip, load_upsampler
 from .stages.upsampler import UpsamplerStage
 
@@ -77,6 +78,7 @@ def run_upsample(args: argparse.Namespace) -> None:
     check_upsampler_args(args)
     if not os.path.isfile(args.input):
         raise FileNotFoundError(f"Image not found: {args.input}")
+    check_writable(args.out)
     image = to_rgb(open_image(args.input))
     upsampler = load_upsampler(args.upsampler or DEFAULT_UPSAMPLER)
     factor = upsampler.net.factor
@@ -109,13 +111,13 @@ def add_evaluate_upsampler_parser(subparsers: argparse._SubParsersAction) -> Non
 
 
 def run_evaluate_upsampler(args: argparse.Namespace) -> None:
-    from .data.shards import write_json_atomic
     from .eval.upsampler_report import format_report, upsampler_report
 
     if args.n <= 0:
         raise ValueError(f"--n must be positive, got {args.n}")
     if any(not 0 <= level <= 1 for level in args.aug_levels or []) or any(s <= 0 for s in args.steps or []):
         raise ValueError("--aug-levels must lie in [0, 1] and --steps must be positive")
+    check_writable(args.out)
     upsampler = load_upsampler(args.upsampler)
     report = upsampler_report(upsampler, args.data, args.n, args.aug_levels, args.steps, args.sampler, seed=args.seed)
     report["upsampler"] = args.upsampler

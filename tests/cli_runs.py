@@ -20,8 +20,9 @@ def run(*args: str, env: dict | None = None, check: bool = True) -> subprocess.C
     return result
 
 
-def fit_clip(runs: Path, data: Path, steps: int = 40) -> Path:
-    run(
+def clip_fit_args(runs: Path, data: Path, steps: int) -> list[str]:
+    """`t2i fit --config stages/clip.yaml` for a micro CLIP on ``data``, its run under ``runs/clip/``."""
+    return [
         T2I, "fit", "--config", "stages/clip.yaml",
         "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", str(steps),
         "--trainer.val_check_interval", str(steps), "--trainer.log_every_n_steps", "1",
@@ -29,7 +30,11 @@ def fit_clip(runs: Path, data: Path, steps: int = 40) -> Path:
         "--data.init_args.train", str(data), "--data.init_args.val", str(data),
         "--data.init_args.image_size", "32", "--data.init_args.batch_size", "32",
         "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "320",
-    )  # fmt: skip
+    ]  # fmt: skip
+
+
+def fit_clip(runs: Path, data: Path, steps: int = 40) -> Path:
+    run(*clip_fit_args(runs, data, steps))
     return runs / "clip" / "checkpoints" / "last.ckpt"
 
 

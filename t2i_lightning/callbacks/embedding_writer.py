@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from tqdm.auto import tqdm
 
 from ..data.embeddings import IMAGE_MEMBER, STATS_NAME, TEXT_MEMBER, embedding_statistics, load_npy, npy_bytes
-from ..data.shards import read_index, remove_stale_temporaries, write_json_atomic, write_shard
+from ..data.shards import check_writable, read_index, remove_stale_temporaries, write_json_atomic, write_shard
 
 log = logging.getLogger(__name__)
 IN_PROGRESS_NAME = ".extracting.json"  # the CLIP identity of an unfinished extraction
@@ -45,7 +45,7 @@ class EmbeddingShardWriter(BasePredictionWriter):
         self.sources = list(datamodule.urls["predict"])
         dataset_dir = os.path.commonpath([os.path.dirname(os.path.abspath(u)) for u in self.sources])
         self.out = pl_module.output_dir(dataset_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        check_writable(self.out, directory=True)
         if trainer.is_global_zero:
             self._check_identity(pl_module.identity, pl_module.hparams.replace_other_clip)
             remove_stale_temporaries(self.out)

@@ -21,9 +21,16 @@ IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
 
 def open_image(data: bytes | str) -> Image.Image:
-    """Open and fully decode an image from bytes or a path (raises on truncated or invalid data)."""
-    image = Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
-    image.load()
+    """Open and fully decode an image from bytes or a path; truncated or invalid data raises ValueError
+    (a missing path FileNotFoundError)."""
+    try:
+        image = Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
+        image.load()
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:  # what PIL raises for bad data
+        where = "image bytes" if isinstance(data, (bytes, bytearray)) else str(data)
+        raise ValueError(f"Not a readable image: {where} ({error})") from error
     return image
 
 

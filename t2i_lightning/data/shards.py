@@ -52,6 +52,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def check_writable(path: str | os.PathLike, directory: bool = False) -> Path:
+    """Create the directory of output file ``path`` (or ``path`` itself with ``directory``) and write a
+    probe file there, so that an output that cannot be written fails naming it before any long work."""
+    path = Path(path)
+    if not directory and path.is_dir():
+        raise ValueError(f"Output {path} is a directory: give a file name")
+    parent = path if directory else path.parent
+    blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"Cannot write output {path}: {blocker} is a file, not a directory")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=".write-check.", suffix=".tmp", dir=parent):
+            pass
+    except OSError as error:
+        raise ValueError(f"Cannot write output {path}: {error.strerror or error}") from error
+    return path
+
+
 def remove_stale_temporaries(directory: str | os.PathLike) -> int:
     """Delete temporary files that a killed :func:`atomic_path` left in ``directory``."""
     stale = list(Path(directory).glob(".*.tmp"))

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import open_clip
@@ -76,6 +78,9 @@ def create_clip(model_name: str, pretrained: str | None = None) -> torch.nn.Modu
     if os.path.isfile(pretrained):
         checkpoint = torch.load(pretrained, map_location="cpu", weights_only=True)
         weights = stage_state_dict(checkpoint)
+        if weights is None and isinstance(checkpoint, dict) and "hyper_parameters" in checkpoint:
+            found = (checkpoint["hyper_parameters"] or {}).get("_class_path", "another stage")
+            raise ValueError(f"{pretrained} is a checkpoint of {found}, not CLIP weights (`make clip` writes one)")
         if weights is None:
             return open_clip.create_model(model_name, pretrained=pretrained)
         model = open_clip.create_model(model_name)
@@ -122,3 +127,18 @@ def tokenizer_for(model_name: str):
     """open_clip's tokenizer for ``model_name`` (its context length)."""
     register_project_configs()
     return open_clip.get_tokenizer(model_name)
+
+
+def warn_if_truncated(tokenizer, captions: Sequence[str]) -> None:
+    """Warn when an open_clip tokenizer will cut captions to its context length (start and end tokens
+    included); tokenizers without ``encode`` and ``context_length`` warn themselves or never cut."""
+    limit = getattr(tokenizer, "context_length", None)
+    if not limit or not hasattr(tokenizer, "encode"):
+        return
+    long = [c for c in captions if len(tokenizer.encode(c)) + 2 > limit]
+    if long:
+        warnings.warn(
+            f"{len(long)} caption(s) longer than the tokenizer's context of {limit} tokens are truncated, "
+            f"e.g. {long[0][:80]!r}",
+            stacklevel=2,
+        )

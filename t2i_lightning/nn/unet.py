@@ -27,7 +27,9 @@ def level_layout(
     groups: int,
 ) -> tuple[list[int], list[bool]]:
     """The channels of each U-Net level and whether it has attention (its resolution is listed),
-    refusing channel counts that GroupNorm or the attention heads cannot split."""
+    refusing channel counts that GroupNorm or the attention heads cannot split and an ``image_size``
+    the levels cannot halve."""
+    check_divisible(torch.empty(0, 0, image_size, image_size), 2 ** (len(channel_mult) - 1))
     channels = [base_channels * m for m in channel_mult]
     bad = [c for c in channels if c % groups or c % head_channels]
     if bad:
