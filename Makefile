@@ -21,6 +21,11 @@ TRAIN_N      ?= 20000
 VAL_N        ?= 1000
 TEST_N       ?= 1000
 PYTEST_ARGS  ?=
+BENCH_FLAGS  ?=
+
+# Every `t2i` command a target runs appends its wall time and peak memory to this file; `make bench`
+# reports them as the demo's stage table. Tests and the bench itself run with it unset.
+export T2I_TIMINGS ?= $(abspath $(RUNS))/bench/stages.jsonl
 
 # CLIP space. By default the project trains its own small CLIP (`make clip`); name a pretrained
 # open_clip model instead with CLIP_MODEL=ViT-B-32 CLIP=laion2b_s34b_b79k (a tag, fetched where
@@ -48,7 +53,7 @@ SAMPLE_OUT   ?= $(RUNS)/samples/sample.png
 DEMO_PROMPTS ?= "a red circle" "a blue square on a yellow background" "two green triangles" "a small purple star to the left of a large orange ring"
 TRAINER_FLAGS = --trainer.accelerator $(ACCELERATOR) --trainer.devices $(DEVICES)
 
-.PHONY: help install data inspect clip embed train-translator embed-text train-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo test test-all lint tensorboard clean
+.PHONY: help install data inspect clip embed train-translator embed-text train-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo test test-all bench lint tensorboard clean
 
 help: ## list the targets (this message)
 	@echo "t2i_lightning: staged text-to-image diffusion with PyTorch Lightning"
@@ -197,10 +202,15 @@ demo-samples: $(DECODER_DONE) $(UPSAMPLER_DONE) ## N samples of each DEMO_PROMPT
 demo: data inspect clip embed train-translator embed-text train-decoder train-upsampler demo-samples train-score train-captioner sample-score judge evaluate ## the whole pipeline that exists so far, on the embedded data
 
 test: install ## run the fast test suite (what CI runs)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	T2I_TIMINGS= $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-all: install ## run every test, the slow ones included
-	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+	T2I_TIMINGS= $(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+
+bench: $(DATA)/index.json | $(STAMP) ## benchmarks as side-by-side ratios, plus the demo's stage times and memory -> $(RUNS)/bench/bench.json (BENCH_FLAGS=--quick: smoke test)
+	T2I_TIMINGS= $(T2I) bench --out $(RUNS)/bench/bench.json --data $(DATA) --clip-model $(CLIP_MODEL) \
+	    --stage-log $(T2I_TIMINGS) $(if $(wildcard $(CLIP_WEIGHTS)),--clip $(CLIP_WEIGHTS),) \
+	    $(if $(wildcard $(DECODER_CKPT)),--decoder $(DECODER_CKPT) --embeddings $(EMB),) $(BENCH_FLAGS)
 
 lint: install ## ruff check
 	$(VENV)/bin/ruff check .

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from .bench.stage_log import recorded
 from .callbacks.finite_guard import NonFiniteLossError
 from .lightning_cli import SUBCOMMANDS
 
@@ -128,8 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_upsampler_parser(subparsers)
     add_evaluate_guidance_parser(subparsers)
     add_evaluate_parser(subparsers)
-    bench = subparsers.add_parser("bench", help="benchmarks as ratios against a baseline run side by side")
-    kinds = bench.add_subparsers(dest="bench_command", metavar="{extraction,sampling}", required=True)
+    bench = subparsers.add_parser(
+        "bench", help="benchmarks as ratios against a baseline run side by side",
+        description="Without a subcommand: every benchmark (decoder training through Lightning vs a bare loop, "
+        "input pipeline vs training, DDIM vs DDPM and batched guidance, extraction vs a bare loop, the demo's "
+        "stage times and memory) in one table, also written as JSON.",
+    )  # fmt: skip
+    bench.add_argument("--quick", action="store_true", help="smoke-test sizes (a minute or two; not the README's numbers)")
+    bench.add_argument("--out", default="runs/bench/bench.json", help="JSON results (default: runs/bench/bench.json)")
+    bench.add_argument("--config", default="stages/decoder.yaml", help="decoder stage config: U-Net, batch, data")
+    bench.add_argument("--data", default="data/shapes", help="image shards (default: data/shapes)")
+    bench.add_argument("--decoder", default=None, help="decoder checkpoint (default: random weights)")
+    bench.add_argument("--embeddings", default=None, help="embedding directory: with --decoder, measure sampler quality")
+    bench.add_argument("--clip-model", default="shapes-vitc-tiny", help="open_clip model name for extraction")
+    bench.add_argument("--clip", default=None, help="CLIP weights for extraction (default: random weights)")
+    bench.add_argument("--stage-log", default=None, help="stage timings written by `make` (runs/bench/stages.jsonl)")
+    kinds = bench.add_subparsers(dest="bench_command", metavar="{extraction,sampling}")
     extraction = kinds.add_parser(
         "extraction", help="embedding extraction vs a bare encode loop on the same batches"
     )
@@ -196,9 +211,24 @@ def _run_evaluate_guidance(args: argparse.Namespace) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> None:
+    if args.bench_command is None:
+        from .bench.report import run_benchmarks, table
+        from .data.shards import check_writable, write_json_atomic
+
+        check_writable(args.out)
+        results = run_benchmarks(
+            quick=args.quick, config=args.config, data=args.data, decoder=args.decoder, embeddings=args.embeddings,
+            clip_model=args.clip_model, clip=args.clip, stage_log=args.stage_log,
+        )  # fmt: skip
+        write_json_atomic(args.out, results)
+        print(table(results))
+        print(f"\nwritten to {args.out}")
+        return
     if args.bench_command == "sampling":
         from .bench.sampling import bench_sampling
 
+        if args.n <= 0:
+            raise ValueError(f"--n must be positive, got {args.n}")
         r = bench_sampling(args.decoder, args.n, args.ddim_steps, args.ddpm_steps)
         print(
             f"sampling {r['n']} images at {r['image_size']}px ({r['threads']} torch threads): "
@@ -217,6 +247,12 @@ def _run_bench(args: argparse.Namespace) -> None:
 
 
 def _run_data(args: argparse.Namespace) -> None:
+    from .data.shards import check_writable
+
+    if args.data_command == "inspect" and args.n <= 0:
+        raise ValueError(f"--n must be positive, got {args.n}")
+    if args.out:
+        check_writable(args.out, directory=args.data_command != "inspect")
     if args.data_command == "shapes":
         from .data.shapes.generate import ShapesConfig, generate_shapes
 
@@ -247,7 +283,11 @@ def _run_data(args: argparse.Namespace) -> None:
         print(inspect_dataset(args.path, args.out, n_images=args.n))
 
 
-USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, NonFiniteLossError)
+# A path that is a file where a directory must be (or the reverse), or not writable, is the user's to fix.
+USER_ERRORS = (
+    FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError,
+    NonFiniteLossError,
+)  # fmt: skip
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 
 
@@ -268,6 +308,11 @@ def reported_as_user_error(command: str) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``t2i``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    with recorded(argv):
+        _dispatch(argv)
+
+
+def _dispatch(argv: list[str]) -> None:
     if argv and argv[0] in SUBCOMMANDS:
         from .lightning_cli import run_lightning
 

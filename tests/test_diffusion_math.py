@@ -389,6 +389,10 @@ def test_classifier_free_guidance():
     assert [c[0] for c in calls] == [6, 6] and calls[0][1].tolist() == [5, 6, 7, 5, 6, 7]
     tensor_out = classifier_free_guidance(model, torch.full((3,), 2.0), torch.zeros(3), 2.0)(x, t)
     torch.testing.assert_close(tensor_out, torch.cat([x + 4, torch.full_like(x, 40)], dim=1))  # all channels
+    calls.clear()
+    separate = classifier_free_guidance(model, cond, null, 3.0, eps_channels=2, batched=False)(x, t)
+    torch.testing.assert_close(separate, classifier_free_guidance(model, cond, null, 3.0, eps_channels=2)(x, t))
+    assert [c[0] for c in calls[:2]] == [3, 3]  # two forwards of the plain batch, then the batched one of 6
 
 
 def test_thresholding():

@@ -1,9 +1,12 @@
-"""Sampling time per image: DDIM with few steps vs ancestral DDPM over every training step.
+"""Sampling: DDIM with few steps vs ancestral DDPM over every training step, and classifier-free
+guidance in one batched forward vs two forwards.
 
-Both samplers run side by side in one process on the same decoder, the same embeddings and the
-same guidance settings (classifier-free guidance in one batched forward, dynamic thresholding),
-so their ratio is the speed-up of respacing. The decoder is a checkpoint, or, when none is given,
-the U-Net of a stage config with random weights (timing does not depend on the weights).
+Everything runs side by side in one process on the same decoder, the same conditions and the same
+guidance settings (dynamic thresholding, scale 3). The decoder is a checkpoint, or, when none is
+given, the U-Net of a stage config with random weights (timing does not depend on the weights).
+With a checkpoint the conditions are the true CLIP image embeddings of validation images, and each
+sampler's quality is the coarse colour error of its reconstructions against their sources, relative
+to random pairs (:func:`t2i_lightning.eval.colour.reconstruction_colour_report`: lower is better).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import time
 import torch
 import yaml
 
+from ..data.joined import ImageEmbeddingDataModule
+from ..eval.colour import reconstruction_colour_report
 from ..nn.unet import ConditionalUNet
 from ..stages.decoder import DecoderStage
 
@@ -20,7 +25,7 @@ from ..stages.decoder import DecoderStage
 def decoder_for_bench(checkpoint: str | None, config: str = "stages/decoder.yaml") -> DecoderStage:
     """The decoder of ``checkpoint``, or a randomly initialised one with ``config``'s U-Net."""
     if checkpoint:
-        return DecoderStage.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+        return DecoderStage.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     with open(config) as stream:
         net_args = yaml.safe_load(stream)["model"]["init_args"]["net"]["init_args"]
     stage = DecoderStage(ConditionalUNet(**net_args))
@@ -28,18 +33,49 @@ def decoder_for_bench(checkpoint: str | None, config: str = "stages/decoder.yaml
     return stage
 
 
+def validation_references(data: str, embeddings: str, image_size: int, n: int) -> dict:
+    """The first ``n`` validation images of ``data`` with their CLIP image embeddings from ``embeddings``."""
+    datamodule = ImageEmbeddingDataModule(embeddings, train=None, val=data, image_size=image_size, batch_size=n,
+                                          num_workers=0)  # fmt: skip
+    datamodule.setup("validate")
+    return next(iter(datamodule.val_dataloader()))
+
+
+def _timed(sample) -> tuple[torch.Tensor, float]:
+    start = time.perf_counter()
+    images = sample()
+    return images, time.perf_counter() - start
+
+
 def bench_sampling(
-    checkpoint: str | None = None, n: int = 4, ddim_steps: int = 50, ddpm_steps: str = "all", cfg_scale: float = 3.0
-) -> dict:
-    """Seconds per image of DDIM-``ddim_steps`` and DDPM-``ddpm_steps`` for ``n`` images, and their ratio."""
-    stage = decoder_for_bench(checkpoint).eval()
-    embeddings = torch.randn(n, stage.net.cond_dim) * stage.std_img + stage.mean_img
-    result = {"n": n, "image_size": stage.net.image_size, "threads": torch.get_num_threads()}
+    checkpoint: str | None = None, n: int = 4, ddim_steps: int = 50, ddpm_steps: str = "all", cfg_scale: float = 3.0,
+    config: str = "stages/decoder.yaml", references: tuple[str, str] | None = None,
+) -> dict:  # fmt: skip
+    """Seconds per image of DDIM-``ddim_steps`` and DDPM-``ddpm_steps`` for ``n`` images and their ratio;
+    DDIM with guidance in two forwards against one batched forward; with ``references`` (the image
+    shards and the embedding directory the checkpoint's CLIP made of them), each sampler's
+    reconstruction colour-error ratio on the first ``n`` validation images."""
+    stage = decoder_for_bench(checkpoint, config).eval()
+    batch = validation_references(*references, stage.net.image_size, n) if references is not None else None
+    if batch is not None:
+        conditioning = batch["img_emb"]
+    else:
+        conditioning = torch.randn(n, stage.net.cond_dim) * stage.std_img + stage.mean_img
+    result = {"n": n, "image_size": stage.net.image_size, "threads": torch.get_num_threads(),
+              "weights": checkpoint or f"random ({config})", "quality_measured": batch is not None}  # fmt: skip
+
+    def sample(sampler: str, steps: int | str, batched: bool = True) -> torch.Tensor:
+        return stage.sample(conditioning, sampler=sampler, steps=steps, cfg_scale=cfg_scale, cfg_batched=batched,
+                            progress=False, generator=torch.Generator().manual_seed(0))  # fmt: skip
+
     for name, sampler, steps in (("ddim", "ddim", ddim_steps), ("ddpm", "ddpm", ddpm_steps)):
-        start = time.perf_counter()
-        stage.sample(embeddings, sampler=sampler, steps=steps, cfg_scale=cfg_scale, progress=False,
-                     generator=torch.Generator().manual_seed(0))  # fmt: skip
+        images, seconds = _timed(lambda: sample(sampler, steps))  # noqa: B023 (called at once)
         result[f"{name}_steps"] = stage.schedule.num_steps if steps == "all" else int(steps)
-        result[f"{name}_s_per_image"] = (time.perf_counter() - start) / n
+        result[f"{name}_s_per_image"] = seconds / n
+        if batch is not None:
+            result[f"{name}_colour_error_ratio"] = reconstruction_colour_report(batch["image"], images)["ratio"]
     result["ratio"] = result["ddpm_s_per_image"] / result["ddim_s_per_image"]
+    _, separate = _timed(lambda: sample("ddim", ddim_steps, batched=False))
+    result["cfg_two_forwards_s_per_image"] = separate / n
+    result["cfg_batched_speedup"] = result["cfg_two_forwards_s_per_image"] / result["ddim_s_per_image"]
     return result

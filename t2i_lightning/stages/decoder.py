@@ -178,6 +178,7 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
         sampler: str = "ddim",
         steps: int | str = 50,
         cfg_scale: float = 3.0,
+        cfg_batched: bool = True,
         threshold: float | None = 0.995,
         eta: float = 0.0,
         image_guidance: ImageGuidance | None = None,
@@ -189,7 +190,8 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
         when it is None.
 
         ``steps``: respacing ("50", "ddim50", a list, or an int); "all" uses every training step.
-        ``cfg_scale``: classifier-free guidance scale (1 = conditional only, no guidance).
+        ``cfg_scale``: classifier-free guidance scale (1 = conditional only, no guidance);
+        ``cfg_batched``: its two halves in one forward (default) or two.
         ``threshold``: dynamic-thresholding percentile (Imagen), or None for static clipping to [-1, 1].
         """
         if cfg_scale < 0:
@@ -201,7 +203,7 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
         null = self.null_condition(n)
         cond = self.condition(conditioning) if conditioning is not None else null
         model_fn = classifier_free_guidance(
-            self.net, cond, null, cfg_scale, eps_channels=self.net.in_channels
+            self.net, cond, null, cfg_scale, eps_channels=self.net.in_channels, batched=cfg_batched
         ) if conditioning is not None and cfg_scale != 1.0 else (lambda x, t: self.net(x, t, cond))  # fmt: skip
         return self.draw(
             model_fn, (n, self.net.in_channels, size, size), sampler=sampler, steps=steps, threshold=threshold,

@@ -1,0 +1,119 @@
+"""``t2i bench`` / ``make bench``: every benchmark run in one process, one table, ``runs/bench/bench.json``.
+
+Each row is a ratio against a baseline run side by side (or, for the demo, totals against the
+targets), with the target it is read against. ``quick`` shrinks every run (steps, images, DDPM
+steps) so that the whole bench is a smoke test of a minute or two; its numbers are not the
+README's.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+from .extraction import bench_extraction
+from .input_pipeline import bench_input
+from .sampling import bench_sampling
+from .stage_log import demo_summary
+from .training import bench_training
+
+SIZES = {
+    "full": {"steps": 30, "warmup": 5, "train_batch": None, "input_batches": 40, "n": 4, "ddim": 50,
+             "ddpm": "all", "shards": 2},
+    "quick": {"steps": 8, "warmup": 2, "train_batch": 8, "input_batches": 8, "n": 2, "ddim": 10,
+              "ddpm": "100", "shards": 1},
+}  # fmt: skip
+GIB = 1024**3
+# The stages `make demo` runs, as the stage log names them (a stage config's name, else the subcommand).
+DEMO_STAGES = ("data", "clip", "embed", "translator", "embed-text", "decoder", "upsampler", "sample", "score",
+               "captioner", "judge", "evaluate")  # fmt: skip
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def run_benchmarks(
+    *, quick: bool = False, config: str = "stages/decoder.yaml", data: str = "data/shapes",
+    decoder: str | None = None, embeddings: str | None = None, clip_model: str = "shapes-vitc-tiny",
+    clip: str | None = None, stage_log: str | None = None,
+) -> dict:  # fmt: skip
+    """Run every benchmark; ``decoder``/``clip`` checkpoints are optional (random weights time the same),
+    ``embeddings`` (with ``decoder``) adds the samplers' quality, ``stage_log`` the whole-demo row."""
+    size = SIZES["quick" if quick else "full"]
+    results: dict = {"machine": machine(), "quick": quick}
+    results["training"] = bench_training(config, size["steps"], size["warmup"], size["train_batch"])
+    results["input"] = bench_input(config, data, size["input_batches"])
+    results["input"]["ratio_to_training"] = (
+        results["input"]["samples_per_s"] / results["training"]["lightning_img_per_s"]
+    )
+    references = (data, embeddings) if decoder and embeddings else None
+    results["sampling"] = bench_sampling(decoder, size["n"], size["ddim"], size["ddpm"], config=config,
+                                         references=references)  # fmt: skip
+    results["extraction"] = bench_extraction(data, clip_model, clip, size["shards"])
+    results["extraction"]["weights"] = clip or "random"
+    results["demo"] = demo_summary(stage_log, DEMO_STAGES) if stage_log else None
+    return results
+
+
+def _row(name: str, value: str, ratio: float | None, target: str, met: bool | None) -> str:
+    ratio_text = "" if ratio is None else f"{ratio:.2f}x"
+    verdict = {True: "yes", False: "NO", None: "-"}[met]
+    return f"| {name} | {value} | {ratio_text} | {target} | {verdict} |"
+
+
+def table(results: dict) -> str:
+    """The results as a Markdown table: what, measured values, ratio, target, met."""
+    t, i, s, e = (results[k] for k in ("training", "input", "sampling", "extraction"))
+    rows = [
+        "| benchmark | measured | ratio | target | met |",
+        "|---|---|---|---|---|",
+        _row("decoder training: Lightning vs bare loop (time)",
+             f"{t['lightning_img_per_s']:.1f} vs {t['bare_img_per_s']:.1f} img/s (batch {t['batch_size']})",
+             t["ratio"], "<= 1.05x", t["ratio"] <= 1.05),
+        _row("decoder training step: bf16 autocast vs float32, bare loop (speed-up)",
+             f"{t['bf16_img_per_s']:.1f} vs {t['bare_img_per_s']:.1f} img/s", t["bf16_speedup"], "-", None),
+        _row("input pipeline vs training consumption",
+             f"{i['samples_per_s']:.0f} samples/s ({i['datamodule']}, {i['num_workers']} worker(s))",
+             i["ratio_to_training"], ">= 5x", i["ratio_to_training"] >= 5),
+        _row(f"sampling: DDPM-{s['ddpm_steps']} vs DDIM-{s['ddim_steps']} (time)",
+             f"{s['ddpm_s_per_image']:.2f} vs {s['ddim_s_per_image']:.2f} s/image ({s['image_size']}px)",
+             s["ratio"], ">= 15x", s["ratio"] >= 15),
+        _row("guidance: two forwards vs one batched (time)",
+             f"{s['cfg_two_forwards_s_per_image']:.2f} vs {s['ddim_s_per_image']:.2f} s/image",
+             s["cfg_batched_speedup"], ">= 1.5x", s["cfg_batched_speedup"] >= 1.5),
+        _row("extraction: Lightning predict + writing vs bare encode loop (time)",
+             f"{e['extraction_img_per_s']:.0f} vs {e['bare_img_per_s']:.0f} img/s ({e['images']} images)",
+             e["ratio"], "<= 1.15x", e["ratio"] <= 1.15),
+    ]  # fmt: skip
+    if s["quality_measured"]:
+        ddim, ddpm = s["ddim_colour_error_ratio"], s["ddpm_colour_error_ratio"]
+        rows.append(_row("sampling quality: colour-error ratio DDIM vs DDPM (lower is better)",
+                         f"{ddim:.3f} vs {ddpm:.3f} (n={s['n']})", ddim / ddpm, "<= 1.10x", ddim <= 1.1 * ddpm))  # fmt: skip
+    demo = results.get("demo")
+    if demo:
+        for name, stage in demo["stages"].items():
+            rows.append(_row(f"demo stage {name}", f"{stage['wall_s'] / 60:.1f} min, peak {stage['peak_rss_bytes'] / GIB:.2f} GiB",
+                             None, "", None))  # fmt: skip
+        minutes, peak = demo["total_wall_s"] / 60, demo["max_peak_rss_bytes"] / GIB
+        complete = not demo["missing"]
+        scope = "" if complete else f"; not recorded: {', '.join(demo['missing'])}"
+        rows.append(_row(f"whole demo (sum of recorded stage commands{scope})", f"{minutes:.1f} min", None, "<= 30 min",
+                         minutes <= 30 if complete else None))  # fmt: skip
+        rows.append(_row("whole demo peak memory (largest process)", f"{peak:.2f} GiB", None, "<= 6 GiB",
+                         peak <= 6 if complete else None))  # fmt: skip
+    m = results["machine"]
+    header = (f"{m['processor']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
+              f"GPU: {m['cuda'] or 'none'}{'; QUICK mode: smoke-test sizes' if results['quick'] else ''}")  # fmt: skip
+    return header + "\n\n" + "\n".join(rows)
+

@@ -1,0 +1,61 @@
+"""`t2i bench`: every benchmark runs through the real CLI at smoke-test sizes and reports ratios; the
+stage log records what each `t2i` command cost. Speed itself is never asserted here."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import yaml
+
+from t2i_lightning.bench.stage_log import demo_summary, stage_name
+
+from .cli_runs import MICRO, ROOT, T2I, run
+from .test_decoder import MICRO_UNET
+
+
+def test_every_t2i_command_appends_its_time_memory_and_exit_status(tmp_path, shapes_dir):
+    log = tmp_path / "stages.jsonl"
+    env = {"T2I_TIMINGS": str(log)}
+    run(T2I, "data", "inspect", str(shapes_dir), "--out", str(tmp_path / "inspect.png"), "--n", "4", env=env)
+    failed = run(T2I, "embed-text", "a red circle", "--translator", str(tmp_path / "none.ckpt"), env=env, check=False)
+    assert failed.returncode != 0
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["stage"] for r in records] == ["data", "embed-text"]
+    assert records[0]["exit_status"] == 0 and records[1]["exit_status"] != 0
+    assert all(r["wall_s"] > 0 and r["peak_rss_bytes"] > 50 * 2**20 for r in records)  # torch alone is more
+    summary = demo_summary(log)
+    assert list(summary["stages"]) == ["data"]  # failed commands do not count
+    assert summary["total_wall_s"] == records[0]["wall_s"]
+    assert demo_summary(log, ("data", "decoder"))["missing"] == ["decoder"]
+    assert stage_name(["fit", "--config", "stages/decoder.yaml", "--trainer.max_steps", "3"]) == "decoder"
+
+
+def test_quick_bench_runs_every_benchmark_and_writes_the_table_and_json(decoder, tmp_path):
+    config = yaml.safe_load((ROOT / "stages" / "decoder.yaml").read_text())
+    config["model"]["init_args"]["net"]["init_args"] = {**MICRO_UNET, "learn_variance": True}
+    data = str(decoder["data"])
+    config["data"]["init_args"].update(embeddings=str(decoder["emb"]), train=data, val=data, image_size=32,
+                                       batch_size=8, num_workers=0)  # fmt: skip
+    tiny = tmp_path / "decoder.yaml"
+    tiny.write_text(yaml.safe_dump(config))
+    log = tmp_path / "stages.jsonl"
+    log.write_text(json.dumps({"stage": "clip", "command": "fit --config stages/clip.yaml", "exit_status": 0,
+                               "wall_s": 60.0, "peak_rss_bytes": 2**30, "peak_rss_children_bytes": 0}) + "\n")  # fmt: skip
+    out = tmp_path / "bench" / "bench.json"
+    result = run(
+        T2I, "bench", "--quick", "--config", str(tiny), "--data", data, "--decoder", str(decoder["decoder"]),
+        "--embeddings", str(decoder["emb"]), "--clip-model", MICRO, "--clip", str(decoder["clip"]),
+        "--stage-log", str(log), "--out", str(out),
+    )  # fmt: skip
+    results = json.loads(out.read_text())
+    ratios = [results["training"]["ratio"], results["training"]["bf16_speedup"], results["input"]["ratio_to_training"], results["sampling"]["ratio"],
+              results["sampling"]["cfg_batched_speedup"], results["extraction"]["ratio"]]  # fmt: skip
+    assert all(math.isfinite(r) and r > 0 for r in ratios), ratios
+    assert results["input"]["embeddings_joined"] and results["sampling"]["quality_measured"]
+    assert results["sampling"]["ddpm_steps"] == 100 and results["sampling"]["ddim_steps"] == 10
+    assert results["demo"]["total_wall_s"] == 60.0
+    for row in ("Lightning vs bare loop", "input pipeline", "DDPM-100 vs DDIM-10", "two forwards vs one batched",
+                "extraction", "colour-error ratio", "demo stage clip", "whole demo"):  # fmt: skip
+        assert row in result.stdout, row
+    assert "QUICK mode" in result.stdout
