@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 
 import pytest
 
-from .cli_runs import MICRO, T2I, run, scalars
+from .cli_runs import MICRO, ROOT, T2I, run, scalars
 
 
 def evaluate_args(decoder: dict, judge_runs, score: dict, out, *extra: str) -> list[str]:
@@ -29,8 +33,9 @@ def evaluation(decoder, judge_run, score_runs, tmp_path_factory):
     env = {"TORCH_HOME": str(out.parent / "torch-home")}  # no cached Inception weights
     first = run(*evaluate_args(decoder, judge_run, score_runs, out), env=env)
     again = run(*evaluate_args(decoder, judge_run, score_runs, out), env=env)
-    return {"out": out, "first": first, "again": again, "decoder": decoder, "judge": judge_run, "score": score_runs,
-            "env": env}  # fmt: skip
+    table = json.loads((out / "table.json").read_text())  # kept: a later test re-runs one variant into `out`
+    return {"out": out, "first": first, "again": again, "table": table, "decoder": decoder, "judge": judge_run,
+            "score": score_runs, "env": env}  # fmt: skip
 
 
 def test_evaluate_writes_the_table_with_every_row_and_labelled_gaps(evaluation):
@@ -58,6 +63,36 @@ def test_evaluate_reuses_finished_variants_unless_forced(evaluation):
     forced = run(*evaluate_args(evaluation["decoder"], evaluation["judge"], evaluation["score"], evaluation["out"], "--variants", "full",
                                 "--seeds", "0", "--force"), env=evaluation["env"])  # fmt: skip
     assert "cached" not in forced.stdout
+
+
+def _without_timings(table: dict, out) -> list[dict]:
+    """The table's rows without what depends on the run (seconds per image, the output directory)."""
+    rows = []
+    for row in table["rows"]:
+        row = {k: v.replace(str(out), "<out>") if isinstance(v, str) else v for k, v in row.items() if k != "grid"}
+        if "metrics" in row:
+            row["metrics"] = {k: v for k, v in row["metrics"].items() if k != "s_per_image"}
+        rows.append(row)
+    return rows
+
+
+def test_evaluate_killed_midway_and_run_again_gives_the_uninterrupted_table(evaluation, tmp_path):
+    """SIGKILL once the first drawn variant is cached: no table is left looking complete, and the same
+    command again finishes with the metrics of an uninterrupted run."""
+    out = tmp_path / "eval"
+    args = evaluate_args(evaluation["decoder"], evaluation["judge"], evaluation["score"], out)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **evaluation["env"]}
+    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and not list((out / "cache").glob("*.pt")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert process.poll() is None, "evaluate ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "table.json").exists() and not (out / "table.md").exists()
+    run(*args, env=evaluation["env"])
+    killed_then_rerun = json.loads((out / "table.json").read_text())
+    assert _without_timings(killed_then_rerun, out) == _without_timings(evaluation["table"], evaluation["out"])
 
 
 def test_evaluate_rejects_bad_configs_clearly(evaluation, tmp_path):
