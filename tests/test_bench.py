@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import yaml
 
+from t2i_lightning.bench.stage_config import stage_config_section, trainer_setting
 from t2i_lightning.bench.stage_log import demo_summary, stage_name
 
 from .cli_runs import MICRO, ROOT, T2I, run
@@ -59,3 +61,17 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table_and_json(decoder,
                 "extraction", "colour-error ratio", "demo stage clip", "whole demo"):  # fmt: skip
         assert row in result.stdout, row
     assert "QUICK mode" in result.stdout
+
+
+def test_bench_settings_come_from_the_stage_config_then_the_shared_trainer_defaults(tmp_path):
+    decoder = ROOT / "stages" / "decoder.yaml"
+    shared = yaml.safe_load((ROOT / "stages" / "_trainer.yaml").read_text())["trainer"]
+    own = yaml.safe_load(decoder.read_text())
+    assert trainer_setting(decoder, "gradient_clip_val") == shared["gradient_clip_val"]
+    assert trainer_setting(decoder, "max_steps") == own["trainer"]["max_steps"]  # the stage's own value wins
+    assert stage_config_section(decoder, "data", "init_args", "batch_size") == own["data"]["init_args"]["batch_size"]
+    lone = tmp_path / "lone.yaml"  # no _trainer.yaml beside it: the Trainer's default, as a real run gets
+    lone.write_text("trainer: {max_steps: 3}\n")
+    assert trainer_setting(lone, "gradient_clip_val") is None
+    with pytest.raises(KeyError, match="lone.yaml has no data"):
+        stage_config_section(lone, "data", "init_args", "batch_size")

@@ -12,18 +12,16 @@ from __future__ import annotations
 import os
 import time
 
-import yaml
-
 from ..data.datamodule import ShardDataModule
 from ..data.joined import ImageEmbeddingDataModule
+from .stage_config import stage_config_section
 
 
 def bench_input(config: str = "stages/decoder.yaml", data: str | None = None, batches: int = 40,
                 num_workers: int | None = None) -> dict:  # fmt: skip
     """Samples/s of the training dataloader of ``config``'s data over ``batches`` batches (after the first,
     which includes starting the workers)."""
-    with open(config) as stream:
-        args = dict(yaml.safe_load(stream)["data"]["init_args"])
+    args = dict(stage_config_section(config, "data", "init_args"))
     if data is not None:
         args["train"] = args["val"] = data
     if num_workers is not None:

@@ -14,20 +14,19 @@ from __future__ import annotations
 import time
 
 import torch
-import yaml
 
 from ..data.joined import ImageEmbeddingDataModule
 from ..eval.colour import reconstruction_colour_report
 from ..nn.unet import ConditionalUNet
 from ..stages.decoder import DecoderStage
+from .stage_config import stage_config_section
 
 
 def decoder_for_bench(checkpoint: str | None, config: str = "stages/decoder.yaml") -> DecoderStage:
     """The decoder of ``checkpoint``, or a randomly initialised one with ``config``'s U-Net."""
     if checkpoint:
         return DecoderStage.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
-    with open(config) as stream:
-        net_args = yaml.safe_load(stream)["model"]["init_args"]["net"]["init_args"]
+    net_args = stage_config_section(config, "model", "init_args", "net", "init_args")
     stage = DecoderStage(ConditionalUNet(**net_args))
     stage.stats_loaded = True
     return stage

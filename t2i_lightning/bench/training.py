@@ -3,7 +3,7 @@
 Both train the demo decoder (a stage config's U-Net, random initial weights, one copy each) on the
 same in-memory batches, decoded beforehand so that loading is measured on its own
 (:mod:`t2i_lightning.bench.input_pipeline`). The bare loop does what a step needs and nothing else:
-the stage's loss, backward, gradient clipping at the trainer's value, AdamW with the stage's
+the stage's loss, backward, gradient clipping at the trainer's value (``_trainer.yaml``), AdamW with the stage's
 schedule and the EMA update. The Lightning run has what ``make train-decoder`` has around its steps:
 logging to TensorBoard, the progress bar, the learning-rate monitor, the grad-norm log, the EMA
 callback and the non-finite-loss guard. Their time ratio is what Lightning costs.
@@ -25,8 +25,7 @@ from ..callbacks.finite_guard import NonFiniteGuard
 from ..stages.decoder import DecoderStage
 from ..stages.optim import adamw_with_warmup, decay_groups
 from .sampling import decoder_for_bench
-
-GRADIENT_CLIP = 1.0  # stages/_trainer.yaml's gradient_clip_val
+from .stage_config import stage_config_section, trainer_setting
 
 
 def random_batches(stage: DecoderStage, count: int, batch_size: int, seed: int = 0) -> list[dict]:
@@ -44,9 +43,11 @@ def random_batches(stage: DecoderStage, count: int, batch_size: int, seed: int =
     ]
 
 
-def bare_loop_seconds(stage: DecoderStage, batches: list[dict], warmup: int, bf16: bool = False) -> float:
-    """Seconds for the steps after the first ``warmup`` of a plain PyTorch training loop over ``batches``;
-    ``bf16``: forward and loss under bfloat16 autocast (what ``--trainer.precision bf16-mixed`` does)."""
+def bare_loop_seconds(
+    stage: DecoderStage, batches: list[dict], warmup: int, gradient_clip: float | None, bf16: bool = False
+) -> float:
+    """Seconds for the steps after the first ``warmup`` of a plain PyTorch training loop over ``batches``,
+    gradients clipped to norm ``gradient_clip`` (None: not clipped); ``bf16``: forward and loss under bfloat16 autocast (what ``--trainer.precision bf16-mixed`` does)."""
     hp = stage.hparams
     optim = adamw_with_warmup(
         decay_groups(stage, hp.weight_decay), hp.lr, hp.weight_decay, hp.warmup_steps, len(batches),
@@ -63,7 +64,8 @@ def bare_loop_seconds(stage: DecoderStage, batches: list[dict], warmup: int, bf1
             loss = stage._losses(batch, stage.cond_drop_prob)["loss"].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(stage.parameters(), GRADIENT_CLIP)
+        if gradient_clip is not None:
+            torch.nn.utils.clip_grad_norm_(stage.parameters(), gradient_clip)
         optimizer.step()
         scheduler.step()
         ema.update_parameters(stage)
@@ -84,13 +86,13 @@ class _StepTimer(pl.Callback):
         self.end = time.perf_counter()
 
 
-def lightning_seconds(stage: DecoderStage, batches: list[dict], warmup: int) -> float:
+def lightning_seconds(stage: DecoderStage, batches: list[dict], warmup: int, gradient_clip: float | None) -> float:
     """Seconds for the steps after the first ``warmup`` of ``Trainer.fit`` over ``batches``."""
     timer = _StepTimer(warmup)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     with tempfile.TemporaryDirectory() as logs:
         trainer = pl.Trainer(
-            accelerator="cpu", devices=1, max_steps=len(batches), gradient_clip_val=GRADIENT_CLIP,
+            accelerator="cpu", devices=1, max_steps=len(batches), gradient_clip_val=gradient_clip,
             logger=TensorBoardLogger(logs, name="bench"), enable_checkpointing=False, limit_val_batches=0,
             num_sanity_val_steps=0, log_every_n_steps=10, enable_model_summary=False,
             callbacks=[timer, TQDMProgressBar(refresh_rate=10), LearningRateMonitor("step"), NonFiniteGuard()],
@@ -110,11 +112,12 @@ def bench_training(
     """
     stage = decoder_for_bench(None, config)
     batch_size = batch_size or _config_batch_size(config)
+    clip = trainer_setting(config, "gradient_clip_val")
     batches = random_batches(stage, steps, batch_size)
-    bare = bare_loop_seconds(copy.deepcopy(stage), batches, warmup)
-    lightning = lightning_seconds(copy.deepcopy(stage), batches, warmup)
-    bare = min(bare, bare_loop_seconds(copy.deepcopy(stage), batches, warmup))
-    bf16 = bare_loop_seconds(copy.deepcopy(stage), batches, warmup, bf16=True)
+    bare = bare_loop_seconds(copy.deepcopy(stage), batches, warmup, clip)
+    lightning = lightning_seconds(copy.deepcopy(stage), batches, warmup, clip)
+    bare = min(bare, bare_loop_seconds(copy.deepcopy(stage), batches, warmup, clip))
+    bf16 = bare_loop_seconds(copy.deepcopy(stage), batches, warmup, clip, bf16=True)
     images = (steps - warmup) * batch_size
     return {
         "config": config,
@@ -131,7 +134,4 @@ def bench_training(
 
 
 def _config_batch_size(config: str) -> int:
-    import yaml
-
-    with open(config) as stream:
-        return int(yaml.safe_load(stream)["data"]["init_args"]["batch_size"])
+    return int(stage_config_section(config, "data", "init_args", "batch_size"))
