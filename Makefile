@@ -22,6 +22,7 @@ VAL_N        ?= 1000
 TEST_N       ?= 1000
 PYTEST_ARGS  ?=
 BENCH_FLAGS  ?=
+EVAL_FLAGS   ?=
 
 # Every `t2i` command a target runs appends its wall time and peak memory to this file; `make bench`
 # reports them as the demo's stage table. Tests and the bench itself run with it unset.
@@ -171,11 +172,11 @@ $(JUDGE_DONE): $(DATA)/index.json | $(STAMP)
 	    --data.init_args.val $(DATA) --ckpt_path $(JUDGE_CKPT)
 	@touch $@
 
-evaluate: $(JUDGE_DONE) $(EMB)/stats.json | $(STAMP) ## the evaluation table of every variant whose checkpoints exist -> $(RUNS)/eval/table.md
+evaluate: $(JUDGE_DONE) $(EMB)/stats.json | $(STAMP) ## the evaluation table of every variant whose checkpoints exist -> $(RUNS)/eval/table.md (EVAL_FLAGS: more options, e.g. --n 50)
 	$(T2I) evaluate --config stages/evaluate.yaml --data $(DATA) --embeddings $(EMB) --clip $(CLIP_WEIGHTS) \
 	    --clip-model $(CLIP_MODEL) --translator $(TRANSLATOR_CKPT) --decoder $(DECODER_CKPT) \
 	    --upsampler $(UPSAMPLER_CKPT) --decoder-text $(DECODER_TEXT_CKPT) --score $(SCORE_CKPT) \
-	    --captioner $(CAPTIONER_CKPT) --judge $(JUDGE_CKPT) --out $(RUNS)/eval
+	    --captioner $(CAPTIONER_CKPT) --judge $(JUDGE_CKPT) --out $(RUNS)/eval $(EVAL_FLAGS)
 
 sample-score: $(SCORE_DONE) $(CAPTIONER_DONE) ## unguided and captioner-guided (GUIDANCE) score-model samples of DEMO_PROMPTS -> $(RUNS)/demo/score-*.png
 	$(T2I) sample --method score --prompt "$(PROMPT)" --guidance 0 --n $(N) --score $(SCORE_CKPT) \
