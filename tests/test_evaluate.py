@@ -18,7 +18,8 @@ def evaluate_args(decoder: dict, judge_runs, score: dict, out, *extra: str) -> l
         T2I, "evaluate", "--config", "stages/evaluate.yaml",
         "--data", str(decoder["data"]), "--embeddings", str(decoder["emb"]), "--n", "8", "--seeds", "0", "1",
         "--subset-sizes", "4", "8",
-        "--variants", "real", "full", "decoder_only", "no_translator", "full_256", "score_unguided", "score_guided_2",
+        "--variants", "real", "full", "decoder_only", "image_guided_1", "no_translator", "full_256", "score_unguided",
+        "score_guided_2",
         "--score", str(score["score"]), "--captioner", str(score["captioner"]),
         "--clip", str(decoder["clip"]), "--clip-model", MICRO, "--translator", str(decoder["translator"]),
         "--decoder", str(decoder["decoder"]), "--upsampler", str(out / "no-upsampler.ckpt"),
@@ -42,9 +43,14 @@ def test_evaluate_writes_the_table_with_every_row_and_labelled_gaps(evaluation):
     out = evaluation["out"]
     table = json.loads((out / "table.json").read_text())
     rows = {row["variant"]: row for row in table["rows"]}
-    assert list(rows) == ["real", "full", "decoder_only", "no_translator", "full_256", "score_unguided", "score_guided_2"]
+    assert list(rows) == [
+        "real", "full", "decoder_only", "image_guided_1", "no_translator", "full_256", "score_unguided", "score_guided_2"
+    ]  # fmt: skip
     assert "make train-upsampler" in rows["full_256"]["skipped"]
     assert "psnr" in rows["decoder_only"]["metrics"] and "psnr" not in rows["full"]["metrics"]
+    # image guidance pulls each sample towards its reference image: closer to it than without
+    psnr = {name: rows[name]["metrics"]["psnr"]["mean"] for name in ("decoder_only", "image_guided_1")}
+    assert psnr["image_guided_1"] > psnr["decoder_only"] + 1.0, psnr
     assert rows["full"]["seeds"] == 2 and rows["real"]["seeds"] == 1
     assert set(rows["full"]["judge_fd_at_n"]) == {"4", "8"}
     # the real-vs-real floor is below a micro generator that draws little more than noise
@@ -59,7 +65,7 @@ def test_evaluate_writes_the_table_with_every_row_and_labelled_gaps(evaluation):
 
 def test_evaluate_reuses_finished_variants_unless_forced(evaluation):
     assert "cached" not in evaluation["first"].stdout
-    assert evaluation["again"].stdout.count("cached") == 11  # 5 drawn rows x 2 seeds + the real row
+    assert evaluation["again"].stdout.count("cached") == 13  # 6 drawn rows x 2 seeds + the real row
     forced = run(*evaluate_args(evaluation["decoder"], evaluation["judge"], evaluation["score"], evaluation["out"], "--variants", "full",
                                 "--seeds", "0", "--force"), env=evaluation["env"])  # fmt: skip
     assert "cached" not in forced.stdout

@@ -14,6 +14,9 @@ decoder) and differ only in what conditions the decoder and how it samples (the 
 - ``ddpm``: ``full`` with ancestral DDPM over every training step instead of DDIM.
 - ``cfg_<s>``: ``full`` at classifier-free guidance scale s (e.g. ``cfg_1``, ``cfg_8``).
 - ``no_dynamic_threshold``: ``full`` with static clipping instead of dynamic thresholding.
+- ``image_guided_<w>``: ``decoder_only`` with the reference image as the base image of image guidance
+  at scale w (x_t ← x_t + w·(t/T)·(z − x_t), the study's form); against ``decoder_only`` it is image
+  guidance on vs off, PSNR/SSIM against that base image.
 - ``text_decoder``: the Imagen-like text-conditioned decoder.
 - ``score_unguided``, ``score_guided_<λ>``: the score model by annealed Langevin dynamics, unguided or
   guided by the captioner at scale λ towards each caption (32px: the instruments resize).
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..diffusion import ImageGuidance
 from ..pipeline import TextToImage, load_captioner, load_decoder, load_score_model, load_upsampler
 from .reference import ReferenceSet
 
@@ -124,9 +128,17 @@ def _batched(fn: Callable[[slice], torch.Tensor], n: int, batch_size: int) -> to
     return torch.cat([fn(slice(i, min(i + batch_size, n))) for i in range(0, n, batch_size)])
 
 
-def _chain_rows(conditioning: str, **overrides) -> Draw:
+def _at_size(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``images`` resized (antialiased) to ``size`` pixels square, when they are another size."""
+    if images.shape[-1] == size:
+        return images
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+
+
+def _chain_rows(conditioning: str, image_guidance: float = 0.0, **overrides) -> Draw:
     """A row drawing from the loaded chain, conditioned on the captions (through the translator), the
-    true image embeddings or the raw text embeddings, with sampling ``overrides``."""
+    true image embeddings or the raw text embeddings, with sampling ``overrides``; ``image_guidance``
+    > 0 guides each image towards its reference image at that scale."""
 
     def draw(models, ref, real, options, generator):
         chain = models.chain
@@ -137,7 +149,9 @@ def _chain_rows(conditioning: str, **overrides) -> Draw:
                 cond = chain.embedder(ref.captions[rows])
             else:
                 cond = getattr(ref, conditioning)[rows]
-            return chain.decode(cond, generator=generator, progress=False, **kwargs)
+            guide = ImageGuidance(_at_size(ref.images[rows], chain.decoder.net.image_size), image_guidance) \
+                if image_guidance > 0 else None  # fmt: skip
+            return chain.decode(cond, generator=generator, progress=False, image_guidance=guide, **kwargs)
 
         return _batched(part, len(ref), options.batch_size)
 
@@ -190,10 +204,12 @@ FIXED = {
 }
 _CFG = re.compile(r"^cfg_(\d+(?:\.\d+)?)$")
 _GUIDED = re.compile(r"^score_guided_(\d+(?:\.\d+)?)$")
+_IMAGE_GUIDED = re.compile(r"^image_guided_(\d+(?:\.\d+)?)$")
 
 
 def variant(name: str) -> Variant:
-    """The variant called ``name`` (see the module docstring; ``cfg_<s>`` for any scale s)."""
+    """The variant called ``name`` (see the module docstring; ``cfg_<s>``, ``image_guided_<w>`` and
+    ``score_guided_<λ>`` for any scale)."""
     if name in FIXED:
         return FIXED[name]
     match = _CFG.match(name)
@@ -202,4 +218,9 @@ def variant(name: str) -> Variant:
     match = _GUIDED.match(name)
     if match:
         return Variant(name, ("score", "captioner"), _score_rows(float(match[1])))
-    raise ValueError(f"Unknown variant {name!r}; use {', '.join(FIXED)}, cfg_<scale> or score_guided_<lambda>")
+    match = _IMAGE_GUIDED.match(name)
+    if match:
+        return Variant(name, CHAIN, _chain_rows("img_emb", image_guidance=float(match[1])), ground_truth=True)
+    raise ValueError(
+        f"Unknown variant {name!r}; use {', '.join(FIXED)}, cfg_<scale>, image_guided_<scale> or score_guided_<lambda>"
+    )
