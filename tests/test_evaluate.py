@@ -9,6 +9,10 @@ import subprocess
 import time
 
 import pytest
+import torch
+
+from t2i_lightning.eval.reference import ReferenceSet
+from t2i_lightning.eval.variants import variant
 
 from .cli_runs import MICRO, ROOT, T2I, run, scalars
 
@@ -141,3 +145,14 @@ def test_sample_quality_refuses_a_missing_judge(micro_clip, tmp_path):
         SampleQuality(judge=str(tmp_path / "none.ckpt")).setup(None, None, "fit")
     with pytest.raises(ValueError, match="is not a checkpoint of JudgeStage"):
         SampleQuality(judge=str(micro_clip)).setup(None, None, "fit")
+
+
+def test_the_real_row_is_scored_against_its_own_captions_and_drawn_rows_against_the_reference():
+    def captioned(*captions: str) -> ReferenceSet:
+        n = len(captions)
+        return ReferenceSet(torch.zeros(n, 3, 8, 8), list(captions), [{}] * n, [f"k{i}" for i in range(n)])
+
+    ref, real = captioned("a red circle", "a blue square"), captioned("two green stars", "a cyan ring")
+    assert variant("real").captions(ref, real) == real.captions
+    for name in ("full", "decoder_only", "image_guided_0.5", "cfg_6", "score_guided_3"):
+        assert variant(name).captions(ref, real) == ref.captions

@@ -91,10 +91,12 @@ def drawn_images(
 
 
 def score_images(
-    images: torch.Tensor, ref: ReferenceSet, reference_features: dict[str, torch.Tensor],
+    images: torch.Tensor, ref: ReferenceSet, captions: list[str], reference_features: dict[str, torch.Tensor],
     instruments: Instruments, ground_truth: bool,
 ) -> dict[str, float | dict]:  # fmt: skip
-    """Every metric of one drawn set against the reference set."""
+    """Every metric of one drawn set: distances against the reference set, CLIP score and alignment
+    against ``captions`` (what the images should show), PSNR/SSIM against the reference images when
+    they are the ``ground_truth``."""
     scenes, judge_features = judge_images(instruments.judge, images)
     result: dict[str, float | dict] = {}
     for key, value in feature_distances(reference_features["judge"], judge_features).items():
@@ -102,9 +104,9 @@ def score_images(
     clip_features = instruments.clip.image_features(images)
     for key, value in feature_distances(reference_features["clip"], clip_features).items():
         result[f"clip_{key}"] = value
-    result["clip_score"] = instruments.clip.clip_score(images, ref.captions).mean().item()
+    result["clip_score"] = instruments.clip.clip_score(images, captions).mean().item()
     result.update(instruments.inception.scores(images, reference_features.get("inception")))
-    alignment = alignment_report(ref.captions, scenes)
+    alignment = alignment_report(captions, scenes)
     result.update({f"align_{k}": v for k, v in alignment.items() if k != "n" and v is not None})
     if ground_truth:
         truth = ref.images
@@ -144,7 +146,8 @@ def evaluate(
         for seed in settings.seeds if row_variant.seeded else settings.seeds[:1]:
             images, s_per_image, cached = drawn_images(row_variant, models, ref, real, settings, seed, out / "cache", force)
             first_images = images if first_images is None else first_images
-            per_seed.append(score_images(images, ref, reference_features, instruments, row_variant.ground_truth))
+            captions = row_variant.captions(ref, real)
+            per_seed.append(score_images(images, ref, captions, reference_features, instruments, row_variant.ground_truth))
             seconds.append(s_per_image)
             print(f"{name} seed {seed}: {'cached' if cached else f'{s_per_image:.2f} s/image'}, "
                   f"judge FD {per_seed[-1]['judge_fd']:.3g}, alignment {per_seed[-1]['align_all']:.3f}")  # fmt: skip

@@ -5,7 +5,7 @@ reason instead of failing the table. The unCLIP-lite rows share one loaded chain
 decoder) and differ only in what conditions the decoder and how it samples (the study's ablations):
 
 - ``real``: a second, disjoint real set of the same size (another split): the floor every number is
-  read against.
+  read against; its CLIP score and alignment are against its own captions (the judge's ceiling).
 - ``full``: caption → CLIP text embedding → translator → decoder.
 - ``decoder_only``: the true CLIP image embedding of the reference image → decoder (the study's
   reconstruction row; PSNR/SSIM against the reference image).
@@ -119,6 +119,12 @@ class Variant:
     draw: Draw  # (models, reference, second real set, options, generator) -> N x 3 x S x S in [-1, 1]
     ground_truth: bool = False  # images correspond one to one to the reference images
     seeded: bool = True  # False: the same images whatever the seed (the real set)
+    own_captions: bool = False  # True: the images have captions of their own (the real set), scored against those
+
+    def captions(self, ref: ReferenceSet, real: ReferenceSet) -> list[str]:
+        """The captions this row's images are scored against (CLIP score, exact alignment): the reference
+        captions they were drawn for, or the real set's own."""
+        return real.captions if self.own_captions else ref.captions
 
 
 CHAIN = ("clip", "translator", "decoder")
@@ -192,7 +198,7 @@ def _real(models, ref, real, options, generator):
 
 
 FIXED = {
-    "real": Variant("real", (), _real, seeded=False),
+    "real": Variant("real", (), _real, seeded=False, own_captions=True),
     "full": Variant("full", CHAIN, _chain_rows("caption")),
     "decoder_only": Variant("decoder_only", CHAIN, _chain_rows("img_emb"), ground_truth=True),
     "no_translator": Variant("no_translator", CHAIN, _chain_rows("txt_emb")),
