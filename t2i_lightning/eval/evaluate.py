@@ -35,7 +35,7 @@ from .clip_space import ClipInstrument
 from .distances import feature_distances
 from .inception import InceptionInstrument
 from .judging import judge_images
-from .reference import ReferenceSet
+from .reference import ReferenceSet, images_at_size
 from .superres import superres_scores
 from .table import format_table
 from .variants import EvalModels, SamplingOptions, Variant
@@ -109,10 +109,7 @@ def score_images(
     alignment = alignment_report(captions, scenes)
     result.update({f"align_{k}": v for k, v in alignment.items() if k != "n" and v is not None})
     if ground_truth:
-        truth = ref.images
-        if truth.shape[-1] != images.shape[-1]:
-            truth = torch.nn.functional.interpolate(truth, size=images.shape[-2:], mode="bicubic", antialias=True)
-        scores = superres_scores(truth, images)
+        scores = superres_scores(images_at_size(ref.images, images.shape[-2:]), images)
         result.update({"psnr": scores["psnr"], "ssim": scores["ssim"]})
     return result
 
@@ -143,10 +140,10 @@ def evaluate(
             print(f"{name}: skipped ({reason})")
             continue
         per_seed, seconds, first_images = [], [], None
+        captions = row_variant.captions(ref, real)
         for seed in settings.seeds if row_variant.seeded else settings.seeds[:1]:
             images, s_per_image, cached = drawn_images(row_variant, models, ref, real, settings, seed, out / "cache", force)
             first_images = images if first_images is None else first_images
-            captions = row_variant.captions(ref, real)
             per_seed.append(score_images(images, ref, captions, reference_features, instruments, row_variant.ground_truth))
             seconds.append(s_per_image)
             print(f"{name} seed {seed}: {'cached' if cached else f'{s_per_image:.2f} s/image'}, "

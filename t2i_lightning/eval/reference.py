@@ -59,3 +59,12 @@ def load_reference(
         images=joined("image"), captions=joined("caption"), metas=joined("meta"), keys=joined("key"),
         img_emb=joined("img_emb"), txt_emb=joined("txt_emb"),
     )  # fmt: skip
+
+
+def images_at_size(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Reference images brought to a drawn row's size (antialiased bicubic), unchanged when they are it
+    already: the ground truth of PSNR/SSIM, the base image of image guidance."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return torch.nn.functional.interpolate(images, size=size, mode="bicubic", antialias=True)

@@ -33,7 +33,7 @@ import torch
 
 from ..diffusion import ImageGuidance
 from ..pipeline import TextToImage, load_captioner, load_decoder, load_score_model, load_upsampler
-from .reference import ReferenceSet
+from .reference import ReferenceSet, images_at_size
 
 TARGETS = {
     "clip": "clip", "translator": "train-translator", "decoder": "train-decoder", "upsampler": "train-upsampler",
@@ -134,13 +134,6 @@ def _batched(fn: Callable[[slice], torch.Tensor], n: int, batch_size: int) -> to
     return torch.cat([fn(slice(i, min(i + batch_size, n))) for i in range(0, n, batch_size)])
 
 
-def _at_size(images: torch.Tensor, size: int) -> torch.Tensor:
-    """``images`` resized (antialiased) to ``size`` pixels square, when they are another size."""
-    if images.shape[-1] == size:
-        return images
-    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
-
-
 def _chain_rows(conditioning: str, image_guidance: float = 0.0, **overrides) -> Draw:
     """A row drawing from the loaded chain, conditioned on the captions (through the translator), the
     true image embeddings or the raw text embeddings, with sampling ``overrides``; ``image_guidance``
@@ -155,7 +148,7 @@ def _chain_rows(conditioning: str, image_guidance: float = 0.0, **overrides) -> 
                 cond = chain.embedder(ref.captions[rows])
             else:
                 cond = getattr(ref, conditioning)[rows]
-            guide = ImageGuidance(_at_size(ref.images[rows], chain.decoder.net.image_size), image_guidance) \
+            guide = ImageGuidance(images_at_size(ref.images[rows], chain.decoder.net.image_size), image_guidance) \
                 if image_guidance > 0 else None  # fmt: skip
             return chain.decode(cond, generator=generator, progress=False, image_guidance=guide, **kwargs)
 
