@@ -240,3 +240,27 @@ def test_residual_mode_diffuses_the_detail_over_bicubic_and_adds_the_bicubic_bac
     plain = UpsamplerStage(_ZeroNet(**MICRO_SR, learn_variance=False), parameterization="x0")
     torch.testing.assert_close(plain.diffusion_target({"image": image, "low_res": low_res}), image)
     assert plain.sample(low_res, aug_level=0.0, sampler="ddim", steps=3, progress=False).abs().max() < 1e-5
+
+
+class _OracleNet(SuperResUNet):
+    """Predicts a fixed x̂_0 (``target``) whatever its input."""
+
+    target: torch.Tensor
+
+    def forward(self, x, t, cond):
+        return self.target.expand_as(x) + super().forward(x, t, cond) * 0
+
+
+def test_a_scaled_residual_is_diffused_scaled_and_sampled_back_to_the_image():
+    image = (torch.rand(2, 3, 64, 64) * 1.6 - 0.8).clamp(-1, 1)
+    low_res = downsample(image, 4)
+    bicubic = torch.nn.functional.interpolate(low_res, scale_factor=4, mode="bicubic").clamp(-1, 1)
+    net = _OracleNet(**MICRO_SR, learn_variance=False)
+    stage = UpsamplerStage(net, parameterization="x0", residual=True, residual_scale=10.0)
+    target = stage.diffusion_target({"image": image, "low_res": low_res})
+    torch.testing.assert_close(target, 10.0 * (image - bicubic))
+    net.target = target  # a network that knows the scaled residual exactly draws the image itself
+    drawn = stage.sample(low_res, aug_level=0.0, sampler="ddim", steps=3, progress=False)
+    torch.testing.assert_close(drawn, image, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="residual_scale"):
+        UpsamplerStage(net, residual=True, residual_scale=0.0)

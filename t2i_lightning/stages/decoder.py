@@ -221,14 +221,16 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
         eta: float = 0.0,
         image_guidance: ImageGuidance | None = None,
         offset: torch.Tensor | None = None,
+        scale: float = 1.0,
         generator: torch.Generator | None = None,
         progress: bool = True,
     ) -> torch.Tensor:
         """Run ``sampler`` with ``model_fn(x_t, t)`` from Gaussian noise of ``shape`` over the respaced
         schedule, thresholding x̂_0, and return the images clamped to [-1, 1].
 
-        ``offset``: when the process runs on the residual image − offset (residual diffusion), the
-        image offset + x̂_0 is what is thresholded and offset + the sample what is returned."""
+        ``offset``, ``scale``: when the process runs on the scaled residual scale·(image − offset)
+        (residual diffusion), the image offset + x̂_0/scale is what is thresholded and
+        offset + sample/scale what is returned."""
         if sampler not in SAMPLERS:
             raise ValueError(f"Unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
         schedule = self.schedule if str(steps) == "all" else self.schedule.respace(
@@ -241,7 +243,7 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
         sample = SAMPLERS[sampler](
             model_fn, schedule, noise,
             parameterization=self.hparams.parameterization, learn_variance=self.net.learn_variance,
-            x0_transform=to_image if offset is None else (lambda x0: to_image(base + x0) - base),
+            x0_transform=to_image if offset is None else (lambda x0: scale * (to_image(base + x0 / scale) - base)),
             image_guidance=image_guidance, generator=generator, progress=progress, **extra,
         )  # fmt: skip
-        return (base + sample).clamp(-1, 1)
+        return (base + sample / scale).clamp(-1, 1)
