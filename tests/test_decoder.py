@@ -172,3 +172,16 @@ def test_the_same_command_run_again_resumes_with_optimizer_schedule_and_ema_stat
     assert int(after["optimizer_states"][0]["state"][0]["step"]) == 8
     assert after["lr_schedulers"][0]["last_epoch"] == 8
     assert int(after["averaging_state"]["n_averaged"]) == int(before["averaging_state"]["n_averaged"]) + 2
+
+
+def test_bf16_mixed_training_keeps_float32_weights_and_finite_losses(decoder, tmp_path):
+    """The Makefile's default precision on CPUs with native bf16: autocast in the forward passes only;
+    the checkpoint's (EMA and raw) weights stay float32 and the losses are finite."""
+    runs = tmp_path / "runs"
+    run(*decoder_args(decoder, runs), "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "3")
+    checkpoint = torch.load(runs / "decoder" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 3
+    for weights in (checkpoint["state_dict"], checkpoint["current_model_state"]):
+        assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
+    logged = scalars(runs / "decoder")
+    assert all(np.isfinite(logged["train/loss"])) and np.isfinite(logged["val/loss"][-1])
