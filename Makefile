@@ -179,7 +179,7 @@ $(JUDGE_DONE): $(DATA)/index.json | $(STAMP)
 	    --data.init_args.val $(DATA) --ckpt_path $(JUDGE_CKPT)
 	@touch $@
 
-evaluate: $(JUDGE_DONE) $(EMB)/stats.json | $(STAMP) ## the evaluation table of every variant whose checkpoints exist -> $(RUNS)/eval/table.md (EVAL_FLAGS: more options, e.g. --n 50)
+evaluate: $(JUDGE_DONE) $(EMB)/stats.json | $(STAMP) ## the evaluation table of every variant whose checkpoints exist -> $(RUNS)/eval/table.md (EVAL_FLAGS: more options, e.g. --n 100)
 	$(T2I) evaluate --config stages/evaluate.yaml --data $(DATA) --embeddings $(EMB) --clip $(CLIP_WEIGHTS) \
 	    --clip-model $(CLIP_MODEL) --translator $(TRANSLATOR_CKPT) --decoder $(DECODER_CKPT) \
 	    --upsampler $(UPSAMPLER_CKPT) --decoder-text $(DECODER_TEXT_CKPT) --score $(SCORE_CKPT) \
