@@ -140,16 +140,21 @@ class UpsamplerStage(DecoderStage):
         levels = torch.rand(n, device=low_res.device) * hp.aug_max
         return self.condition(low_res, levels, batch.get("img_emb"))
 
+    @property
+    def residual_scale(self) -> float:
+        """The residual's scale factor (1 for checkpoints written before it existed)."""
+        return self.hparams.get("residual_scale", 1.0)
+
     def bicubic(self, low_res: torch.Tensor) -> torch.Tensor:
         """The clean low-resolution image upsampled bicubically, clamped to [-1, 1] (the residual's base)."""
         return upsample_bicubic(low_res.to(self.device).float(), self.net.factor).clamp(-1, 1)
 
     def diffusion_target(self, batch: dict[str, Any]) -> torch.Tensor:
         """The high-resolution crops, or their scaled residual over the bicubic image when ``residual``."""
-        image, hp = batch["image"], self.hparams
-        if not hp.residual:
+        image = batch["image"]
+        if not self.hparams.residual:
             return image
-        return (image - self.bicubic(batch["low_res"]).to(image.dtype)) * hp.get("residual_scale", 1.0)
+        return (image - self.bicubic(batch["low_res"]).to(image.dtype)) * self.residual_scale
 
     def drop_condition(self, cond: dict[str, torch.Tensor], drop: torch.Tensor) -> dict[str, torch.Tensor]:
         """The condition is never dropped (no classifier-free guidance)."""
@@ -190,6 +195,6 @@ class UpsamplerStage(DecoderStage):
         return self.draw(
             lambda x, t: self.net(x, t, cond), (len(low_res), self.net.in_channels, *size),
             sampler=sampler or hp.sampler, steps=steps or hp.steps, threshold=threshold, eta=eta,
-            offset=self.bicubic(low_res) if hp.residual else None, scale=hp.get("residual_scale", 1.0),
+            offset=self.bicubic(low_res) if hp.residual else None, scale=self.residual_scale,
             generator=generator, progress=progress,
         )  # fmt: skip
