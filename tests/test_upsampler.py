@@ -15,7 +15,6 @@ from PIL import Image
 from t2i_lightning.data.decode import decode_image_caption
 from t2i_lightning.data.inspect import read_samples
 from t2i_lightning.data.superres import SuperResDataModule, downsample
-from t2i_lightning.eval.variants import upsample_in_pixel_batches
 from t2i_lightning.nn.sr_unet import SuperResUNet
 from t2i_lightning.pipeline import load_upsampler
 from t2i_lightning.stages.upsampler import UpsamplerStage
@@ -197,16 +196,23 @@ def test_sampling_is_reproducible_for_a_seed(upsampler):
     assert first.shape == (1, 3, 32, 32) and torch.equal(first, second) and not torch.equal(first, other)
 
 
-def test_the_evaluation_upsamples_in_batches_of_equal_pixels(upsampler, monkeypatch):
+def test_sampling_draws_batches_of_equal_pixels_from_one_generator(upsampler, monkeypatch):
     stage = load_upsampler(str(upsampler["checkpoint"]))
     batches = []
-    sample = stage.sample
-    monkeypatch.setattr(stage, "sample", lambda low, **kw: batches.append(len(low)) or sample(low, steps=2, **kw))
+    draw_batch = stage._sample_batch
+    monkeypatch.setattr(stage, "_sample_batch", lambda low, emb, **kw: batches.append(len(low)) or draw_batch(low, emb, **kw))
     low_res = torch.rand(5, 3, 8, 8) * 2 - 1
-    images = upsample_in_pixel_batches(stage, low_res, batch_size=32, generator=torch.Generator().manual_seed(0))
-    assert stage.net.factor == 4 and batches == [2, 2, 1]  # 32 low-res images' pixels: 2 at 4x the side
-    assert images.shape == (5, 3, 32, 32)
-    assert upsample_in_pixel_batches(stage, low_res[:1], batch_size=4).shape == (1, 3, 32, 32)  # at least one
+
+    def draw(seed=0, **kw):
+        return stage.sample(low_res, steps=2, progress=False, generator=torch.Generator().manual_seed(seed), **kw)
+
+    images = draw(max_batch_pixels=2 * 32 * 32 + 100)
+    assert stage.net.factor == 4 and batches == [2, 2, 1]  # two 32px outputs per batch
+    assert images.shape == (5, 3, 32, 32) and torch.equal(images, draw(max_batch_pixels=2 * 32 * 32))
+    batches.clear()
+    assert draw(max_batch_pixels=10).shape == (5, 3, 32, 32) and batches == [1] * 5  # at least one image
+    batches.clear()
+    assert not torch.equal(draw(max_batch_pixels=None), images) and batches == [5]  # one batch: other noise
 
 
 def test_evaluate_upsampler_scores_bicubic_and_each_setting(upsampler, shapes_dir, tmp_path):

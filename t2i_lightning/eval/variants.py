@@ -157,17 +157,9 @@ def _chain_rows(conditioning: str, image_guidance: float = 0.0, **overrides) -> 
     return draw
 
 
-def upsample_in_pixel_batches(upsampler, low: torch.Tensor, batch_size: int, generator=None) -> torch.Tensor:
-    """``low`` through ``upsampler`` in batches holding as many pixels as ``batch_size`` low-resolution
-    images: an output image has factor² times the pixels, so a batch is ``batch_size // factor²``
-    images (at least one). One batch of 50 images at 256px peaked the evaluation at 7.2 GiB."""
-    images = max(1, batch_size // upsampler.net.factor**2)
-    return _batched(lambda rows: upsampler.sample(low[rows], generator=generator, progress=False), len(low), images)
-
-
 def _full_256(models, ref, real, options, generator):
     low = _chain_rows("caption")(models, ref, real, options, generator)
-    return upsample_in_pixel_batches(models.upsampler, low, options.batch_size, generator)
+    return models.upsampler.sample(low, generator=generator, progress=False)  # in batches of equal pixels
 
 
 def _text_decoder(models, ref, real, options, generator):
