@@ -199,8 +199,8 @@ def test_sampling_is_reproducible_for_a_seed(upsampler):
 def test_sampling_draws_batches_of_equal_pixels_from_one_generator(upsampler, monkeypatch):
     stage = load_upsampler(str(upsampler["checkpoint"]))
     batches = []
-    draw_batch = stage._sample_batch
-    monkeypatch.setattr(stage, "_sample_batch", lambda low, emb, **kw: batches.append(len(low)) or draw_batch(low, emb, **kw))
+    draw_batch = stage.draw
+    monkeypatch.setattr(stage, "draw", lambda fn, shape, **kw: batches.append(shape[0]) or draw_batch(fn, shape, **kw))
     low_res = torch.rand(5, 3, 8, 8) * 2 - 1
 
     def draw(seed=0, **kw):

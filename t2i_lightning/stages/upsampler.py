@@ -194,38 +194,18 @@ class UpsamplerStage(DecoderStage):
             )
         size = (low_res.shape[-2] * self.net.factor, low_res.shape[-1] * self.net.factor)
         self.net.check_size(*size)
-        per_batch = len(low_res) if max_batch_pixels is None else max(1, max_batch_pixels // (size[0] * size[1]))
-        options = dict(aug_level=aug_level, sampler=sampler, steps=steps, threshold=threshold, eta=eta,
-                       generator=generator, progress=progress)  # fmt: skip
-        return torch.cat([
-            self._sample_batch(
-                low_res[i : i + per_batch], None if image_embeddings is None else image_embeddings[i : i + per_batch], **options
-            )
-            for i in range(0, len(low_res), per_batch)
-        ])  # fmt: skip
-
-    def _sample_batch(
-        self,
-        low_res: torch.Tensor,
-        image_embeddings: torch.Tensor | None,
-        *,
-        aug_level: float | None,
-        sampler: str | None,
-        steps: int | str | None,
-        threshold: float | None,
-        eta: float,
-        generator: torch.Generator | None,
-        progress: bool,
-    ) -> torch.Tensor:
-        """One batch of :meth:`sample`, drawn at once."""
         hp = self.hparams
-        size = (low_res.shape[-2] * self.net.factor, low_res.shape[-1] * self.net.factor)
-        cond = self.condition(
-            low_res, hp.aug_level if aug_level is None else aug_level, image_embeddings, generator
-        )
-        return self.draw(
-            lambda x, t: self.net(x, t, cond), (len(low_res), self.net.in_channels, *size),
-            sampler=sampler or hp.sampler, steps=steps or hp.steps, threshold=threshold, eta=eta,
-            offset=self.bicubic(low_res) if hp.residual else None, scale=self.residual_scale,
-            generator=generator, progress=progress,
-        )  # fmt: skip
+        level = hp.aug_level if aug_level is None else aug_level
+
+        def draw_batch(rows: slice) -> torch.Tensor:
+            low = low_res[rows]
+            cond = self.condition(low, level, None if image_embeddings is None else image_embeddings[rows], generator)
+            return self.draw(
+                lambda x, t: self.net(x, t, cond), (len(low), self.net.in_channels, *size),
+                sampler=sampler or hp.sampler, steps=steps or hp.steps, threshold=threshold, eta=eta,
+                offset=self.bicubic(low) if hp.residual else None, scale=self.residual_scale,
+                generator=generator, progress=progress,
+            )  # fmt: skip
+
+        per_batch = len(low_res) if max_batch_pixels is None else max(1, max_batch_pixels // (size[0] * size[1]))
+        return torch.cat([draw_batch(slice(i, i + per_batch)) for i in range(0, len(low_res), per_batch)])
