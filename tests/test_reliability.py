@@ -269,3 +269,11 @@ def test_a_checkpoint_save_that_dies_midway_leaves_the_previous_file_whole(tmp_p
     monkeypatch.undo()
     assert torch.load(target, weights_only=True) == {"global_step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_last_checkpoint_holds_the_final_step_when_training_ends_between_validations(tmp_path, shapes_dir):
+    """Validation (and so ModelCheckpoint's save) every 2 steps; a run ending at step 5 must still
+    leave last.ckpt at step 5, or a resumed run would redo (and a next stage miss) its final step."""
+    runs = tmp_path / "runs"
+    run(*tiny_fit_args(runs, shapes_dir, "--trainer.max_steps", "5"))
+    assert last(runs)["global_step"] == 5

@@ -5,6 +5,11 @@ together under DDP) and calls every callback's ``on_exception``. This callback t
 run's ``last.ckpt`` (the file :mod:`t2i_lightning.resume` resumes from) with the current step,
 optimizer and EMA state. Other exceptions write nothing: after a crash the last good checkpoint
 stays as it was.
+
+It also writes ``last.ckpt`` when training ends at a step no checkpoint was written at: Lightning's
+``ModelCheckpoint`` saves on validation, and at the end only if it saved nothing during the run, so
+a run resumed off the validation grid (e.g. after a SIGTERM at step 3 with validation every 2 steps)
+ended with ``last.ckpt`` a step behind and lost its final steps.
 """
 
 from __future__ import annotations
@@ -26,7 +31,14 @@ def last_checkpoint_path(trainer: pl.Trainer) -> Path | None:
 
 
 class PreemptionCheckpoint(pl.Callback):
-    """On SIGTERM, save ``last.ckpt`` before the process exits (see the module docstring)."""
+    """On SIGTERM, save ``last.ckpt`` before the process exits; at the end of training, save it if
+    the final step has no checkpoint (see the module docstring)."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        path = last_checkpoint_path(trainer)
+        saved_step = getattr(trainer.checkpoint_callback, "_last_global_step_saved", None)
+        if path is not None and saved_step != trainer.global_step:
+            trainer.save_checkpoint(path)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
