@@ -2,8 +2,8 @@
 
 The evaluation's measuring instrument (exact alignment, and a feature space for Fréchet distance
 and precision/recall on shapes). It is trained from scratch on the shapes images and their scene
-metadata and shares no weights or training with the generator's CLIP. A residual CNN (diffusers'
-``ResnetBlock2D``) turns the image into a feature map that is average-pooled onto the 3x3 grid of
+metadata and shares no weights or training with the generator's CLIP. A residual CNN
+(:class:`~t2i_lightning.nn.residual_cnn.ResidualFeatureMap`) turns the image into a feature map that is average-pooled onto the 3x3 grid of
 cells the scenes are built on (:mod:`t2i_lightning.eval.scene_labels`); shared heads read each
 cell's features (plus a learned embedding of the cell) as empty or one of the kinds, a colour and a
 size, and the whole image's pooled features as the background colour.
@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.resnet import Downsample2D, ResnetBlock2D
 from torch import nn
 
 from ..data.shapes.scene import SIZES
 from ..eval.scene_labels import CELLS, COLOUR_NAMES, SLOT_CLASSES
+from .residual_cnn import ResidualFeatureMap
 
 
-class SceneJudge(nn.Module):
+class SceneJudge(ResidualFeatureMap):
     """``judge(images) -> logits``: ``slot`` (B x 9 x 9 classes), ``colour`` (B x 9 x 12), ``size``
     (B x 9 x 2), ``background`` (B x 12); ``judge.features(images)`` (B x channels[-1]).
 
-    Args:
+    Args (those of :class:`~t2i_lightning.nn.residual_cnn.ResidualFeatureMap`):
         image_size: side it reads; images of another size (32px score samples, 256px upsampled
             ones) are resized to it, antialiased.
         channels: channels of the levels after the stem (which halves the resolution); each later
@@ -33,36 +33,14 @@ class SceneJudge(nn.Module):
     """
 
     def __init__(self, image_size: int = 64, channels: tuple[int, ...] = (32, 64, 128), groups: int = 16):
-        super().__init__()
-        self.image_size = image_size
-        # a convolutional stem that halves the resolution before the first (normalised) block: fine
-        # detail for 10-pixel shapes without paying for residual blocks at full resolution
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, channels[0], 3, padding=1), nn.SiLU(), nn.Conv2d(channels[0], channels[0], 3, stride=2, padding=1)
-        )
-        layers: list[nn.Module] = []
-        previous = channels[0]
-        for i, c in enumerate(channels):
-            layers.append(ResnetBlock2D(in_channels=previous, out_channels=c, temb_channels=None, groups=groups))
-            if i < len(channels) - 1:
-                layers.append(Downsample2D(c, use_conv=True))
-            previous = c
-        self.body = nn.ModuleList(layers)
-        self.norm = nn.GroupNorm(groups, previous)
+        super().__init__(image_size, channels, groups)
+        previous = self.map_channels
         self.cell_embedding = nn.Parameter(torch.zeros(CELLS, previous))
         self.cell_mlp = nn.Sequential(nn.Linear(previous, previous), nn.SiLU())
         self.slot_head = nn.Linear(previous, len(SLOT_CLASSES))
         self.colour_head = nn.Linear(previous, len(COLOUR_NAMES))
         self.size_head = nn.Linear(previous, len(SIZES))
         self.background_head = nn.Linear(previous, len(COLOUR_NAMES))
-
-    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
-        h = self.stem(images)
-        for layer in self.body:
-            h = layer(h, None) if isinstance(layer, ResnetBlock2D) else layer(h)
-        return F.silu(self.norm(h))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The pooled feature vector of each image: the judge's feature space for distances."""
