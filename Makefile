@@ -31,7 +31,7 @@ export T2I_TIMINGS ?= $(abspath $(RUNS))/bench/stages.jsonl
 # CLIP space. By default the project trains its own small CLIP (`make clip`); name a pretrained
 # open_clip model instead with CLIP_MODEL=ViT-B-32 CLIP=laion2b_s34b_b79k (a tag, fetched where
 # there is internet) or CLIP=/path/to/weights.safetensors, and `make clip` does nothing.
-CLIP_MODEL   ?= shapes-vitc-tiny
+CLIP_MODEL   ?= shapes-cnn-tiny
 CLIP         ?=
 CLIP_CKPT    ?= $(RUNS)/clip/checkpoints/last.ckpt
 CLIP_WEIGHTS := $(if $(CLIP),$(CLIP),$(CLIP_CKPT))

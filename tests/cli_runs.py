@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 T2I = str(Path(sys.executable).parent / "t2i")
-MICRO = "shapes-vitc-micro"
+MICRO = "shapes-cnn-micro"
 
 
 def run(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:

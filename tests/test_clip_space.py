@@ -32,15 +32,19 @@ def test_clip_fit_lowers_the_loss_and_logs_retrieval_and_zero_shot(pipeline):
     loss = logged["train/loss"]
     assert np.mean(loss[-5:]) < np.mean(loss[:5]) - 0.1
     for tag in ("val/t2i_R@1", "val/t2i_R@5", "val/i2t_R@1", "val/i2t_R@5", "val/pair_cosine",
-                "val/zeroshot_colour_acc", "val/zeroshot_shape_acc", "train/temperature"):  # fmt: skip
+                "val/zeroshot_colour_acc", "val/zeroshot_shape_acc", "train/temperature",
+                "val/word_loss_image", "val/word_loss_text"):  # fmt: skip
         assert tag in logged, tag
+    for side in ("image", "text"):  # stages/clip.yaml's caption-word loss is trained too
+        words = logged[f"train/word_loss_{side}"]
+        assert np.mean(words[-5:]) < np.mean(words[:5]) - 0.1, side
     assert 0 <= logged["val/t2i_R@1"][-1] <= logged["val/t2i_R@5"][-1] <= 1
 
 
 def test_local_weights_files_load_as_pretrained(pipeline, tmp_path):
     from_stage = create_clip(MICRO, str(pipeline["clip"]))
     state = torch.load(pipeline["clip"], map_location="cpu", weights_only=True)["state_dict"]
-    for name, weight in from_stage.state_dict().items():  # the conv-stem ViT's and the text tower's weights
+    for name, weight in from_stage.state_dict().items():  # the CNN tower's and the text tower's weights
         assert torch.equal(weight, state[f"clip.{name}"]), name
     plain = tmp_path / "open_clip_micro.pt"
     torch.save(from_stage.state_dict(), plain)
@@ -221,3 +225,38 @@ def test_conv_stem_patch_embedding_keeps_the_token_grid():
         import timm
 
         timm.create_model("shapes_vitc_micro", pretrained=True)
+
+
+def test_caption_word_targets_are_each_captions_distinct_words():
+    from t2i_lightning.nn.caption_words import CaptionWordHead
+    from t2i_lightning.nn.clip import tokenizer_for
+
+    tokenizer = tokenizer_for(MICRO)
+    specials = [0, tokenizer.sot_token_id, tokenizer.eot_token_id]
+    head = CaptionWordHead(8, 49408, specials)
+    tokens = tokenizer(["a red circle and a red square", "a star"])
+    targets = head.targets(tokens)
+    for row, caption in zip(targets, ["a red circle and a red square", "a star"], strict=True):
+        words = set(tokenizer.encode(caption))  # "a" and "red" repeated: each counted once
+        assert set(row.nonzero().flatten().tolist()) == words
+        assert torch.allclose(row[sorted(words)], torch.full((len(words),), 1.0 / len(words)))
+    features = torch.nn.functional.normalize(torch.randn(2, 8), dim=1)
+    log_p = torch.log_softmax(head.proj(features * 8**0.5), dim=1)
+    assert torch.allclose(head.loss(features, targets), -(targets * log_p).sum(1).mean())
+    with pytest.raises(ValueError, match="no word tokens"):
+        head.targets(tokenizer([""]))
+
+
+def test_cnn_image_tower_is_an_open_clip_timm_tower():
+    import timm
+
+    from t2i_lightning.nn.cnn_tower import CNNImageTower
+
+    clip = create_clip("shapes-cnn-micro")
+    assert isinstance(clip.visual.trunk, CNNImageTower)
+    assert clip.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 32)
+    assert clip.visual.trunk.pool.pos_embed.shape[0] == 8 * 8 + 1  # each cell of the 8x8 map and the pooled token
+    with pytest.raises(ValueError, match="trained by the project"):
+        timm.create_model("shapes_cnn_micro", pretrained=True)
+    with pytest.raises(ValueError, match="RGB"):
+        timm.create_model("shapes_cnn_micro", in_chans=1)

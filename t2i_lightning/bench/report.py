@@ -45,7 +45,7 @@ def machine() -> dict:
 
 def run_benchmarks(
     *, quick: bool = False, config: str = "stages/decoder.yaml", data: str = "data/shapes",
-    decoder: str | None = None, embeddings: str | None = None, clip_model: str = "shapes-vitc-tiny",
+    decoder: str | None = None, embeddings: str | None = None, clip_model: str = "shapes-cnn-tiny",
     clip: str | None = None, stage_log: str | None = None,
 ) -> dict:  # fmt: skip
     """Run every benchmark; ``decoder``/``clip`` checkpoints are optional (random weights time the same),

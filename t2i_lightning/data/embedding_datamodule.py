@@ -29,15 +29,15 @@ class EmbeddingDataModule(ShardDataModule):
     """Batches of ``img`` (B x D), ``txt`` (B x D), ``key`` and ``skipped`` from embedding shards.
 
     Same arguments as :class:`ShardDataModule` (``train``/``val``/``test`` point at an
-    embedding directory such as ``data/shapes/emb-shapes-vitc-tiny``); image options are unused.
+    embedding directory such as ``data/shapes/emb-shapes-cnn-tiny``); image options are unused.
     """
 
     missing_hint = "extract embeddings with `make embed`"
 
     def __init__(
         self,
-        train: str | None = "data/shapes/emb-shapes-vitc-tiny",
-        val: str | None = "data/shapes/emb-shapes-vitc-tiny",
+        train: str | None = "data/shapes/emb-shapes-cnn-tiny",
+        val: str | None = "data/shapes/emb-shapes-cnn-tiny",
         test: str | None = None,
         batch_size: int = 256,
         num_workers: int = 1,

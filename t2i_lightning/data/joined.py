@@ -70,7 +70,7 @@ class ImageEmbeddingDataModule(ShardDataModule):
 
     Args:
         embeddings: the embedding directory that mirrors the image shards
-            (``data/shapes/emb-shapes-vitc-tiny``); its ``stats.json`` is checked to exist at setup.
+            (``data/shapes/emb-shapes-cnn-tiny``); its ``stats.json`` is checked to exist at setup.
         The other arguments are :class:`ShardDataModule`'s; ``hflip`` is refused because the
         embeddings describe the unflipped images.
     """
@@ -79,7 +79,7 @@ class ImageEmbeddingDataModule(ShardDataModule):
 
     def __init__(
         self,
-        embeddings: str = "data/shapes/emb-shapes-vitc-tiny",
+        embeddings: str = "data/shapes/emb-shapes-cnn-tiny",
         train: str | None = "data/shapes",
         val: str | None = "data/shapes",
         test: str | None = None,

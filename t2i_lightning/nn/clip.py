@@ -1,10 +1,11 @@
 """open_clip models: the project's small configs, and loading by name, tag or local file.
 
-``shapes-vitc-tiny`` (``clip_configs/``) is a small ViT/8 image tower at 64px with a convolutional
-stem (:mod:`t2i_lightning.nn.conv_stem_vit`, built by timm through open_clip) and a 3-layer text
-transformer, sized to train on the shapes data on a CPU in minutes; ``shapes-vitc-micro`` is a
-one-layer 32px model for tests; ``shapes-vit-tiny`` is the plain ViT/8 (patchify stem) of the
-same size, kept for comparison. Any open_clip model name
+``shapes-cnn-tiny`` (``clip_configs/``), the demo's CLIP, is a residual CNN image tower at 64px
+with attention pooling (:mod:`t2i_lightning.nn.cnn_tower`, built by timm through open_clip) and a
+3-layer text transformer, sized to train on the shapes data on a CPU; ``shapes-cnn-micro`` is a
+32px version for tests. ``shapes-vitc-tiny`` (a ViT/8 with a convolutional stem,
+:mod:`t2i_lightning.nn.conv_stem_vit`) and ``shapes-vit-tiny`` (the plain ViT/8) are the earlier
+towers, kept for comparison; ``shapes-vitc-micro`` is its test size. Any open_clip model name
 works the same way (``ViT-B-32`` ...), with ``pretrained`` naming an open_clip tag
 (``laion2b_s34b_b79k``, downloaded where there is internet), an open_clip weights file, or a
 checkpoint of this project's CLIP stage.
@@ -30,10 +31,10 @@ class PretrainedWeightsError(FileNotFoundError):
 
 
 def register_project_configs() -> None:
-    """Make the project's model configs (``shapes-vitc-tiny`` ...) known to open_clip."""
+    """Make the project's model configs (``shapes-cnn-tiny`` ...) known to open_clip."""
     global _registered
     if not _registered:
-        from . import conv_stem_vit  # noqa: F401  (registers the conv-stem ViT towers with timm)
+        from . import cnn_tower, conv_stem_vit  # noqa: F401  (register the project's image towers with timm)
 
         open_clip.add_model_config(CONFIG_DIR)
         _registered = True
@@ -72,7 +73,7 @@ def create_clip(model_name: str, pretrained: str | None = None) -> torch.nn.Modu
     """
     register_project_configs()
     if model_name not in open_clip.list_models():
-        raise ValueError(f"Unknown open_clip model {model_name!r}; e.g. shapes-vitc-tiny, ViT-B-32")
+        raise ValueError(f"Unknown open_clip model {model_name!r}; e.g. shapes-cnn-tiny, ViT-B-32")
     if pretrained is None:
         return open_clip.create_model(model_name)
     if os.path.isfile(pretrained):

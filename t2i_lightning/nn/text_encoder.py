@@ -98,13 +98,13 @@ class OpenClipTextTokens(TextEncoder):
     the text projection), computed from the same pass.
 
     Args:
-        model_name: open_clip model (the project's ``shapes-vitc-tiny``, ``ViT-B-32`` ...).
+        model_name: open_clip model (the project's ``shapes-cnn-tiny``, ``ViT-B-32`` ...).
         pretrained: its weights (a CLIP-stage checkpoint, a weights file or an open_clip tag),
             as :func:`t2i_lightning.nn.clip.create_clip` takes them; None for random weights (tests).
     """
 
     def __init__(
-        self, model_name: str = "shapes-vitc-tiny", pretrained: str | None = "runs/clip/checkpoints/last.ckpt"
+        self, model_name: str = "shapes-cnn-tiny", pretrained: str | None = "runs/clip/checkpoints/last.ckpt"
     ):
         super().__init__()
         self.init_args = {"model_name": model_name, "pretrained": pretrained}

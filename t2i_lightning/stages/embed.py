@@ -25,7 +25,7 @@ class EmbedStage(pl.LightningModule):
     """CLIP image and text embeddings of image shards.
 
     Args:
-        model_name: open_clip model name (``shapes-vitc-tiny`` for the project's CLIP).
+        model_name: open_clip model name (``shapes-cnn-tiny`` for the project's CLIP).
         pretrained: the CLIP stage's checkpoint (default: ``runs/clip/checkpoints/last.ckpt``,
             made by ``make clip``), an open_clip weights file, or an open_clip pretrained tag.
         out: output directory; default ``<dataset>/emb-<clip id>`` beside the image shards.
@@ -38,7 +38,7 @@ class EmbedStage(pl.LightningModule):
 
     def __init__(
         self,
-        model_name: str = "shapes-vitc-tiny",
+        model_name: str = "shapes-cnn-tiny",
         pretrained: str | None = DEFAULT_CLIP_CHECKPOINT,
         out: str | None = None,
         clip_name: str | None = None,
