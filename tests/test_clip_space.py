@@ -55,6 +55,8 @@ def test_local_weights_files_load_as_pretrained(pipeline, tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(PretrainedWeightsError, match="not found"):
         create_clip(MICRO, str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match=f"holds a {MICRO} CLIP, not shapes-vitc-micro"):
+        create_clip("shapes-vitc-micro", str(pipeline["clip"]))
 
 
 def test_unavailable_pretrained_tag_fails_clearly():

@@ -84,6 +84,12 @@ def create_clip(model_name: str, pretrained: str | None = None) -> torch.nn.Modu
             raise ValueError(f"{pretrained} is a checkpoint of {found}, not CLIP weights (`make clip` writes one)")
         if weights is None:
             return open_clip.create_model(model_name, pretrained=pretrained)
+        trained_as = (checkpoint.get("hyper_parameters") or {}).get("model_name")
+        if trained_as and trained_as != model_name:
+            raise ValueError(
+                f"{pretrained} holds a {trained_as} CLIP, not {model_name}: name {trained_as} as the model "
+                f"(make: CLIP_MODEL={trained_as}), or train a {model_name} (make clip, after moving the old run away)"
+            )
         model = open_clip.create_model(model_name)
         model.load_state_dict(weights)
         return model
