@@ -17,7 +17,7 @@ from t2i_lightning.data.joined import EmbeddingLookup, ImageEmbeddingDataModule
 from t2i_lightning.data.shards import write_shard
 from t2i_lightning.nn.unet import ConditionalUNet
 
-from .cli_runs import T2I, decoder_args, run, scalars
+from .cli_runs import MICRO, T2I, decoder_args, run, scalars
 
 MICRO_UNET = dict(
     image_size=32, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,),
@@ -32,7 +32,7 @@ def test_fit_writes_an_ema_checkpoint_losses_and_sample_grids(decoder):
     assert "averaging_state" in checkpoint
     name = "net.unet.conv_in.weight"
     assert not torch.equal(ema[name], raw[name]), "the checkpoint's state_dict must hold the EMA weights"
-    assert checkpoint["clip_identity"]["model"] == "shapes-vitc-micro"
+    assert checkpoint["clip_identity"]["model"] == MICRO
     logged = scalars(decoder["decoder_runs"] / "decoder")
     for tag in ("train/loss", "train/simple", "train/vlb", "train/grad_norm", "val/loss",
                 "val/recon_colour_error", "val/recon_colour_error_random_pairs"):  # fmt: skip
