@@ -3,10 +3,11 @@
 On the shapes data the kind of a ~10-pixel object is what a contrastive image tower learns last:
 the 3-block ViT/8 (with or without a convolutional stem) still told the 8 kinds apart only ~25% of
 the time zero-shot after the demo's 1,000 steps. A residual CNN that convolves at full resolution
-before halving (:class:`~t2i_lightning.nn.residual_cnn.ResidualFeatureMap`) has the locality bias
-those shapes need; its 8x8 feature map is pooled by attention with a learned position embedding
-(timm's ``AttentionPool2d``, the attention pooling of CLIP's ResNets, Radford et al. 2021, sec.
-2.4), so positions and relations survive the pooling. Importing this module registers the towers
+before halving (:class:`~t2i_lightning.nn.residual_cnn.ResidualFeatureMap`), trained with the
+caption-word loss (:mod:`t2i_lightning.nn.caption_words`), learnt them where the ViT with the same
+loss did not (neither change alone did; README). Its 8x8 feature map is pooled by attention with a
+learned position embedding (timm's ``AttentionPool2d``, the attention pooling of CLIP's ResNets,
+Radford et al. 2021, sec. 2.4), so positions and relations survive the pooling. Importing this module registers the towers
 with timm; open_clip builds them through its ``timm_model_name`` vision config
 (``clip_configs/shapes-cnn-*.json``) and adds the linear projection to the embedding.
 """
