@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .bench.stage_log import recorded
 from .callbacks.finite_guard import NonFiniteLossError
+from .demo_defaults import DEMO_CLIP
 from .lightning_cli import SUBCOMMANDS
 
 
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", default="data/shapes", help="image shards (default: data/shapes)")
     bench.add_argument("--decoder", default=None, help="decoder checkpoint (default: random weights)")
     bench.add_argument("--embeddings", default=None, help="embedding directory: with --decoder, measure sampler quality")
-    bench.add_argument("--clip-model", default="shapes-cnn-tiny", help="open_clip model name for extraction")
+    bench.add_argument("--clip-model", default=DEMO_CLIP, help="open_clip model name for extraction")
     bench.add_argument("--clip", default=None, help="CLIP weights for extraction (default: random weights)")
     bench.add_argument("--stage-log", default=None, help="stage timings written by `make` (runs/bench/stages.jsonl)")
     kinds = bench.add_subparsers(dest="bench_command", metavar="{extraction,sampling}")
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "extraction", help="embedding extraction vs a bare encode loop on the same batches"
     )
     extraction.add_argument("--data", default="data/shapes", help="image shards (default: data/shapes)")
-    extraction.add_argument("--model", default="shapes-cnn-tiny", help="open_clip model name")
+    extraction.add_argument("--model", default=DEMO_CLIP, help="open_clip model name")
     extraction.add_argument("--clip", default="runs/clip/checkpoints/last.ckpt", help="CLIP weights")
     extraction.add_argument("--shards", type=int, default=2, help="shards to use (default: 2)")
     extraction.add_argument("--batch-size", type=int, default=256)

@@ -14,6 +14,7 @@ import argparse
 import yaml
 
 from .data.shards import check_writable
+from .demo_defaults import DEMO_CLIP, DEMO_EMBEDDINGS
 from .eval.variants import FIXED, SamplingOptions
 
 DEFAULT_VARIANTS = ["real", "full", "decoder_only", "no_translator"]
@@ -22,7 +23,7 @@ DEFAULT_VARIANTS = ["real", "full", "decoder_only", "no_translator"]
 def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML file of these options (e.g. stages/evaluate.yaml)")
     parser.add_argument("--data", default="data/shapes", help="dataset of the reference images (default: data/shapes)")
-    parser.add_argument("--embeddings", default="data/shapes/emb-shapes-cnn-tiny",
+    parser.add_argument("--embeddings", default=DEMO_EMBEDDINGS,
                         help="its CLIP embeddings (for the decoder-only and no-translator rows)")  # fmt: skip
     parser.add_argument("--split", default="val", help="split of the reference images and captions (default: val)")
     parser.add_argument("--real-split", default="test", help="split of the second real set (default: test)")
@@ -38,7 +39,7 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
                          ("captioner", "captioner"), ("judge", "judge")):  # fmt: skip
         default = f"runs/{target}/checkpoints/last.ckpt"
         parser.add_argument(f"--{name}", default=default, help=f"{name} checkpoint (default: {default})")
-    parser.add_argument("--clip-model", default="shapes-cnn-tiny", help="open_clip model of --clip")
+    parser.add_argument("--clip-model", default=DEMO_CLIP, help="open_clip model of --clip")
     parser.add_argument("--eval-clip", default=None,
                         help="CLIP weights for the CLIP feature space and CLIP score (default: --clip, the generator's own)")  # fmt: skip
     parser.add_argument("--eval-clip-model", default=None, help="open_clip model of --eval-clip (default: --clip-model)")

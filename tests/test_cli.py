@@ -105,3 +105,22 @@ def test_fit_with_a_missing_data_path_names_it(tmp_path):
     assert result.returncode != 0
     assert str(tmp_path / "missing") in result.stderr and "make data" in result.stderr
     assert not (tmp_path / "tiny" / "checkpoints").exists()
+
+
+def test_makefile_and_stage_configs_name_the_demo_clip_of_the_python_defaults():
+    import re
+
+    import yaml
+
+    from t2i_lightning.demo_defaults import DEMO_CLIP, DEMO_EMBEDDINGS
+
+    root = Path(__file__).resolve().parents[1]
+    assert re.search(r"^CLIP_MODEL\s*\?=\s*(\S+)", (root / "Makefile").read_text(), re.M).group(1) == DEMO_CLIP
+    for name in ("clip", "embed", "decoder_text"):
+        config = yaml.safe_load((root / "stages" / f"{name}.yaml").read_text())
+        names = re.findall(r"model_name: (\S+)", yaml.safe_dump(config))
+        assert names and set(names) == {DEMO_CLIP}, name
+    for name in ("translator", "decoder", "evaluate"):
+        text = (root / "stages" / f"{name}.yaml").read_text()
+        paths = set(re.findall(r"data/shapes/emb-[\w.-]+", text))
+        assert paths == {DEMO_EMBEDDINGS}, (name, paths)

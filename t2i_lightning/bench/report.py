@@ -13,6 +13,7 @@ import platform
 
 import torch
 
+from ..demo_defaults import DEMO_CLIP
 from .extraction import bench_extraction
 from .input_pipeline import bench_input
 from .sampling import bench_sampling
@@ -45,7 +46,7 @@ def machine() -> dict:
 
 def run_benchmarks(
     *, quick: bool = False, config: str = "stages/decoder.yaml", data: str = "data/shapes",
-    decoder: str | None = None, embeddings: str | None = None, clip_model: str = "shapes-cnn-tiny",
+    decoder: str | None = None, embeddings: str | None = None, clip_model: str = DEMO_CLIP,
     clip: str | None = None, stage_log: str | None = None,
 ) -> dict:  # fmt: skip
     """Run every benchmark; ``decoder``/``clip`` checkpoints are optional (random weights time the same),

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..demo_defaults import DEMO_EMBEDDINGS
 from .datamodule import ShardDataModule
 from .decode import SampleError, sample_where
 from .embeddings import IMAGE_MEMBER, TEXT_MEMBER, load_npy
@@ -36,8 +37,8 @@ class EmbeddingDataModule(ShardDataModule):
 
     def __init__(
         self,
-        train: str | None = "data/shapes/emb-shapes-cnn-tiny",
-        val: str | None = "data/shapes/emb-shapes-cnn-tiny",
+        train: str | None = DEMO_EMBEDDINGS,
+        val: str | None = DEMO_EMBEDDINGS,
         test: str | None = None,
         batch_size: int = 256,
         num_workers: int = 1,

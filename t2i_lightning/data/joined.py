@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..demo_defaults import DEMO_EMBEDDINGS
 from .datamodule import ShardDataModule
 from .decode import ShardMismatchError, decode_image_caption
 from .embeddings import IMAGE_MEMBER, TEXT_MEMBER, load_npy, read_stats
@@ -79,7 +80,7 @@ class ImageEmbeddingDataModule(ShardDataModule):
 
     def __init__(
         self,
-        embeddings: str = "data/shapes/emb-shapes-cnn-tiny",
+        embeddings: str = DEMO_EMBEDDINGS,
         train: str | None = "data/shapes",
         val: str | None = "data/shapes",
         test: str | None = None,

@@ -17,6 +17,7 @@ import open_clip
 import torch
 import torch.distributed as dist
 
+from ..demo_defaults import DEMO_CLIP
 from ..eval.retrieval import retrieval_metrics
 from ..eval.zeroshot import zero_shot_accuracy
 from ..nn.caption_words import CaptionWordHead
@@ -42,7 +43,7 @@ class CLIPStage(pl.LightningModule):
 
     def __init__(
         self,
-        model_name: str = "shapes-cnn-tiny",
+        model_name: str = DEMO_CLIP,
         pretrained: str | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.1,

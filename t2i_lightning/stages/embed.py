@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 
 from ..callbacks.embedding_writer import EmbeddingShardWriter
+from ..demo_defaults import DEMO_CLIP
 from ..nn.clip import clip_id, create_clip, file_digest, preprocess_for, tokenizer_for
 
 DEFAULT_CLIP_CHECKPOINT = "runs/clip/checkpoints/last.ckpt"
@@ -38,7 +39,7 @@ class EmbedStage(pl.LightningModule):
 
     def __init__(
         self,
-        model_name: str = "shapes-cnn-tiny",
+        model_name: str = DEMO_CLIP,
         pretrained: str | None = DEFAULT_CLIP_CHECKPOINT,
         out: str | None = None,
         clip_name: str | None = None,
