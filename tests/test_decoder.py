@@ -15,6 +15,7 @@ from t2i_lightning.data.embeddings import IMAGE_MEMBER, load_npy
 from t2i_lightning.data.inspect import read_samples
 from t2i_lightning.data.joined import EmbeddingLookup, ImageEmbeddingDataModule
 from t2i_lightning.data.shards import write_shard
+from t2i_lightning.nn.embedding_token_unet import EmbeddingTokenUNet
 from t2i_lightning.nn.unet import ConditionalUNet
 
 from .cli_runs import MICRO, T2I, decoder_args, run, scalars
@@ -151,6 +152,41 @@ def test_unet_shapes_and_size_check():
         ConditionalUNet(**{**MICRO_UNET, "base_channels": 12})
     fixed = ConditionalUNet(**{**MICRO_UNET, "learn_variance": False})
     assert fixed(torch.randn(1, 3, 32, 32), torch.tensor([5]), cond[:1]).shape == (1, 3, 32, 32)
+
+
+def test_embedding_token_unet_attends_to_tokens_projected_from_the_condition():
+    """DALL-E 2's extra context tokens: the same call as ConditionalUNet; the tokens projected from
+    the condition reach the output through cross-attention, apart from the pooled path."""
+    net = EmbeddingTokenUNet(**MICRO_UNET, num_tokens=3)
+    x, t, cond = torch.randn(2, 3, 32, 32), torch.tensor([10, 900]), torch.randn(2, 32)
+    out = net(x, t, cond)
+    assert out.shape == (2, 6, 32, 32)
+    with torch.no_grad():
+        net.to_tokens.weight.zero_()  # every token now the bias alone; the pooled path unchanged
+        same_tokens = net(x, t, cond)
+        net.to_tokens.bias.add_(1.0)
+        assert not torch.allclose(net(x, t, cond), same_tokens)
+    assert not torch.allclose(out, same_tokens)
+    with pytest.raises(ValueError, match=r"cond of shape \(batch, 32\)"):
+        net(x, t, torch.randn(2, 16))
+
+
+def test_decoder_with_embedding_tokens_fits_and_samples_through_the_cli(decoder, tmp_path):
+    runs = tmp_path / "runs"
+    args = decoder_args(decoder, runs)
+    net = args.index("--trainer.logger.init_args.save_dir")
+    args[net:net] = ["--model.init_args.net.class_path", "t2i_lightning.nn.embedding_token_unet.EmbeddingTokenUNet"]
+    run(*args, "--model.init_args.net.init_args.num_tokens", "2", "--trainer.max_steps", "3")
+    checkpoint = runs / "decoder" / "checkpoints" / "last.ckpt"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    assert state["net.to_tokens.weight"].shape == (2 * 32, 32)
+    out = tmp_path / "tokens.png"
+    run(
+        T2I, "sample", "--no-upsample", "--prompt", "a red circle", "--n", "2", "--steps", "3", "--decoder", str(checkpoint),
+        "--translator", str(decoder["translator"]), "--out", str(out),
+    )  # fmt: skip
+    with Image.open(out) as image:
+        assert image.size == (2 * 32, 32)
 
 
 def test_sampling_benchmark_times_both_samplers_side_by_side(decoder):
