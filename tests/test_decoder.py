@@ -174,8 +174,8 @@ def test_embedding_token_unet_attends_to_tokens_projected_from_the_condition():
 def test_decoder_with_embedding_tokens_fits_and_samples_through_the_cli(decoder, tmp_path):
     runs = tmp_path / "runs"
     args = decoder_args(decoder, runs)
-    net = args.index("--trainer.logger.init_args.save_dir")
-    args[net:net] = ["--model.init_args.net.class_path", "t2i_lightning.nn.embedding_token_unet.EmbeddingTokenUNet"]
+    after_config = args.index("--trainer.logger.init_args.save_dir")  # before the net's init_args overrides
+    args[after_config:after_config] = ["--model.init_args.net.class_path", "t2i_lightning.nn.embedding_token_unet.EmbeddingTokenUNet"]
     run(*args, "--model.init_args.net.init_args.num_tokens", "2", "--trainer.max_steps", "3")
     checkpoint = runs / "decoder" / "checkpoints" / "last.ckpt"
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
