@@ -8,11 +8,13 @@ import json
 import pytest
 import torch
 
-from t2i_lightning.data.image_io import tensor_to_images
+from t2i_lightning.data.decode import image_to_tensor
+from t2i_lightning.data.image_io import open_image, tensor_to_images
 from t2i_lightning.data.shapes.generate import ShapesConfig, make_sample
 from t2i_lightning.data.shapes.scene import COLOURS
 from t2i_lightning.eval.alignment import alignment_report
 from t2i_lightning.eval.clip_space import ClipInstrument
+from t2i_lightning.eval.colour import object_colour_report
 from t2i_lightning.eval.distances import feature_distances
 from t2i_lightning.eval.superres import edge_sharpness, gradient_magnitude
 from t2i_lightning.nn.clip import create_clip, preprocess_for, tokenizer_for
@@ -76,6 +78,31 @@ def test_alignment_is_perfect_on_real_scenes_and_drops_where_a_generator_breaks(
     assert report["kind"] == report["count"] == 1.0  # shapes and counts are untouched
     if report["size"] is not None:
         assert report["size"] == 0.0  # a group whose pair is absent has no object of the stated size
+
+
+def test_object_colours_are_read_where_each_object_is_and_nowhere_else():
+    """Real scenes at the decoder's 64px: every object is named in its own colour in its own image, about
+    one in ten in a random pair's, and repainting one object (and nothing else) loses exactly that object."""
+    config = ShapesConfig()
+    samples = [make_sample(config, "val", i) for i in range(40)]
+    metas = [json.loads(s["json"]) for s in samples]
+    images = torch.stack([image_to_tensor(open_image(s["png"]), 64) for s in samples])
+    report = object_colour_report(images, images, metas, COLOURS)
+    assert report["objects"] >= 40 and report["object_colour_hits"] == 1.0
+    assert report["object_colour_hits_random_pairs"] < 0.3
+
+    obj = metas[0]["objects"][0]
+    x0, y0, x1, y1 = (int(v * 64 / metas[0]["image_size"]) for v in obj["bbox"])
+    other = "black" if obj["colour"] != "black" else "white"
+    repainted = images.clone()
+    repainted[0, :, y0 : y1 + 1, x0 : x1 + 1] = torch.tensor(COLOURS[other]).float()[:, None, None] / 127.5 - 1
+    hits = object_colour_report(images, repainted, metas, COLOURS)["object_colour_hits"]
+    assert hits == pytest.approx(1 - 1 / report["objects"])
+
+    no_objects = object_colour_report(images[:2], images[:2], [{}, {}], COLOURS)
+    assert no_objects["objects"] == 0
+    with pytest.raises(ValueError, match="as many"):
+        object_colour_report(images[:3], images[:3], metas[:2], COLOURS)
 
 
 def test_alignment_report_refuses_mismatched_inputs():

@@ -27,7 +27,8 @@ from PIL import Image
 
 from ..data.image_io import save_png_atomic, tensor_to_images
 from ..data.inspect import captioned_grid
-from ..eval.colour import reconstruction_colour_report
+from ..data.shapes.scene import COLOURS
+from ..eval.colour import object_colour_report, reconstruction_colour_report
 
 DEFAULT_PROMPTS = (
     "a red circle",
@@ -75,6 +76,7 @@ class DecoderSampleGrid(pl.Callback):
                 "image": batch["image"][: self.n].cpu(),
                 "img_emb": batch["img_emb"][: self.n].cpu(),
                 "caption": list(batch["caption"][: self.n]),
+                "meta": list(batch.get("meta", [{}] * len(batch["caption"]))[: self.n]),
             }
 
     def _prompt_conditioning(self, pl_module) -> torch.Tensor | list[str] | None:
@@ -108,6 +110,8 @@ class DecoderSampleGrid(pl.Callback):
                 **self.options,
             ).cpu()  # fmt: skip
             report = reconstruction_colour_report(source, recon)
+            if any(meta.get("objects") for meta in self.references["meta"]):
+                report |= object_colour_report(source, recon, self.references["meta"], COLOURS)
             images += tensor_to_images(source) + tensor_to_images(recon)
             captions += self.references["caption"] + ["reconstruction"] * len(recon)
         prompt_conditioning = self._prompt_conditioning(pl_module)
@@ -126,7 +130,8 @@ class DecoderSampleGrid(pl.Callback):
         grid, report = self.draw(pl_module)
         self.last_report = report
         if grid is not None:
-            metrics = {f"val/recon_colour_error{'' if k == 'matched' else '_' + k}": v for k, v in report.items()}
+            colour_error = {"matched": "colour_error", "random_pairs": "colour_error_random_pairs", "ratio": "colour_error_ratio"}
+            metrics = {f"val/recon_{colour_error.get(key, key)}": value for key, value in report.items()}
             publish_grid(trainer, grid, metrics)
 
 
