@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .bench.stage_log import recorded
 from .callbacks.finite_guard import NonFiniteLossError
-from .demo_defaults import DEMO_CLIP
+from .demo_defaults import DEMO_CLIP, DEMO_EMBEDDINGS
 from .lightning_cli import SUBCOMMANDS
 
 
@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--emb", default=None, help="embedding directory to search (default: the translator's)"
     )
     embed_text.add_argument("--k", type=int, default=5, help="neighbours to show (default: 5)")
+    probe = subparsers.add_parser(
+        "probe-layout",
+        help="how much of a shapes scene (objects per cell, their colours, the background) CLIP image embeddings hold",
+    )
+    probe.add_argument("--emb", default=DEMO_EMBEDDINGS, help=f"embedding directory (default: {DEMO_EMBEDDINGS})")
+    probe.add_argument("--steps", type=int, default=300, help="full-batch Adam steps of the linear probe (default: 300)")
+    probe.add_argument("--out", default=None, help="also write the scores to this JSON file")
     from .evaluate_command import add_evaluate_parser
     from .sample_command import add_sample_parser
     from .score_command import add_evaluate_guidance_parser
@@ -185,6 +192,21 @@ def _run_embed_text(args: argparse.Namespace) -> None:
         print(f"  nearest of {len(keys)} validation images ({emb_dir}):")
         for score, i in zip(row_scores.tolist(), row.tolist(), strict=True):
             print(f"    {score:.3f}  {keys[i]}: {captions[i]}")
+
+
+def _run_probe_layout(args: argparse.Namespace) -> None:
+    from .data.shards import write_json_atomic
+    from .eval.layout_probe import probe_embedding_dir
+
+    if args.steps <= 0:
+        raise ValueError(f"--steps must be positive, got {args.steps}")
+    scores = probe_embedding_dir(args.emb, steps=args.steps)
+    print(f"Linear probe on the image embeddings in {args.emb} (trained on train, scored on val; L2 {scores['weight_decay']:g}):")
+    print(f"{'what':<18}{'probe':>8}{'baseline':>10}")
+    for name in ("occupancy", "slot_occupied", "colour_occupied", "background"):
+        print(f"{name:<18}{scores[name]:>8.3f}{scores[name + '_baseline']:>10.3f}")
+    if args.out:
+        write_json_atomic(args.out, {"emb": str(args.emb), "steps": args.steps, **scores})
 
 
 def _run_sample(args: argparse.Namespace) -> None:
@@ -329,7 +351,8 @@ def _dispatch(argv: list[str]) -> None:
     )
     commands = {"embed-text": _run_embed_text, "bench": _run_bench, "sample": _run_sample,
                 "upsample": _run_upsample, "evaluate-upsampler": _run_upsample,
-                "evaluate-guidance": _run_evaluate_guidance, "evaluate": _run_evaluate}  # fmt: skip
+                "evaluate-guidance": _run_evaluate_guidance, "evaluate": _run_evaluate,
+                "probe-layout": _run_probe_layout}  # fmt: skip
     with reported_as_user_error(f"t2i {command}"):
         commands.get(args.command, _run_data)(args)
 

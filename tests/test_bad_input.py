@@ -163,6 +163,8 @@ def test_wrong_stage_checkpoints_through_the_installed_command(clip_checkpoint, 
         (["bench", "sampling", "--n", "0"], "--n must be positive"),
         (["data", "inspect", "{shapes}", "--n", "0"], "--n must be positive"),
         (["embed-text", "a red circle", "--k", "0"], "--k must be positive"),
+        (["probe-layout", "--steps", "0"], "--steps must be positive"),
+        (["probe-layout", "--emb", "{shapes}"], "No stats.json"),
     ],
 )  # fmt: skip
 def test_bad_settings_are_refused_before_any_model_is_loaded(argv, message, shapes_dir, tmp_path, capsys):

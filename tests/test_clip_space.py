@@ -203,6 +203,15 @@ def test_embed_text_prints_neighbours(pipeline):
     assert "norm" in result.stdout and result.stdout.count("val_") == 3
 
 
+def test_probe_layout_scores_the_embeddings_against_the_blind_baseline(pipeline, tmp_path):
+    out = tmp_path / "probe.json"
+    result = run(T2I, "probe-layout", "--emb", str(pipeline["emb"]), "--steps", "20", "--out", str(out))
+    scores = json.loads(out.read_text())
+    names = ("occupancy", "slot_occupied", "colour_occupied", "background")
+    assert all(0 <= scores[n] <= 1 and 0 <= scores[f"{n}_baseline"] <= 1 for n in names)
+    assert all(n in result.stdout for n in names)
+
+
 def test_missing_checkpoints_name_the_make_target(tmp_path):
     result = run(T2I, "embed-text", "a red circle", "--translator", str(tmp_path / "none.ckpt"), check=False)
     assert result.returncode != 0 and "make train-translator" in result.stderr

@@ -16,6 +16,8 @@ from t2i_lightning.eval.alignment import alignment_report
 from t2i_lightning.eval.clip_space import ClipInstrument
 from t2i_lightning.eval.colour import object_colour_report
 from t2i_lightning.eval.distances import feature_distances
+from t2i_lightning.eval.layout_probe import probe_layout
+from t2i_lightning.eval.scene_labels import scene_targets
 from t2i_lightning.eval.superres import edge_sharpness, gradient_magnitude
 from t2i_lightning.nn.clip import create_clip, preprocess_for, tokenizer_for
 
@@ -103,6 +105,28 @@ def test_object_colours_are_read_where_each_object_is_and_nowhere_else():
     assert no_objects["objects"] == 0
     with pytest.raises(ValueError, match="as many"):
         object_colour_report(images[:3], images[:3], metas[:2], COLOURS)
+
+
+def test_layout_probe_reads_a_scene_from_an_embedding_that_holds_it_and_nothing_from_one_that_does_not():
+    """An embedding that one-hot encodes each cell's kind and colour and the background (plus noise) is read
+    almost perfectly; pure noise scores at the baseline that reads nothing."""
+    metas = [json.loads(make_sample(ShapesConfig(size=64), split, i)["json"]) for split, n in (("train", 600), ("val", 200)) for i in range(n)]
+    targets = scene_targets(metas)
+    holds = torch.cat([
+        torch.nn.functional.one_hot(targets["slot"], 9).flatten(1),
+        torch.nn.functional.one_hot(targets["colour"].clamp(min=0), 12).flatten(1),
+        torch.nn.functional.one_hot(targets["background"], 12),
+    ], dim=1).float()  # fmt: skip
+    holds = holds + 0.1 * torch.randn(holds.shape, generator=torch.Generator().manual_seed(0))
+    read = probe_layout(holds[:600], metas[:600], holds[600:], metas[600:], steps=200)
+    for name in ("occupancy", "slot_occupied", "colour_occupied", "background"):
+        assert read[name] > 0.9 and read[name] > read[f"{name}_baseline"] + 0.1, (name, read)
+    noise = torch.randn(800, 64, generator=torch.Generator().manual_seed(1))
+    blind = probe_layout(noise[:600], metas[:600], noise[600:], metas[600:], steps=200)
+    for name in ("occupancy", "background"):
+        assert blind[name] < blind[f"{name}_baseline"] + 0.1, (name, blind)
+    with pytest.raises(ValueError, match="as many"):
+        probe_layout(noise[:10], metas[:9], noise[600:], metas[600:])
 
 
 def test_alignment_report_refuses_mismatched_inputs():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -13,25 +15,39 @@ from ..data.embeddings import IMAGE_MEMBER, load_npy, read_stats
 from ..data.inspect import read_samples
 from ..data.shards import resolve_shards
 
+T = TypeVar("T")
 
-def load_split_embeddings(
-    emb_dir: str | os.PathLike, split: str = "val"
-) -> tuple[list[str], torch.Tensor, list[str]]:
-    """Keys, image embeddings (float32) and captions of one split of an embedding directory.
 
-    Captions come from the image shards the embeddings mirror (``stats.json``'s ``source``).
-    """
+def split_image_embeddings(emb_dir: str | os.PathLike, split: str = "val") -> tuple[list[str], torch.Tensor]:
+    """Keys and image embeddings (float32, N x D) of one split of an embedding directory."""
     keys, images = [], []
     for shard in resolve_shards(str(emb_dir), split):
         for sample in read_samples(shard):
             keys.append(sample["__key__"])
             images.append(load_npy(sample[IMAGE_MEMBER]).astype(np.float32))
-    captions: dict[str, str] = {}
+    return keys, torch.from_numpy(np.stack(images)) if images else torch.empty(0, 0)
+
+
+def source_fields(emb_dir: str | os.PathLike, split: str, keys: list[str], read: Callable[[dict], T], missing: T) -> list[T]:
+    """``read(sample)`` for each key's sample in the image shards the embeddings mirror (``stats.json``'s
+    ``source``), or ``missing`` where the key (or the source) is not found."""
+    found: dict[str, T] = {}
     source = read_stats(emb_dir).get("source")
     for shard in resolve_shards(source, split) if source and Path(source).is_dir() else []:
         for sample in read_samples(shard):
-            captions[sample["__key__"]] = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
-    return keys, torch.from_numpy(np.stack(images)), [captions.get(k, "(caption not found)") for k in keys]
+            found[sample["__key__"]] = read(sample)
+    return [found.get(key, missing) for key in keys]
+
+
+def load_split_embeddings(
+    emb_dir: str | os.PathLike, split: str = "val"
+) -> tuple[list[str], torch.Tensor, list[str]]:
+    """Keys, image embeddings (float32) and captions of one split of an embedding directory."""
+    keys, images = split_image_embeddings(emb_dir, split)
+    captions = source_fields(
+        emb_dir, split, keys, lambda s: s.get("txt", b"").decode("utf-8", errors="replace").strip(), "(caption not found)"
+    )
+    return keys, images, captions
 
 
 def nearest(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
