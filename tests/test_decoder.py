@@ -37,7 +37,8 @@ def test_fit_writes_an_ema_checkpoint_losses_and_sample_grids(decoder):
     logged = scalars(decoder["decoder_runs"] / "decoder")
     for tag in ("train/loss", "train/simple", "train/vlb", "train/grad_norm", "val/loss",
                 "val/recon_colour_error", "val/recon_colour_error_random_pairs",
-                "val/recon_object_colour_hits", "val/recon_object_colour_hits_random_pairs"):  # fmt: skip
+                "val/recon_object_colour_hits", "val/recon_object_colour_hits_random_pairs",
+                "val/recon_object_colour_present", "val/recon_object_colour_present_random_pairs"):  # fmt: skip
         assert tag in logged, tag
     assert any(tag.startswith("lr-AdamW") for tag in logged)
     grids = sorted((decoder["decoder_runs"] / "decoder" / "samples").glob("step-*.png"))

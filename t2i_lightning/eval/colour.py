@@ -5,8 +5,8 @@ error measures whether the right colours are in the right places (background, ob
 layout) and ignores fine detail. Reported in 8-bit units (0-255); the baseline is the same
 measure over random pairs (each reconstruction against another source), which says how much of
 the error is explained by matching nothing at all. On shapes, whose metadata says where each object
-is, :func:`object_colour_report` asks the finer question the coarse grid blurs: does each object
-come back in its own colour?
+is, :func:`object_colour_report` asks the finer questions the coarse grid blurs: does each object
+come back in its own colour, in its place and anywhere in the image?
 """
 
 from __future__ import annotations
@@ -70,9 +70,13 @@ def object_pixel_mask(source: torch.Tensor, obj: dict, image_size: int, toleranc
     rows = slice(max(int(y0 * scale_y), 0), min(int(y1 * scale_y) + 1, height))
     columns = slice(max(int(x0 * scale_x), 0), min(int(x1 * scale_x) + 1, width))
     box[rows, columns] = True
-    pixels = (source.float().clamp(-1, 1) + 1) * 127.5
-    distance = (pixels - torch.tensor(obj["rgb"], dtype=torch.float32)[:, None, None]).norm(dim=0)
-    return box & (distance < tolerance)
+    return box & _near(source, obj["rgb"], tolerance)
+
+
+def _near(image: torch.Tensor, rgb: tuple[int, int, int], tolerance: float) -> torch.Tensor:
+    """H x W mask of the pixels of ``image`` (3 x H x W in [-1, 1]) within ``tolerance`` of ``rgb`` (8-bit, Euclidean)."""
+    pixels = (image.float().clamp(-1, 1) + 1) * 127.5
+    return (pixels - torch.tensor(rgb, dtype=torch.float32)[:, None, None]).norm(dim=0) < tolerance
 
 
 def object_colour_report(
@@ -81,14 +85,23 @@ def object_colour_report(
     metas: list[dict],
     palette: dict[str, tuple[int, int, int]],
     min_pixels: int = 4,
+    present_share: float = 0.25,
+    tolerance: float = 40.0,
 ) -> dict[str, float]:
-    """Does each object come back in its own colour? For every object in the scene metadata
-    (``metas[i]["objects"]``, the shapes generator's), the mean colour of the reconstruction over the
-    object's pixels in the source (:func:`object_pixel_mask`) is named by the nearest ``palette``
-    colour and compared with the object's ``colour``. Baseline: the same masks read from another
-    image's reconstruction (the next one, a derangement). Objects showing fewer than ``min_pixels``
-    pixels are not counted. Returns the hit rate of matched and random pairs and the number of objects
-    (0, with NaN rates, when the metadata has no objects: datasets other than shapes)."""
+    """Does each object come back in its own colour, where it was and anywhere at all? For every
+    object in the scene metadata (``metas[i]["objects"]``, the shapes generator's):
+
+    - ``object_colour_hits``: the mean colour of the reconstruction over the object's pixels in the
+      source (:func:`object_pixel_mask`), named by the nearest ``palette`` colour, is the object's
+      ``colour`` (colour and place);
+    - ``object_colour_present``: the reconstruction has, anywhere, at least ``present_share`` of the
+      object's pixel count within ``tolerance`` of its ``rgb`` (colour regardless of place; another
+      object of the same colour in the scene also counts).
+
+    Baseline for both (``*_random_pairs``): the same object read from another image's reconstruction
+    (the next one, a derangement). Objects showing fewer than ``min_pixels`` pixels are not counted.
+    Returns the rates and the number of objects (0, with NaN rates, when the metadata has no objects:
+    datasets other than shapes)."""
     if not (len(sources) == len(reconstructions) == len(metas)) or len(sources) < 2:
         raise ValueError("Need as many sources, reconstructions and metadata entries, at least two")
     names = list(palette)
@@ -99,18 +112,22 @@ def object_colour_report(
         mean = ((image.float().clamp(-1, 1) + 1) * 127.5)[:, mask].mean(dim=1)
         return names[int(torch.cdist(mean[None], colours).argmin())]
 
-    hits, random_hits, objects = 0, 0, 0
+    def present(image: torch.Tensor, obj: dict, needed: float) -> bool:
+        return int(_near(image, obj["rgb"], tolerance).sum()) >= needed
+
+    counts = dict.fromkeys(("hits", "hits_random_pairs", "present", "present_random_pairs"), 0)
+    objects = 0
     for source, recon, other, meta in zip(sources, reconstructions, shuffled, metas, strict=True):
         for obj in meta.get("objects", []):
-            mask = object_pixel_mask(source, obj, meta.get("image_size", source.shape[-1]))
-            if int(mask.sum()) < min_pixels:
+            mask = object_pixel_mask(source, obj, meta.get("image_size", source.shape[-1]), tolerance)
+            area = int(mask.sum())
+            if area < min_pixels:
                 continue
             objects += 1
-            hits += named(recon, mask) == obj["colour"]
-            random_hits += named(other, mask) == obj["colour"]
-    nan = float("nan")
-    return {
-        "object_colour_hits": hits / objects if objects else nan,
-        "object_colour_hits_random_pairs": random_hits / objects if objects else nan,
-        "objects": float(objects),
-    }
+            counts["hits"] += named(recon, mask) == obj["colour"]
+            counts["hits_random_pairs"] += named(other, mask) == obj["colour"]
+            needed = max(min_pixels, present_share * area)
+            counts["present"] += present(recon, obj, needed)
+            counts["present_random_pairs"] += present(other, obj, needed)
+    rates = {f"object_colour_{name}": count / objects if objects else float("nan") for name, count in counts.items()}
+    return rates | {"objects": float(objects)}
