@@ -60,7 +60,7 @@ BF16_CPU     := $(shell grep -qsE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo y
 ON_CPU       := $(or $(filter cpu,$(ACCELERATOR)),$(and $(filter auto,$(ACCELERATOR)),$(if $(shell command -v nvidia-smi),,yes)))
 DECODER_PRECISION ?= $(if $(and $(BF16_CPU),$(ON_CPU)),bf16-mixed,32-true)
 
-.PHONY: help install data inspect clip embed train-translator embed-text train-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo test test-all bench lint tensorboard clean
+.PHONY: help install data inspect clip embed probe-layout train-translator embed-text train-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo test test-all bench lint tensorboard clean
 
 help: ## list the targets (this message)
 	@echo "t2i_lightning: staged text-to-image diffusion with PyTorch Lightning"
@@ -115,6 +115,11 @@ $(EMB)/stats.json: $(DATA)/index.json $(if $(strip $(CLIP)),,$(CLIP_DONE)) | $(S
 	$(T2I) predict --config stages/embed.yaml $(TRAINER_FLAGS) --model.init_args.model_name $(CLIP_MODEL) \
 	    --model.init_args.pretrained $(CLIP_WEIGHTS) --model.init_args.out $(EMB) \
 	    --model.init_args.replace_other_clip true --data.init_args.predict $(DATA)
+
+probe-layout: $(RUNS)/clip/layout_probe.json ## how much of each shapes scene (kind and colour per cell, background) the image embeddings in $(EMB) hold -> $(RUNS)/clip/layout_probe.json
+
+$(RUNS)/clip/layout_probe.json: $(EMB)/stats.json | $(STAMP)
+	$(T2I) probe-layout --emb $(EMB) --out $@
 
 train-translator: $(TRANSLATOR_DONE) ## train the translator on $(EMB) -> $(TRANSLATOR_CKPT)
 
@@ -207,7 +212,7 @@ demo-samples: $(DECODER_DONE) $(UPSAMPLER_DONE) ## N samples of each DEMO_PROMPT
 	    $(T2I) sample --prompt "$$prompt" --n $(N) --steps $(STEPS) --cfg $(CFG) --decoder $(DECODER_CKPT) \
 	        --translator $(TRANSLATOR_CKPT) --upsampler $(UPSAMPLER_CKPT) --out $(RUNS)/demo/prompt-$$i.png || exit 1; done
 
-demo: data inspect clip embed train-translator embed-text train-decoder train-upsampler demo-samples train-score train-captioner sample-score judge evaluate ## the whole pipeline that exists so far, on the embedded data
+demo: data inspect clip embed probe-layout train-translator embed-text train-decoder train-upsampler demo-samples train-score train-captioner sample-score judge evaluate ## the whole pipeline that exists so far, on the embedded data
 
 test: install ## run the fast test suite (what CI runs)
 	T2I_TIMINGS= $(PY) -m pytest -q $(PYTEST_ARGS)
