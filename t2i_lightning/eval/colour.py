@@ -47,9 +47,10 @@ def dominant_object_colour(
     for its nearest palette colour. A colour-histogram check of "is the prompt's colour there", usable
     until a trained judge exists; it ignores shape, size and position.
     """
-    pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).reshape(3, -1).T  # N x 3
+    image = _rgb255(image)
+    pixels = image.reshape(3, -1).T  # N x 3
     border = torch.cat([image[:, 0], image[:, -1], image[:, :, 0], image[:, :, -1]], dim=1)
-    background = ((border.float().clamp(-1, 1) + 1) * 127.5).median(dim=1).values
+    background = border.median(dim=1).values
     foreground = pixels[(pixels - background).norm(dim=1) > background_distance]
     if len(foreground) == 0:
         return None
@@ -70,12 +71,16 @@ def object_pixel_mask(source: torch.Tensor, obj: dict, image_size: int, toleranc
     rows = slice(max(int(y0 * scale_y), 0), min(int(y1 * scale_y) + 1, height))
     columns = slice(max(int(x0 * scale_x), 0), min(int(x1 * scale_x) + 1, width))
     box[rows, columns] = True
-    return box & _near(source, obj["rgb"], tolerance)
+    return box & _near(_rgb255(source), obj["rgb"], tolerance)
 
 
-def _near(image: torch.Tensor, rgb: tuple[int, int, int], tolerance: float) -> torch.Tensor:
-    """H x W mask of the pixels of ``image`` (3 x H x W in [-1, 1]) within ``tolerance`` of ``rgb`` (8-bit, Euclidean)."""
-    pixels = (image.float().clamp(-1, 1) + 1) * 127.5
+def _rgb255(image: torch.Tensor) -> torch.Tensor:
+    """``image`` in [-1, 1] as float 8-bit units (0-255), the units every tolerance here is given in."""
+    return (image.float().clamp(-1, 1) + 1) * 127.5
+
+
+def _near(pixels: torch.Tensor, rgb: tuple[int, int, int], tolerance: float) -> torch.Tensor:
+    """H x W mask of the ``pixels`` (3 x H x W, 0-255) within ``tolerance`` of ``rgb`` (Euclidean)."""
     return (pixels - torch.tensor(rgb, dtype=torch.float32)[:, None, None]).norm(dim=0) < tolerance
 
 
@@ -106,14 +111,15 @@ def object_colour_report(
         raise ValueError("Need as many sources, reconstructions and metadata entries, at least two")
     names = list(palette)
     colours = torch.tensor([palette[name] for name in names], dtype=torch.float32)
+    reconstructions = _rgb255(reconstructions)
     shuffled = reconstructions.roll(1, dims=0)
 
-    def named(image: torch.Tensor, mask: torch.Tensor) -> str:
-        mean = ((image.float().clamp(-1, 1) + 1) * 127.5)[:, mask].mean(dim=1)
+    def named(pixels: torch.Tensor, mask: torch.Tensor) -> str:
+        mean = pixels[:, mask].mean(dim=1)
         return names[int(torch.cdist(mean[None], colours).argmin())]
 
-    def present(image: torch.Tensor, obj: dict, needed: float) -> bool:
-        return int(_near(image, obj["rgb"], tolerance).sum()) >= needed
+    def present(pixels: torch.Tensor, obj: dict, needed: float) -> bool:
+        return int(_near(pixels, obj["rgb"], tolerance).sum()) >= needed
 
     counts = dict.fromkeys(("hits", "hits_random_pairs", "present", "present_random_pairs"), 0)
     objects = 0
