@@ -25,12 +25,14 @@ MICRO_SR = dict(image_size=64, base_channels=16, channel_mult=(1, 2), groups=8) 
 
 
 def upsampler_args(data, runs) -> list[str]:
-    net = "--model.init_args.net.init_args."
+    net, predictor = "--model.init_args.net.init_args.", "--model.init_args.predictor.init_args."
     return [
         T2I, "fit", "--config", "stages/upsampler.yaml",
         "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", "6",
         "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
         f"{net}image_size", "64", f"{net}base_channels", "16", f"{net}channel_mult", "[1, 2]", f"{net}groups", "8",
+        f"{predictor}image_size", "64", f"{predictor}base_channels", "16", f"{predictor}channel_mult", "[1, 2]",
+        f"{predictor}groups", "8",
         "--model.init_args.warmup_steps", "2", "--model.init_args.ema_decay", "0.9", "--model.init_args.ema_start_step", "2",
         "--model.init_args.steps", "3", "--model.init_args.samples.init_args.n_images", "2",
         "--data.init_args.train", str(data), "--data.init_args.val", str(data),
@@ -52,12 +54,13 @@ def test_fit_writes_an_ema_checkpoint_grids_and_superres_metrics(upsampler):
     assert checkpoint["global_step"] == 6 and "averaging_state" in checkpoint
     name = "net.unet.conv_in.weight"
     assert checkpoint["state_dict"][name].shape[1] == 6  # the noisy image and the upsampled low-res input
+    assert checkpoint["state_dict"]["predictor.unet.conv_in.weight"].shape[1] == 3  # the upsampled input alone
     assert not torch.equal(checkpoint["state_dict"][name], checkpoint["current_model_state"][name])  # EMA weights
     logged = scalars(upsampler["runs"])
     for metric in ("psnr", "ssim", "sharpness"):
         for method in ("bicubic", "upsampler"):
             assert f"val/{metric}_{method}" in logged, (metric, method)
-    assert "train/loss" in logged and "val/loss" in logged
+    assert {"train/loss", "val/loss", "train/predictor", "val/predictor"} <= logged.keys()
     grids = sorted((upsampler["runs"] / "samples").glob("step-*.png"))
     assert [g.name for g in grids] == ["step-0000003.png", "step-0000006.png"]
     with Image.open(grids[-1]) as grid:
@@ -239,12 +242,13 @@ def test_residual_mode_diffuses_the_detail_over_bicubic_and_adds_the_bicubic_bac
     image = torch.rand(2, 3, 64, 64) * 2 - 1
     low_res = downsample(image, 4)
     bicubic = torch.nn.functional.interpolate(low_res, scale_factor=4, mode="bicubic").clamp(-1, 1)
-    torch.testing.assert_close(stage.diffusion_target({"image": image, "low_res": low_res}), image - bicubic)
+    cond = stage.condition(low_res, 0.0)
+    torch.testing.assert_close(stage.diffusion_target({"image": image, "low_res": low_res}, cond), (image - bicubic, {}))
     # a network predicting no detail gives back exactly the bicubic image (DDIM with η = 0 ends at x̂_0)
     drawn = stage.sample(low_res, aug_level=0.0, sampler="ddim", steps=3, progress=False)
     torch.testing.assert_close(drawn, bicubic)
     plain = UpsamplerStage(_ZeroNet(**MICRO_SR, learn_variance=False), parameterization="x0")
-    torch.testing.assert_close(plain.diffusion_target({"image": image, "low_res": low_res}), image)
+    torch.testing.assert_close(plain.diffusion_target({"image": image, "low_res": low_res}, cond), (image, {}))
     assert plain.sample(low_res, aug_level=0.0, sampler="ddim", steps=3, progress=False).abs().max() < 1e-5
 
 
@@ -263,10 +267,91 @@ def test_a_scaled_residual_is_diffused_scaled_and_sampled_back_to_the_image():
     bicubic = torch.nn.functional.interpolate(low_res, scale_factor=4, mode="bicubic").clamp(-1, 1)
     net = _OracleNet(**MICRO_SR, learn_variance=False)
     stage = UpsamplerStage(net, parameterization="x0", residual=True, residual_scale=10.0)
-    target = stage.diffusion_target({"image": image, "low_res": low_res})
+    target, extra = stage.diffusion_target({"image": image, "low_res": low_res}, stage.condition(low_res, 0.0))
     torch.testing.assert_close(target, 10.0 * (image - bicubic))
+    assert extra == {}
     net.target = target  # a network that knows the scaled residual exactly draws the image itself
     drawn = stage.sample(low_res, aug_level=0.0, sampler="ddim", steps=3, progress=False)
     torch.testing.assert_close(drawn, image, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="residual_scale"):
         UpsamplerStage(net, residual=True, residual_scale=0.0)
+
+
+class _OracleRegressor(SuperResUNet):
+    """A regressor that returns a fixed estimate (``estimate``) whatever its condition."""
+
+    estimate: torch.Tensor
+
+    def regress(self, cond):
+        return self.estimate + super().regress(cond) * 0
+
+
+def test_a_predictor_gives_the_residual_base_and_a_zero_refiner_returns_its_estimate():
+    image = (torch.rand(2, 3, 64, 64) * 1.6 - 0.8).clamp(-1, 1)
+    low_res = downsample(image, 4)
+    bicubic = torch.nn.functional.interpolate(low_res, scale_factor=4, mode="bicubic").clamp(-1, 1)
+    predictor = _OracleRegressor(**MICRO_SR, learn_variance=False, noisy_input=False)
+    stage = UpsamplerStage(
+        _ZeroNet(**MICRO_SR, learn_variance=False), parameterization="x0", residual=True, residual_scale=10.0,
+        predictor=predictor,
+    )  # fmt: skip
+    batch, cond = {"image": image, "low_res": low_res}, stage.condition(low_res, 0.0)
+    half_way = 5.0 * (image - bicubic)  # the predictor has half of the scaled residual
+    predictor.estimate = half_way
+    target, extra = stage.diffusion_target(batch, cond)
+    torch.testing.assert_close(target, 10.0 * (image - bicubic) - half_way)  # the refiner's share: the other half
+    torch.testing.assert_close(extra["predictor"], half_way.pow(2).mean(dim=(1, 2, 3)))
+    # sampled from pure noise, a refiner that adds nothing leaves the predictor's estimate
+    drawn = stage.sample(low_res, aug_level=0.0, sampler="ddim", steps=3, progress=False)
+    torch.testing.assert_close(drawn, (bicubic + half_way / 10.0).clamp(-1, 1), atol=1e-5, rtol=0)
+    predictor.estimate = 10.0 * (image - bicubic)  # an exact predictor: nothing left to refine, no loss
+    target, extra = stage.diffusion_target(batch, cond)
+    assert target.abs().max() < 1e-5 and extra["predictor"].max() < 1e-9
+
+
+def test_the_predictor_learns_from_its_own_loss_only():
+    torch.manual_seed(0)
+    predictor = SuperResUNet(**MICRO_SR, learn_variance=False, noisy_input=False)
+    stage = UpsamplerStage(SuperResUNet(**MICRO_SR), parameterization="v", residual=True, residual_scale=10.0,
+                           predictor=predictor)  # fmt: skip
+    image = torch.rand(4, 3, 32, 32) * 2 - 1
+    batch = {"image": image, "low_res": downsample(image, 4), "key": list("abcd")}
+    losses = stage._losses(batch, 0.0)
+    torch.testing.assert_close(losses["loss"], losses["simple"] + 1e-3 * losses["vlb"] + losses["predictor"])
+    (losses["loss"] - losses["predictor"]).mean().backward()  # the diffusion loss alone: the target is detached
+    assert all(p.grad is None or not p.grad.any() for p in predictor.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in stage.net.parameters())
+    stage.zero_grad()
+    stage._losses(batch, 0.0)["predictor"].mean().backward()
+    assert any(p.grad is not None and p.grad.any() for p in predictor.parameters())
+
+
+def test_a_regressor_reads_the_condition_alone_and_refuses_misuse():
+    regressor = SuperResUNet(**MICRO_SR, learn_variance=False, noisy_input=False)
+    assert regressor.unet.conv_in.in_channels == 3
+    cond = {"low_res": torch.randn(2, 3, 8, 12), "aug_level": torch.tensor([0.0, 0.2])}
+    assert regressor.regress(cond).shape == (2, 3, 32, 48)
+    with pytest.raises(ValueError, match="call regress"):
+        regressor(torch.randn(2, 3, 32, 48), torch.tensor([1, 2]), cond)
+    with pytest.raises(ValueError, match="call it as net"):
+        SuperResUNet(**MICRO_SR).regress(cond)
+    with pytest.raises(ValueError, match="no variance to learn"):
+        SuperResUNet(**MICRO_SR, noisy_input=False)
+    with pytest.raises(ValueError, match="set residual true"):
+        UpsamplerStage(SuperResUNet(**MICRO_SR), predictor=regressor)
+    with pytest.raises(ValueError, match="noisy_input false"):
+        UpsamplerStage(SuperResUNet(**MICRO_SR), residual=True, predictor=SuperResUNet(**MICRO_SR))
+
+
+def test_the_predictor_reads_the_clean_low_res_image_not_the_augmented_condition():
+    torch.manual_seed(0)
+    predictor = SuperResUNet(**MICRO_SR, learn_variance=False, noisy_input=False).eval()
+    stage = UpsamplerStage(SuperResUNet(**MICRO_SR), residual=True, residual_scale=10.0, predictor=predictor)
+    low_res = torch.rand(2, 3, 8, 8) * 2 - 1
+    noisy = stage.condition(low_res, 0.5, generator=torch.Generator().manual_seed(1))
+    assert (noisy["low_res"] - low_res).abs().max() > 0.1  # the diffusion network's condition is corrupted
+    with torch.no_grad():
+        base, predicted = stage.residual_base(low_res, noisy)
+        expected = predictor.regress({"low_res": low_res, "aug_level": torch.zeros(2)})
+    torch.testing.assert_close(predicted, expected)
+    torch.testing.assert_close(base, stage.bicubic(low_res) + expected / 10.0)

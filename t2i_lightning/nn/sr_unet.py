@@ -9,6 +9,10 @@ projected CLIP image embedding there. There is no attention at all (Imagen's sup
 models drop self-attention at high resolutions, sec. 2.5), so the network is fully convolutional
 and applies to any image size divisible by its downsampling factor: it is trained on crops and
 sampled on whole images.
+
+With ``noisy_input=False`` the same network reads the bicubic image alone and is a deterministic
+regressor (:meth:`SuperResUNet.regress`): the upsampler's predictor, whose output the diffusion
+model refines (predict-and-refine, Whang et al. 2022, "Deblurring via Stochastic Refinement").
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class SuperResUNet(nn.Module):
         cond_dim: size of the (standardised) CLIP image embedding added to the timestep
             embedding; 0 for none.
         learn_variance: output ``2 * in_channels`` channels (prediction, variance interpolation).
+        noisy_input: read the noisy image beside the condition (a diffusion network); False for a
+            regressor that reads the condition alone (call :meth:`regress`).
     """
 
     def __init__(
@@ -55,10 +61,13 @@ class SuperResUNet(nn.Module):
         cond_dim: int = 0,
         learn_variance: bool = True,
         groups: int = 32,
+        noisy_input: bool = True,
     ):
         super().__init__()
         if factor < 2:
             raise ValueError(f"factor must be at least 2, got {factor}")
+        if learn_variance and not noisy_input:
+            raise ValueError("A regressor (noisy_input false) has no variance to learn: set learn_variance false")
         channels, _ = level_layout(image_size, base_channels, channel_mult, (), groups, groups)
         self.factor, self.image_size, self.in_channels, self.cond_dim = (
             factor,
@@ -66,10 +75,10 @@ class SuperResUNet(nn.Module):
             in_channels,
             cond_dim,
         )
-        self.learn_variance = learn_variance
+        self.learn_variance, self.noisy_input = learn_variance, noisy_input
         self.downsampling = 2 ** (len(channel_mult) - 1)
         self.unet = adm_unet(
-            image_size, 2 * in_channels, in_channels * (2 if learn_variance else 1), channels, [False] * len(channels),
+            image_size, (2 if noisy_input else 1) * in_channels, in_channels * (2 if learn_variance else 1), channels, [False] * len(channels),
             num_res_blocks, dropout, groups, groups, add_attention=False, class_embed_type="identity",
         )  # fmt: skip
         time_dim = channels[0] * 4  # UNet2DModel's timestep-embedding width
@@ -92,22 +101,41 @@ class SuperResUNet(nn.Module):
         check_divisible(torch.empty(0, 0, height, width), self.downsampling)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not self.noisy_input:
+            raise ValueError("This U-Net is a regressor (noisy_input false): call regress(cond)")
+        self._check_cond(cond)
+        return self._run(x, t, cond)
+
+    def regress(self, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The regressor's output for ``cond`` alone (B x C x h·factor x w·factor), at timestep 0."""
+        if self.noisy_input:
+            raise ValueError("This U-Net denoises a noisy image: call it as net(x_t, t, cond)")
+        self._check_cond(cond)
+        low_res = cond["low_res"]
+        return self._run(None, torch.zeros(len(low_res), dtype=torch.long, device=low_res.device), cond)
+
+    @staticmethod
+    def _check_cond(cond: dict[str, torch.Tensor]) -> None:
         if not isinstance(cond, dict) or not {"low_res", "aug_level"} <= cond.keys():
             raise ValueError(
                 'This U-Net is conditioned on a low-resolution image: pass cond = {"low_res", "aug_level"}'
             )
-        low_res = cond["low_res"].to(x.dtype)
-        if tuple(x.shape[-2:]) != (low_res.shape[-2] * self.factor, low_res.shape[-1] * self.factor):
+
+    def _run(self, x: torch.Tensor | None, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The U-Net on [x, bicubic(low_res)] (or the bicubic image alone when x is None)."""
+        low_res = cond["low_res"] if x is None else cond["low_res"].to(x.dtype)
+        bicubic = upsample_bicubic(low_res, self.factor)
+        if x is not None and tuple(x.shape[-2:]) != tuple(bicubic.shape[-2:]):
             raise ValueError(
                 f"The low-resolution input {tuple(low_res.shape[-2:])} times {self.factor} is not the "
                 f"image size {tuple(x.shape[-2:])}"
             )
-        self.check_size(*x.shape[-2:])
-        level = cond["aug_level"].to(x.device).reshape(-1).expand(x.shape[0]) * AUG_LEVEL_SCALE
-        extra = self.aug_proj(get_timestep_embedding(level, self.aug_dim).to(x.dtype))
+        self.check_size(*bicubic.shape[-2:])
+        level = cond["aug_level"].to(bicubic.device).reshape(-1).expand(bicubic.shape[0]) * AUG_LEVEL_SCALE
+        extra = self.aug_proj(get_timestep_embedding(level, self.aug_dim).to(bicubic.dtype))
         if self.cond_proj is not None:
             if cond.get("embedding") is None:
                 raise ValueError("This U-Net is conditioned on an image embedding: pass cond['embedding']")
-            extra = extra + self.cond_proj(cond["embedding"].to(x.dtype))
-        inputs = torch.cat([x, upsample_bicubic(low_res, self.factor)], dim=1)
+            extra = extra + self.cond_proj(cond["embedding"].to(bicubic.dtype))
+        inputs = bicubic if x is None else torch.cat([x, bicubic], dim=1)
         return self.unet(inputs, t, class_labels=extra).sample

@@ -131,32 +131,38 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
 
     # --- training -----------------------------------------------------------------------------
 
-    def diffusion_target(self, batch: dict[str, Any]) -> torch.Tensor:
-        """What the diffusion process runs on: the batch's images (a subclass may diffuse a residual)."""
-        return batch["image"]
+    def diffusion_target(self, batch: dict[str, Any], cond: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """What the diffusion process runs on, the batch's images (a subclass may diffuse a residual),
+        and per-sample losses of any other trained part of the stage, added to the total (none here)."""
+        return batch["image"], {}
 
     def _losses(self, batch: dict[str, Any], drop_prob: float) -> dict[str, torch.Tensor]:
-        x0 = self.diffusion_target(batch)
-        n = x0.shape[0]
-        drop = torch.rand(n, device=x0.device) < drop_prob
+        image = batch["image"]
+        n = image.shape[0]
+        drop = torch.rand(n, device=image.device) < drop_prob
         cond = self.drop_condition(self.batch_condition(batch), drop)
+        x0, extra = self.diffusion_target(batch, cond)
         t = torch.randint(0, self.schedule.num_steps, (n,), device=x0.device)
         noise = torch.randn_like(x0)
         xt = q_sample(self.schedule, x0, t, noise)
         hp = self.hparams
         weights = p2_weights(self.schedule, t, *self.p2) if self.p2[0] else None
-        return hybrid_loss(
+        losses = hybrid_loss(
             self.schedule, self.net(xt, t, cond), x0, xt, t, noise,
             parameterization=hp.parameterization, vlb_weight=hp.vlb_weight,
             learn_variance=self.net.learn_variance, weights=weights,
         )  # fmt: skip
+        for name, value in extra.items():
+            losses[name], losses["loss"] = value, losses["loss"] + value
+        return losses
 
     def _log_losses(self, losses: dict[str, torch.Tensor], name: str, n: int) -> torch.Tensor:
         means = {key: value.mean() for key, value in losses.items()}
         self.log(f"{name}/loss", means["loss"], prog_bar=True, batch_size=n, sync_dist=name != "train")
         self.log_dict(
-            {f"{name}/simple": means["simple"], f"{name}/vlb": means["vlb"]}, batch_size=n, sync_dist=name != "train"
-        )
+            {f"{name}/{key}": value for key, value in means.items() if key != "loss"},
+            batch_size=n, sync_dist=name != "train",
+        )  # fmt: skip
         return means["loss"]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
