@@ -45,6 +45,10 @@ def _data_parser(subparsers: argparse._SubParsersAction) -> None:
     shapes.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
     shapes.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
     shapes.add_argument(
+        "--position-prob", type=float, default=0.3,
+        help="chance that a caption names a single object's position (default: 0.3)",
+    )  # fmt: skip
+    shapes.add_argument(
         "--format", choices=("png", "jpg"), default="png", help="image encoding (default: png)"
     )
     shapes.add_argument(
@@ -279,7 +283,7 @@ def _run_data(args: argparse.Namespace) -> None:
     if args.data_command == "shapes":
         from .data.shapes.generate import ShapesConfig, generate_shapes
 
-        config = ShapesConfig(args.seed, args.size, args.format, args.samples_per_shard)
+        config = ShapesConfig(args.seed, args.size, args.format, args.samples_per_shard, args.position_prob)
         index = generate_shapes(
             args.out,
             {"train": args.train, "val": args.val, "test": args.test},

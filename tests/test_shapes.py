@@ -220,6 +220,29 @@ def test_wrong_captions_do_not_match(samples):
     assert all(mutated[k] > 10 for k in ("colour", "count", "background", "relation", "size", "position"))
 
 
+def test_position_prob_sets_how_often_captions_name_positions_and_changes_nothing_else(tmp_path):
+    counts = {"train": 30, "val": 0}
+    runs = {p: gen(tmp_path / str(p), counts, dataclasses.replace(TINY, position_prob=p)) for p in (0.0, 1.0)}
+    default = gen(tmp_path / "default", counts)
+    assert "position_prob" not in default["args"]  # datasets made before the option still match
+    assert runs[1.0]["args"]["position_prob"] == 1.0
+    by_prob = {p: read_split(tmp_path / str(p), "train") for p in runs}
+    single = {0.0: 0, 1.0: 0}
+    for p, samples in by_prob.items():
+        for s in samples:
+            meta = json.loads(s["json"])
+            for text in meta["captions"]:
+                assert caption_matches(parse_caption(text), meta), text
+                for group in parse_caption(text).groups:
+                    if group.count == 1:
+                        single[p] += 1
+                        assert (group.position is not None) == (p == 1.0), (p, text)
+    assert single[0.0] > 20 and single[1.0] > 20
+    assert [s["png"] for s in by_prob[0.0]] == [s["png"] for s in by_prob[1.0]]  # the same scenes
+    with pytest.raises(ValueError, match="position-prob"):
+        gen(tmp_path / "bad", counts, dataclasses.replace(TINY, position_prob=1.5))
+
+
 def test_captions_cover_the_grammar(samples):
     captions = [c for s in all_samples(samples) for c in s["meta"]["captions"]]
     specs = [parse_caption(c) for c in captions]

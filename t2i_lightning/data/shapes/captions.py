@@ -121,12 +121,15 @@ def _noun_phrase(group: GroupSpec, rng: np.random.Generator) -> str:
     return f"{number} {phrase}"
 
 
-def describe(scene: Scene, rng: np.random.Generator) -> str:
+POSITION_PROB = 0.3  # the demo dataset's chance of a position word per single object
+
+
+def describe(scene: Scene, rng: np.random.Generator, position_prob: float = POSITION_PROB) -> str:
     """One caption of ``scene``, drawn from the templates and synonyms with ``rng``.
 
     Objects of the same kind and colour are counted ("two blue squares"); size words appear
     with probability 0.5 (for a group only when its members share a size); a position word
-    with probability 0.3 per single object; a relation for two single objects with
+    with probability ``position_prob`` per single object; a relation for two single objects with
     probability 0.6; the background with probability 0.5.
     """
     keyed: dict[tuple[str, str], list[int]] = {}
@@ -140,7 +143,7 @@ def describe(scene: Scene, rng: np.random.Generator) -> str:
         first = scene.objects[members[0]]
         sizes = {scene.objects[m].size for m in members}
         size = first.size if with_size and len(sizes) == 1 else None
-        position = first.position if len(members) == 1 and rng.random() < 0.3 else None
+        position = first.position if len(members) == 1 and rng.random() < position_prob else None
         groups.append(GroupSpec(len(members), first.colour, first.kind, size, position))
     phrases = [_noun_phrase(g, rng) for g in groups]
     relation = None

@@ -30,7 +30,7 @@ from ..shards import (
     write_shard,
 )
 from . import captions as captions_module
-from .captions import describe
+from .captions import POSITION_PROB, describe
 from .render import anchor, bbox, render
 from .scene import BACKGROUND_STYLES, COLOURS, KINDS, POSITIONS, RELATIONS, SIZES, Scene, sample_scene
 
@@ -50,9 +50,12 @@ class ShapesConfig:
     size: int = 256
     image_format: str = "png"
     samples_per_shard: int = SAMPLES_PER_SHARD
+    position_prob: float = POSITION_PROB  # chance of a position word per single object in a caption
 
     def record(self, counts: dict[str, int]) -> dict:
-        """The arguments that determine every output byte (stored in ``index.json``)."""
+        """The arguments that determine every output byte (stored in ``index.json``; ``position_prob``
+        only when it is not the default, so datasets made before it existed still match)."""
+        extra = {} if self.position_prob == POSITION_PROB else {"position_prob": self.position_prob}
         return {
             "generator": "shapes",
             "version": GENERATOR_VERSION,
@@ -61,6 +64,7 @@ class ShapesConfig:
             "format": self.image_format,
             "samples_per_shard": self.samples_per_shard,
             "counts": counts,
+            **extra,
         }
 
 
@@ -107,7 +111,7 @@ def make_sample(config: ShapesConfig, split: str, index: int) -> dict:
     """The shard entry of sample ``index`` of ``split``: image bytes, caption and metadata."""
     rng = np.random.default_rng([config.seed, SPLIT_IDS[split], index])
     scene = sample_scene(rng, config.size)
-    texts = [describe(scene, rng) for _ in range(CAPTIONS_PER_SAMPLE)]
+    texts = [describe(scene, rng, config.position_prob) for _ in range(CAPTIONS_PER_SAMPLE)]
     key = sample_key(split, index)
     meta = {"key": key, "split": split, "index": index, "caption": texts[0], "captions": texts}
     meta |= scene_metadata(scene)
@@ -184,6 +188,8 @@ def generate_shapes(
         raise ValueError(f"--size must be at least 32 pixels, got {config.size}")
     if config.samples_per_shard < 1:
         raise ValueError(f"--samples-per-shard must be at least 1, got {config.samples_per_shard}")
+    if not 0.0 <= config.position_prob <= 1.0:
+        raise ValueError(f"--position-prob must be in [0, 1], got {config.position_prob}")
     counts = {split: n for split, n in counts.items() if n > 0}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
