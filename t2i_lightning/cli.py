@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .bench.stage_log import recorded
 from .callbacks.finite_guard import NonFiniteLossError
+from .data.shapes.captions import POSITION_PROB
 from .demo_defaults import DEMO_CLIP, DEMO_EMBEDDINGS
 from .lightning_cli import SUBCOMMANDS
 
@@ -45,8 +46,8 @@ def _data_parser(subparsers: argparse._SubParsersAction) -> None:
     shapes.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
     shapes.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
     shapes.add_argument(
-        "--position-prob", type=float, default=0.3,
-        help="chance that a caption names a single object's position (default: 0.3)",
+        "--position-prob", type=float, default=POSITION_PROB,
+        help=f"chance that a caption names a single object's position (default: {POSITION_PROB})",
     )  # fmt: skip
     shapes.add_argument(
         "--format", choices=("png", "jpg"), default="png", help="image encoding (default: png)"

@@ -195,7 +195,8 @@ class UpsamplerStage(DecoderStage):
         target = (image - base.to(image.dtype)) * self.residual_scale
         if predicted is None:
             return target, {}
-        error = predicted.float() - (image - self.bicubic(batch["low_res"])) * self.residual_scale
+        # target + the (detached) prediction is scale·(image − bicubic), what the predictor regresses
+        error = predicted.float() - (target.float() + predicted.detach().float())
         return target, {"predictor": error.pow(2).mean(dim=(1, 2, 3))}
 
     def drop_condition(self, cond: dict[str, torch.Tensor], drop: torch.Tensor) -> dict[str, torch.Tensor]:
