@@ -20,6 +20,8 @@ SIZE         ?= 256
 TRAIN_N      ?= 20000
 VAL_N        ?= 1000
 TEST_N       ?= 1000
+# Chance that a caption names a single object's position; empty = the generator's default (0.3).
+POSITION_PROB ?=
 PYTEST_ARGS  ?=
 BENCH_FLAGS  ?=
 EVAL_FLAGS   ?=
@@ -68,7 +70,7 @@ help: ## list the targets (this message)
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo "Variables (override as VAR=value): DATA=$(DATA) RUNS=$(RUNS) ACCELERATOR=$(ACCELERATOR) DEVICES=$(DEVICES)"
-	@echo "  WORKERS=$(WORKERS) SEED=$(SEED) SIZE=$(SIZE) TRAIN_N=$(TRAIN_N) VAL_N=$(VAL_N) TEST_N=$(TEST_N)"
+	@echo "  WORKERS=$(WORKERS) SEED=$(SEED) SIZE=$(SIZE) TRAIN_N=$(TRAIN_N) VAL_N=$(VAL_N) TEST_N=$(TEST_N) POSITION_PROB=$(POSITION_PROB)"
 	@echo "  DECODER_PRECISION=$(DECODER_PRECISION) (bf16-mixed on a CPU with native bf16, else 32-true)"
 
 install: $(STAMP) ## create .venv (if missing) and install the package with dev extras
@@ -81,7 +83,7 @@ $(STAMP): pyproject.toml
 
 data: install ## generate the embedded "shapes" dataset as WebDataset shards under $(DATA)
 	$(T2I) data shapes --out $(DATA) --train $(TRAIN_N) --val $(VAL_N) --test $(TEST_N) \
-	    --size $(SIZE) --seed $(SEED) --workers $(WORKERS)
+	    --size $(SIZE) --seed $(SEED) --workers $(WORKERS) $(if $(strip $(POSITION_PROB)),--position-prob $(POSITION_PROB),)
 
 inspect: install ## print counts and captions of $(DATA) and write a grid to $(RUNS)/demo/shapes_grid.png
 	$(T2I) data inspect $(DATA) --out $(RUNS)/demo/shapes_grid.png

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -241,6 +242,18 @@ def test_position_prob_sets_how_often_captions_name_positions_and_changes_nothin
     assert [s["png"] for s in by_prob[0.0]] == [s["png"] for s in by_prob[1.0]]  # the same scenes
     with pytest.raises(ValueError, match="position-prob"):
         gen(tmp_path / "bad", counts, dataclasses.replace(TINY, position_prob=1.5))
+
+
+def test_make_data_passes_position_prob_only_when_set():
+    root = Path(__file__).resolve().parents[1]
+
+    def dry_run(*variables):
+        cmd = ["make", "-n", "--no-print-directory", "-C", str(root), "data", "DATA=/nonexistent", *variables]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        return next(line for line in out.replace("\\\n", " ").splitlines() if " data shapes " in line)
+
+    assert "--position-prob" not in dry_run()
+    assert re.search(r"--position-prob 0\.7(\s|$)", dry_run("POSITION_PROB=0.7"))
 
 
 def test_captions_cover_the_grammar(samples):
