@@ -26,6 +26,7 @@ POSITION_PROB ?=
 PYTEST_ARGS  ?=
 BENCH_FLAGS  ?=
 EVAL_FLAGS   ?=
+EVAL_DECODER_FLAGS ?=
 
 # Every `t2i` command a target runs appends its wall time and peak memory to this file; `make bench`
 # reports them as the demo's stage table. Tests and the bench itself run with it unset.
@@ -63,7 +64,7 @@ BF16_CPU     := $(shell grep -qsE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo y
 ON_CPU       := $(or $(filter cpu,$(ACCELERATOR)),$(and $(filter auto,$(ACCELERATOR)),$(if $(shell command -v nvidia-smi),,yes)))
 DECODER_PRECISION ?= $(if $(and $(BF16_CPU),$(ON_CPU)),bf16-mixed,32-true)
 
-.PHONY: help install data inspect clip embed probe-layout train-translator embed-text train-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo test test-all bench lint tensorboard clean
+.PHONY: help install data inspect clip embed probe-layout train-translator embed-text train-decoder evaluate-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo test test-all bench lint tensorboard clean
 
 help: ## list the targets (this message)
 	@echo "t2i_lightning: staged text-to-image diffusion with PyTorch Lightning"
@@ -142,6 +143,9 @@ $(DECODER_DONE): $(EMB)/stats.json $(TRANSLATOR_DONE) | $(STAMP)
 	    --trainer.logger.init_args.save_dir $(RUNS) --model.init_args.stats $(EMB)/stats.json --model.init_args.samples.init_args.translator $(TRANSLATOR_CKPT) \
 	    --data.init_args.embeddings $(EMB) --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
+
+evaluate-decoder: $(DECODER_DONE) ## colour/object scores of the decoder's reconstructions of validation images -> $(RUNS)/decoder/reconstructions.json
+	$(T2I) evaluate-decoder --decoder $(DECODER_CKPT) --embeddings $(EMB) --data $(DATA) $(EVAL_DECODER_FLAGS)
 
 train-decoder-text: $(DECODER_TEXT_DONE) ## train the Imagen-like decoder (text tokens of the CLIP) on $(DATA) -> $(DECODER_TEXT_CKPT)
 

@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--emb", default=DEMO_EMBEDDINGS, help=f"embedding directory (default: {DEMO_EMBEDDINGS})")
     probe.add_argument("--steps", type=int, default=300, help="full-batch Adam steps of the linear probe (default: 300)")
     probe.add_argument("--out", default=None, help="also write the scores to this JSON file")
+    from .decoder_report_command import add_evaluate_decoder_parser
     from .evaluate_command import add_evaluate_parser
     from .sample_command import add_sample_parser
     from .score_command import add_evaluate_guidance_parser
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_parser(subparsers)
     add_upsample_parser(subparsers)
     add_evaluate_upsampler_parser(subparsers)
+    add_evaluate_decoder_parser(subparsers)
     add_evaluate_guidance_parser(subparsers)
     add_evaluate_parser(subparsers)
     bench = subparsers.add_parser(
@@ -224,6 +226,12 @@ def _run_upsample(args: argparse.Namespace) -> None:
     from .upsample_command import run_evaluate_upsampler, run_upsample
 
     (run_upsample if args.command == "upsample" else run_evaluate_upsampler)(args)
+
+
+def _run_evaluate_decoder(args: argparse.Namespace) -> None:
+    from .decoder_report_command import run_evaluate_decoder
+
+    run_evaluate_decoder(args)
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
@@ -356,6 +364,7 @@ def _dispatch(argv: list[str]) -> None:
     )
     commands = {"embed-text": _run_embed_text, "bench": _run_bench, "sample": _run_sample,
                 "upsample": _run_upsample, "evaluate-upsampler": _run_upsample,
+                "evaluate-decoder": _run_evaluate_decoder,
                 "evaluate-guidance": _run_evaluate_guidance, "evaluate": _run_evaluate,
                 "probe-layout": _run_probe_layout}  # fmt: skip
     with reported_as_user_error(f"t2i {command}"):

@@ -99,10 +99,7 @@ def check_sample_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--frames must be at least 2, got {args.frames}")
     if args.cfg < 0 or args.ig_scale < 0:
         raise ValueError("--cfg and --ig-scale must be >= 0")
-    if not 0 <= args.threshold < 1:
-        raise ValueError(f"--threshold is a percentile in (0, 1), or 0 for static clipping; got {args.threshold}")
-    if args.steps != "all" and not (args.steps.isdigit() and int(args.steps) > 0):
-        raise ValueError(f"--steps must be a positive integer or 'all', got {args.steps!r}")
+    check_steps_and_threshold(args)
     texts = [args.prompt] if args.prompt is not None else (args.mix or args.analogy or args.interpolate or [])
     if texts:
         check_captions(texts)
@@ -110,6 +107,14 @@ def check_sample_args(args: argparse.Namespace) -> None:
     if args.no_upsample and args.upsampler:
         raise ValueError("--no-upsample and --upsampler contradict each other")
     check_writable(args.out)
+
+
+def check_steps_and_threshold(args: argparse.Namespace) -> None:
+    """``--steps`` (a positive integer or 'all') and ``--threshold`` (a percentile, or 0 for static clipping)."""
+    if not 0 <= args.threshold < 1:
+        raise ValueError(f"--threshold is a percentile in (0, 1), or 0 for static clipping; got {args.threshold}")
+    if args.steps != "all" and not (args.steps.isdigit() and int(args.steps) > 0):
+        raise ValueError(f"--steps must be a positive integer or 'all', got {args.steps!r}")
 
 
 def check_decoder_args(args: argparse.Namespace) -> None:

@@ -3,6 +3,7 @@ its joined image+embedding DataModule, its U-Net, and `t2i sample`."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -223,3 +224,39 @@ def test_bf16_mixed_training_keeps_float32_weights_and_finite_losses(decoder, tm
         assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
     logged = scalars(runs / "decoder")
     assert all(np.isfinite(logged["train/loss"])) and np.isfinite(logged["val/loss"][-1])
+
+
+def test_evaluate_decoder_scores_reconstructions_per_guidance_scale(decoder, tmp_path):
+    """`t2i evaluate-decoder` takes the embeddings the decoder was trained with, decodes the first
+    validation images at each scale and writes the scores, with object scores on shapes, and grids."""
+    out = tmp_path / "recon.json"
+    result = run(T2I, "evaluate-decoder", "--decoder", str(decoder["decoder"]), "--data", str(decoder["data"]),
+                 "--n", "4", "--cfg", "1", "3", "--steps", "2", "--batch-size", "3", "--out", str(out))  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["images"] == 4 and report["embeddings"] == str(decoder["emb"]) and report["steps"] == 2
+    rows = report["rows"]
+    assert [row["cfg"] for row in rows] == [1.0, 3.0]
+    for row in rows:
+        assert row["matched"] > 0 and row["random_pairs"] > 0
+        assert row["ratio"] == pytest.approx(row["matched"] / row["random_pairs"])
+        assert row["objects"] >= 4 and 0 <= row["object_colour_hits"] <= 1
+    assert rows[0]["matched"] != rows[1]["matched"]  # guidance changes the images
+    for scale in ("1", "3"):
+        with Image.open(tmp_path / f"recon-cfg{scale}.png") as grid:
+            assert grid.width >= 4 * 64
+    assert "hits" in result.stdout and "present" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--n", "1"], "--n must be at least 2"),
+        (["--steps", "x"], "--steps must be a positive integer"),
+        (["--decoder", "nowhere/last.ckpt"], "make train-decoder"),
+    ],
+)
+def test_evaluate_decoder_rejects_bad_input_clearly(decoder, tmp_path, args, message):
+    out = tmp_path / "recon.json"
+    result = run(T2I, "evaluate-decoder", "--decoder", str(decoder["decoder"]), *args, "--out", str(out), check=False)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()

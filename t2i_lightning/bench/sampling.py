@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from ..data.joined import ImageEmbeddingDataModule
 from ..eval.colour import reconstruction_colour_report
+from ..eval.decoder_report import validation_references
 from ..nn.unet import ConditionalUNet
 from ..stages.decoder import DecoderStage
 from .stage_config import stage_config_section
@@ -30,14 +30,6 @@ def decoder_for_bench(checkpoint: str | None, config: str = "stages/decoder.yaml
     stage = DecoderStage(ConditionalUNet(**net_args))
     stage.stats_loaded = True
     return stage
-
-
-def validation_references(data: str, embeddings: str, image_size: int, n: int) -> dict:
-    """The first ``n`` validation images of ``data`` with their CLIP image embeddings from ``embeddings``."""
-    datamodule = ImageEmbeddingDataModule(embeddings, train=None, val=data, image_size=image_size, batch_size=n,
-                                          num_workers=0)  # fmt: skip
-    datamodule.setup("validate")
-    return next(iter(datamodule.val_dataloader()))
 
 
 def _timed(sample) -> tuple[torch.Tensor, float]:

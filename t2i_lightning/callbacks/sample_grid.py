@@ -27,8 +27,7 @@ from PIL import Image
 
 from ..data.image_io import save_png_atomic, tensor_to_images
 from ..data.inspect import captioned_grid
-from ..data.shapes.scene import COLOURS
-from ..eval.colour import object_colour_report, reconstruction_colour_report
+from ..eval.decoder_report import reconstruction_scores
 
 DEFAULT_PROMPTS = (
     "a red circle",
@@ -109,9 +108,7 @@ class DecoderSampleGrid(pl.Callback):
                 self.references["img_emb"], image_size=source.shape[-1], generator=generator, progress=False,
                 **self.options,
             ).cpu()  # fmt: skip
-            report = reconstruction_colour_report(source, recon)
-            if any(meta.get("objects") for meta in self.references["meta"]):
-                report |= object_colour_report(source, recon, self.references["meta"], COLOURS)
+            report = reconstruction_scores(source, recon, self.references["meta"])
             images += tensor_to_images(source) + tensor_to_images(recon)
             captions += self.references["caption"] + ["reconstruction"] * len(recon)
         prompt_conditioning = self._prompt_conditioning(pl_module)
