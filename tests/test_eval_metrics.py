@@ -85,7 +85,8 @@ def test_alignment_is_perfect_on_real_scenes_and_drops_where_a_generator_breaks(
 def test_object_colours_are_read_where_each_object_is_and_nowhere_else():
     """Real scenes at the decoder's 64px: every object is named in its own colour in its own image, about
     one in ten in a random pair's, and repainting one object (and nothing else) loses exactly that object.
-    Moving every object (the image rolled by half its size) loses their places but not their colours."""
+    Moving every object (the image rolled by half its size) loses their places but not their colours;
+    nudging them by a few pixels keeps them near their places."""
     config = ShapesConfig()
     samples = [make_sample(config, "val", i) for i in range(40)]
     metas = [json.loads(s["json"]) for s in samples]
@@ -94,9 +95,14 @@ def test_object_colours_are_read_where_each_object_is_and_nowhere_else():
     assert report["objects"] >= 40 and report["object_colour_hits"] == 1.0
     assert report["object_colour_hits_random_pairs"] < 0.3
     assert report["object_colour_present"] == 1.0 and report["object_colour_present_random_pairs"] < 0.5
+    assert report["object_colour_near"] == 1.0 and report["object_colour_near_random_pairs"] < 0.3
 
     moved = object_colour_report(images, images.roll((32, 32), dims=(2, 3)), metas, COLOURS)
     assert moved["object_colour_hits"] < 0.5 and moved["object_colour_present"] == 1.0
+    assert moved["object_colour_near"] < 0.5
+    # nudged by less than the margin (8px of 64): out of place for hits, still near for near
+    nudged = object_colour_report(images, images.roll((6, 6), dims=(2, 3)), metas, COLOURS)
+    assert nudged["object_colour_near"] == 1.0 and nudged["object_colour_hits"] < 0.2
 
     obj = metas[0]["objects"][0]
     x0, y0, x1, y1 = (int(v * 64 / metas[0]["image_size"]) for v in obj["bbox"])

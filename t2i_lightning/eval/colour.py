@@ -6,7 +6,7 @@ layout) and ignores fine detail. Reported in 8-bit units (0-255); the baseline i
 measure over random pairs (each reconstruction against another source), which says how much of
 the error is explained by matching nothing at all. On shapes, whose metadata says where each object
 is, :func:`object_colour_report` asks the finer questions the coarse grid blurs: does each object
-come back in its own colour, in its place and anywhere in the image?
+come back in its own colour, in its place, near its place and anywhere in the image?
 """
 
 from __future__ import annotations
@@ -64,14 +64,20 @@ def object_pixel_mask(source: torch.Tensor, obj: dict, image_size: int, toleranc
     """Where one object of a shapes scene shows in ``source`` (3 x H x W in [-1, 1]): the pixels inside
     its ``bbox`` (given in ``image_size`` units) whose colour is within ``tolerance`` (8-bit RGB,
     Euclidean) of its ``rgb``. Antialiased edges and hollow centres (rings) are left out."""
-    height, width = source.shape[-2:]
+    return box_mask(obj["bbox"], image_size, source.shape[-2:]) & _near(_rgb255(source), obj["rgb"], tolerance)
+
+
+def box_mask(bbox: list[float], image_size: int, shape: tuple[int, int], margin: int = 0) -> torch.Tensor:
+    """H x W mask of ``bbox`` (x0, y0, x1, y1 in ``image_size`` units) on an image of ``shape``, grown by
+    ``margin`` pixels on every side (clipped to the image)."""
+    height, width = shape
     scale_x, scale_y = width / image_size, height / image_size
-    x0, y0, x1, y1 = obj["bbox"]
+    x0, y0, x1, y1 = bbox
     box = torch.zeros(height, width, dtype=torch.bool)
-    rows = slice(max(int(y0 * scale_y), 0), min(int(y1 * scale_y) + 1, height))
-    columns = slice(max(int(x0 * scale_x), 0), min(int(x1 * scale_x) + 1, width))
+    rows = slice(max(int(y0 * scale_y) - margin, 0), min(int(y1 * scale_y) + 1 + margin, height))
+    columns = slice(max(int(x0 * scale_x) - margin, 0), min(int(x1 * scale_x) + 1 + margin, width))
     box[rows, columns] = True
-    return box & _near(_rgb255(source), obj["rgb"], tolerance)
+    return box
 
 
 def _rgb255(image: torch.Tensor) -> torch.Tensor:
@@ -92,6 +98,8 @@ def object_colour_report(
     min_pixels: int = 4,
     present_share: float = 0.25,
     tolerance: float = 40.0,
+    near_share: float = 0.1,
+    near_margin: float = 1 / 8,
 ) -> dict[str, float]:
     """Does each object come back in its own colour, where it was and anywhere at all? For every
     object in the scene metadata (``metas[i]["objects"]``, the shapes generator's):
@@ -101,9 +109,13 @@ def object_colour_report(
       ``colour`` (colour and place);
     - ``object_colour_present``: the reconstruction has, anywhere, at least ``present_share`` of the
       object's pixel count within ``tolerance`` of its ``rgb`` (colour regardless of place; another
-      object of the same colour in the scene also counts).
+      object of the same colour in the scene also counts);
+    - ``object_colour_near``: the same with the place kept roughly: at least ``near_share`` of the
+      object's pixel count within ``tolerance`` of its ``rgb`` inside its bounding box grown by
+      ``near_margin`` of the image side on every side (rough layout: a fragment of the right colour
+      near the right place counts, where ``hits`` needs the object's own pixels to be mostly its colour).
 
-    Baseline for both (``*_random_pairs``): the same object read from another image's reconstruction
+    Baseline for each (``*_random_pairs``): the same object read from another image's reconstruction
     (the next one, a derangement). Objects showing fewer than ``min_pixels`` pixels are not counted.
     Returns the rates and the number of objects (0, with NaN rates, when the metadata has no objects:
     datasets other than shapes)."""
@@ -118,14 +130,18 @@ def object_colour_report(
         mean = pixels[:, mask].mean(dim=1)
         return names[int(torch.cdist(mean[None], colours).argmin())]
 
-    def present(pixels: torch.Tensor, obj: dict, needed: float) -> bool:
-        return int(_near(pixels, obj["rgb"], tolerance).sum()) >= needed
+    def present(pixels: torch.Tensor, obj: dict, needed: float, where: torch.Tensor | None = None) -> bool:
+        close = _near(pixels, obj["rgb"], tolerance)
+        return int((close if where is None else close & where).sum()) >= needed
 
-    counts = dict.fromkeys(("hits", "hits_random_pairs", "present", "present_random_pairs"), 0)
+    scores = ("hits", "present", "near")
+    counts = dict.fromkeys([f"{score}{suffix}" for score in scores for suffix in ("", "_random_pairs")], 0)
     objects = 0
     for source, recon, other, meta in zip(sources, reconstructions, shuffled, metas, strict=True):
+        image_size = meta.get("image_size", source.shape[-1])
+        margin = round(near_margin * source.shape[-1])
         for obj in meta.get("objects", []):
-            mask = object_pixel_mask(source, obj, meta.get("image_size", source.shape[-1]), tolerance)
+            mask = object_pixel_mask(source, obj, image_size, tolerance)
             area = int(mask.sum())
             if area < min_pixels:
                 continue
@@ -135,5 +151,9 @@ def object_colour_report(
             needed = max(min_pixels, present_share * area)
             counts["present"] += present(recon, obj, needed)
             counts["present_random_pairs"] += present(other, obj, needed)
+            around = box_mask(obj["bbox"], image_size, source.shape[-2:], margin)
+            needed = max(min_pixels, near_share * area)
+            counts["near"] += present(recon, obj, needed, around)
+            counts["near_random_pairs"] += present(other, obj, needed, around)
     rates = {f"object_colour_{name}": count / objects if objects else float("nan") for name, count in counts.items()}
     return rates | {"objects": float(objects)}

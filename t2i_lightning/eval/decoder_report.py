@@ -91,7 +91,7 @@ def format_report(report: dict) -> str:
         f"{report['sampler']}-{report['steps']}, seed {report['seed']}"
         + (f", {int(report['rows'][0]['objects'])} objects" if objects else ""),
         f"{'cfg':>5} {'colour err':>10} {'random':>7} {'ratio':>6}"
-        + (f" {'hits':>6} {'random':>7} {'present':>8} {'random':>7}" if objects else "")
+        + (f" {'hits':>6} {'random':>7} {'near':>6} {'random':>7} {'present':>8} {'random':>7}" if objects else "")
         + f" {'s/image':>8}",
     ]
     for row in report["rows"]:
@@ -99,6 +99,7 @@ def format_report(report: dict) -> str:
         if objects:
             line += (
                 f" {row['object_colour_hits']:>6.3f} {row['object_colour_hits_random_pairs']:>7.3f}"
+                f" {row['object_colour_near']:>6.3f} {row['object_colour_near_random_pairs']:>7.3f}"
                 f" {row['object_colour_present']:>8.3f} {row['object_colour_present_random_pairs']:>7.3f}"
             )
         lines.append(line + f" {row['s_per_image']:>8.2f}")
