@@ -38,7 +38,7 @@ def test_fit_writes_an_ema_checkpoint_losses_and_sample_grids(decoder):
     logged = scalars(decoder["decoder_runs"] / "decoder")
     for tag in ("train/loss", "train/simple", "train/vlb", "train/grad_norm", "val/loss",
                 "val/recon_colour_error", "val/recon_colour_error_random_pairs",
-                "val/recon_object_colour_hits", "val/recon_object_colour_hits_random_pairs",
+                "val/recon_object_colour_hits", "val/recon_object_colour_hits_random_pairs", "val/recon_object_colour_near",
                 "val/recon_object_colour_present", "val/recon_object_colour_present_random_pairs"):  # fmt: skip
         assert tag in logged, tag
     assert any(tag.startswith("lr-AdamW") for tag in logged)
@@ -157,6 +157,24 @@ def test_unet_shapes_and_size_check():
     assert fixed(torch.randn(1, 3, 32, 32), torch.tensor([5]), cond[:1]).shape == (1, 3, 32, 32)
 
 
+def test_unet_cond_map_gives_each_region_its_own_projection_of_the_embedding():
+    """The spatial conditioning map: conv_in sees the image, then the embedding's linear projection to a
+    coarse map upsampled (nearest) to the image, so each 4 x 4 block of a 32px image reads its own cell."""
+    net = ConditionalUNet(**MICRO_UNET, cond_map_channels=2, cond_map_size=8)
+    seen = []
+    net.unet.conv_in.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    x, cond = torch.randn(2, 3, 32, 32), torch.randn(2, 32)
+    assert net(x, torch.tensor([3, 700]), cond).shape == (2, 6, 32, 32)
+    given = seen[0]
+    assert given.shape == (2, 5, 32, 32) and torch.equal(given[:, :3], x)
+    coarse = net.cond_to_map(cond).view(2, 2, 8, 8)
+    torch.testing.assert_close(given[:, 3:, ::4, ::4], coarse)  # each block's corner is its cell
+    torch.testing.assert_close(given[:, 3:, 3::4, 3::4], coarse)  # and so is its far corner
+    assert not torch.allclose(coarse[:, :, 0, 0], coarse[:, :, 7, 7])  # different places, different values
+    with pytest.raises(ValueError, match="needs a conditioning vector"):
+        ConditionalUNet(**{**MICRO_UNET, "cond_dim": 0}, cond_map_channels=2)
+
+
 def test_embedding_token_unet_attends_to_tokens_projected_from_the_condition():
     """DALL-E 2's extra context tokens: the same call as ConditionalUNet; the tokens projected from
     the condition reach the output through cross-attention, apart from the pooled path."""
@@ -239,7 +257,7 @@ def test_evaluate_decoder_scores_reconstructions_per_guidance_scale(decoder, tmp
     for row in rows:
         assert row["matched"] > 0 and row["random_pairs"] > 0
         assert row["ratio"] == pytest.approx(row["matched"] / row["random_pairs"])
-        assert row["objects"] >= 4 and 0 <= row["object_colour_hits"] <= 1
+        assert row["objects"] >= 4 and 0 <= row["object_colour_hits"] <= 1 and 0 <= row["object_colour_near"] <= 1
     assert rows[0]["matched"] != rows[1]["matched"]  # guidance changes the images
     for scale in ("1", "3"):
         with Image.open(tmp_path / f"recon-cfg{scale}.png") as grid:
