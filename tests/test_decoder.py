@@ -157,24 +157,6 @@ def test_unet_shapes_and_size_check():
     assert fixed(torch.randn(1, 3, 32, 32), torch.tensor([5]), cond[:1]).shape == (1, 3, 32, 32)
 
 
-def test_unet_cond_map_gives_each_region_its_own_projection_of_the_embedding():
-    """The spatial conditioning map: conv_in sees the image, then the embedding's linear projection to a
-    coarse map upsampled (nearest) to the image, so each 4 x 4 block of a 32px image reads its own cell."""
-    net = ConditionalUNet(**MICRO_UNET, cond_map_channels=2, cond_map_size=8)
-    seen = []
-    net.unet.conv_in.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
-    x, cond = torch.randn(2, 3, 32, 32), torch.randn(2, 32)
-    assert net(x, torch.tensor([3, 700]), cond).shape == (2, 6, 32, 32)
-    given = seen[0]
-    assert given.shape == (2, 5, 32, 32) and torch.equal(given[:, :3], x)
-    coarse = net.cond_to_map(cond).view(2, 2, 8, 8)
-    torch.testing.assert_close(given[:, 3:, ::4, ::4], coarse)  # each block's corner is its cell
-    torch.testing.assert_close(given[:, 3:, 3::4, 3::4], coarse)  # and so is its far corner
-    assert not torch.allclose(coarse[:, :, 0, 0], coarse[:, :, 7, 7])  # different places, different values
-    with pytest.raises(ValueError, match="needs a conditioning vector"):
-        ConditionalUNet(**{**MICRO_UNET, "cond_dim": 0}, cond_map_channels=2)
-
-
 def test_embedding_token_unet_attends_to_tokens_projected_from_the_condition():
     """DALL-E 2's extra context tokens: the same call as ConditionalUNet; the tokens projected from
     the condition reach the output through cross-attention, apart from the pooled path."""

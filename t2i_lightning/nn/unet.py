@@ -9,13 +9,6 @@ unCLIP, Ramesh et al. 2022 sec. 2.1 and the study) is projected to the timestep 
 and added to it (diffusers' ``class_embed_type="identity"``). With ``learn_variance`` the network
 outputs twice the image channels: the prediction, then the variance interpolation (Nichol &
 Dhariwal 2021, eq. 15).
-
-That conditioning is the same at every position (a per-channel scale and shift), so where things
-go must come from the convolutions' padding alone, which CNNs learn poorly (Liu et al. 2018,
-"An intriguing failing of convolutional neural networks and the CoordConv solution"). With
-``cond_map_channels`` the embedding is also projected by one linear map to a coarse
-``cond_map_size`` x ``cond_map_size`` map of that many channels, upsampled (nearest) to the
-image and given as extra input channels: each position reads its own part of the embedding.
 """
 
 from __future__ import annotations
@@ -23,7 +16,6 @@ from __future__ import annotations
 import torch
 from diffusers import UNet2DModel
 from torch import nn
-from torch.nn import functional as F
 
 
 def level_layout(
@@ -104,8 +96,6 @@ class ConditionalUNet(nn.Module):
         cond_dim: size of the conditioning vector (the CLIP embedding dimension); 0 for none.
         learn_variance: output ``2 * in_channels`` channels (prediction, variance interpolation).
         groups: GroupNorm groups (must divide every level's channels).
-        cond_map_channels: channels of the spatial conditioning map given beside the image; 0 for none.
-        cond_map_size: side of that map before it is upsampled to the image.
     """
 
     def __init__(
@@ -121,20 +111,14 @@ class ConditionalUNet(nn.Module):
         cond_dim: int = 256,
         learn_variance: bool = True,
         groups: int = 32,
-        cond_map_channels: int = 0,
-        cond_map_size: int = 8,
     ):
         super().__init__()
-        if cond_map_channels and not cond_dim:
-            raise ValueError("cond_map_channels needs a conditioning vector (cond_dim > 0)")
-        if cond_map_channels < 0 or cond_map_size <= 0:
-            raise ValueError(f"cond_map_channels must be >= 0 and cond_map_size > 0, got {cond_map_channels} and {cond_map_size}")
         channels, attend = level_layout(image_size, base_channels, channel_mult, attention_resolutions, head_channels, groups)
         self.image_size, self.in_channels, self.cond_dim = image_size, in_channels, cond_dim
         self.learn_variance = learn_variance
         self.downsampling = 2 ** (len(channel_mult) - 1)
         self.unet = adm_unet(
-            image_size, in_channels + cond_map_channels, in_channels * (2 if learn_variance else 1), channels, attend, num_res_blocks,
+            image_size, in_channels, in_channels * (2 if learn_variance else 1), channels, attend, num_res_blocks,
             dropout, head_channels, groups, add_attention=True, class_embed_type="identity" if cond_dim else None,
         )  # fmt: skip
         time_dim = channels[0] * 4  # UNet2DModel's timestep-embedding width
@@ -143,8 +127,6 @@ class ConditionalUNet(nn.Module):
             if cond_dim
             else None
         )
-        self.cond_map_shape = (cond_map_channels, cond_map_size, cond_map_size)
-        self.cond_to_map = nn.Linear(cond_dim, cond_map_channels * cond_map_size**2) if cond_map_channels else None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         check_divisible(x, self.downsampling)
@@ -154,7 +136,4 @@ class ConditionalUNet(nn.Module):
             extra = self.cond_proj(cond.to(x.dtype))
         else:
             extra = None
-        if self.cond_to_map is not None:
-            coarse = self.cond_to_map(cond.to(x.dtype)).view(len(cond), *self.cond_map_shape)
-            x = torch.cat([x, F.interpolate(coarse, size=x.shape[-2:], mode="nearest")], dim=1)
         return self.unet(x, t, class_labels=extra).sample
