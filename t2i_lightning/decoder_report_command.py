@@ -72,14 +72,14 @@ def run_evaluate_decoder(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.decoder} recorded no embedding directory: pass --embeddings (and --data)")
     data = args.data or str(Path(embeddings).parent)
     references = validation_references(data, embeddings, stage.net.image_size, args.n)
+    if len(references["image"]) < args.n:
+        print(f"Only {len(references['image'])} validation images in {data} (asked for {args.n})")
     steps = args.steps if args.steps == "all" else int(args.steps)
     report, drawn = decoder_report(
         stage, references, args.cfg, sampler=args.sampler, steps=steps, threshold=args.threshold or None,
         seed=args.seed, batch_size=args.batch_size,
     )  # fmt: skip
     report |= {"decoder": args.decoder, "data": data, "embeddings": embeddings}
-    if report["images"] < args.n:
-        print(f"Only {report['images']} validation images in {data} (asked for {args.n})")
     sources = tensor_to_images(references["image"])
     columns = min(len(sources), 16)
     for scale, images in drawn.items():

@@ -5,7 +5,7 @@ reconstruction experiment), scored without any learned judge.
 image embeddings are decoded at each requested guidance scale with the same seed, and each
 reconstruction is compared with its source by :func:`reconstruction_scores`: the coarse colour
 error against random pairs and, on shapes, whether each object comes back in its colour, in its
-place and anywhere (:mod:`t2i_lightning.eval.colour`). The rows are printed as a table and written as
+place, near it and anywhere (:mod:`t2i_lightning.eval.colour`). The rows are printed as a table and written as
 JSON (atomically), beside one grid per scale (sources above, reconstructions below).
 """
 
@@ -35,7 +35,7 @@ def validation_references(data: str, embeddings: str, image_size: int, n: int) -
 
 def reconstruction_scores(sources: torch.Tensor, reconstructions: torch.Tensor, metas: list[dict]) -> dict[str, float]:
     """The coarse colour error (``matched``, ``random_pairs``, ``ratio``) and, where the metadata lists
-    objects (shapes), the object colour hits and presence against random pairs."""
+    objects (shapes), the object colour hits, near and presence against random pairs."""
     report = reconstruction_colour_report(sources, reconstructions)
     if any(meta.get("objects") for meta in metas):
         report |= object_colour_report(sources, reconstructions, metas, COLOURS)
