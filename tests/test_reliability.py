@@ -277,3 +277,23 @@ def test_last_checkpoint_holds_the_final_step_when_training_ends_between_validat
     runs = tmp_path / "runs"
     run(*tiny_fit_args(runs, shapes_dir, "--trainer.max_steps", "5"))
     assert last(runs)["global_step"] == 5
+
+
+def test_another_ranks_sweep_of_stale_temporaries_spares_a_writability_probe(tmp_path, monkeypatch):
+    """Replays the race of a two-rank extraction: rank 0 sweeps ``.*.tmp`` from the output directory
+    while rank 1's writability probe is open there. The probe must survive it."""
+    import tempfile
+
+    from t2i_lightning.data.shards import check_writable, remove_stale_temporaries
+
+    (tmp_path / ".shard-000000.tar.abc.tmp").write_bytes(b"left by a killed writer")
+    real = tempfile.NamedTemporaryFile
+
+    def swept_while_open(*args, **kwargs):
+        handle = real(*args, **kwargs)
+        remove_stale_temporaries(tmp_path)  # the other rank, between the probe's creation and its close
+        return handle
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", swept_while_open)
+    assert check_writable(tmp_path, directory=True) == tmp_path
+    assert list(tmp_path.iterdir()) == []  # the stale file is gone, the probe removed itself

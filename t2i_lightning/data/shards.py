@@ -54,7 +54,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def check_writable(path: str | os.PathLike, directory: bool = False) -> Path:
     """Create the directory of output file ``path`` (or ``path`` itself with ``directory``) and write a
-    probe file there, so that an output that cannot be written fails naming it before any long work."""
+    probe file there, so that an output that cannot be written fails naming it before any long work.
+
+    The probe's suffix is not ``.tmp``: another rank's :func:`remove_stale_temporaries` in the same
+    directory must not delete it while it is open (a DDP extraction did, and the probe's close failed)."""
     path = Path(path)
     if not directory and path.is_dir():
         raise ValueError(f"Output {path} is a directory: give a file name")
@@ -64,7 +67,7 @@ def check_writable(path: str | os.PathLike, directory: bool = False) -> Path:
         raise ValueError(f"Cannot write output {path}: {blocker} is a file, not a directory")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(prefix=".write-check.", suffix=".tmp", dir=parent):
+        with tempfile.NamedTemporaryFile(prefix=".write-check.", suffix=".probe", dir=parent):
             pass
     except OSError as error:
         raise ValueError(f"Cannot write output {path}: {error.strerror or error}") from error
