@@ -147,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = subparsers.add_parser(
         "bench", help="benchmarks as ratios against a baseline run side by side",
         description="Without a subcommand: every benchmark (decoder training through Lightning vs a bare loop, "
-        "input pipeline vs training, DDIM vs DDPM and batched guidance, extraction vs a bare loop, the demo's "
-        "stage times and memory) in one table, also written as JSON.",
+        "input pipeline vs training, DDIM vs DDPM and batched guidance, extraction vs a bare loop, CLIP "
+        "training in bf16 vs float32, the demo's stage times and memory) in one table, also written as JSON.",
     )  # fmt: skip
     bench.add_argument("--quick", action="store_true", help="smoke-test sizes (a minute or two; not the README's numbers)")
     bench.add_argument("--out", default="runs/bench/bench.json", help="JSON results (default: runs/bench/bench.json)")

@@ -20,7 +20,7 @@ from t2i_lightning.data.inspect import read_samples
 from t2i_lightning.data.shards import resolve_shards, write_shard
 from t2i_lightning.nn.clip import PretrainedWeightsError, create_clip
 
-from .cli_runs import MICRO, T2I, extract, run, scalars
+from .cli_runs import MICRO, T2I, clip_fit_args, extract, run, scalars
 
 
 def dir_bytes(root: Path) -> dict[str, bytes]:
@@ -39,6 +39,20 @@ def test_clip_fit_lowers_the_loss_and_logs_retrieval_and_zero_shot(pipeline):
         words = logged[f"train/word_loss_{side}"]
         assert np.mean(words[-5:]) < np.mean(words[:5]) - 0.1, side
     assert 0 <= logged["val/t2i_R@1"][-1] <= logged["val/t2i_R@5"][-1] <= 1
+
+
+def test_bf16_mixed_clip_training_keeps_float32_weights_and_finite_losses(shapes_dir, tmp_path):
+    """`make clip`'s precision on CPUs with native bf16: autocast in the forward passes only; the
+    checkpoint's weights (those extraction loads) stay float32 and the losses are finite."""
+    runs = tmp_path / "runs"
+    run(*clip_fit_args(runs, shapes_dir, 3), "--trainer.precision", "bf16-mixed")
+    checkpoint = torch.load(runs / "clip" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 3
+    weights = checkpoint["state_dict"]
+    assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
+    logged = scalars(runs / "clip")
+    for tag in ("train/loss", "train/word_loss_image", "val/loss", "val/t2i_R@1"):
+        assert np.all(np.isfinite(logged[tag])), tag
 
 
 def test_local_weights_files_load_as_pretrained(pipeline, tmp_path):

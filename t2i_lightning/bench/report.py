@@ -14,6 +14,7 @@ import platform
 import torch
 
 from ..demo_defaults import DEMO_CLIP
+from .clip_training import bench_clip_training
 from .extraction import bench_extraction
 from .input_pipeline import bench_input
 from .sampling import bench_sampling
@@ -22,9 +23,9 @@ from .training import bench_training
 
 SIZES = {
     "full": {"steps": 30, "warmup": 5, "train_batch": None, "input_batches": 40, "n": 4, "ddim": 50,
-             "ddpm": "all", "shards": 2},
+             "ddpm": "all", "shards": 2, "clip_steps": 12, "clip_warmup": 3},
     "quick": {"steps": 8, "warmup": 2, "train_batch": 8, "input_batches": 8, "n": 2, "ddim": 10,
-              "ddpm": "100", "shards": 1},
+              "ddpm": "100", "shards": 1, "clip_steps": 4, "clip_warmup": 1},
 }  # fmt: skip
 GIB = 1024**3
 # The stages `make demo` runs, as the stage log names them (a stage config's name, else the subcommand).
@@ -63,6 +64,8 @@ def run_benchmarks(
                                          references=references)  # fmt: skip
     results["extraction"] = bench_extraction(data, clip_model, clip, size["shards"])
     results["extraction"]["weights"] = clip or "random"
+    results["clip_training"] = bench_clip_training(clip_model, steps=size["clip_steps"], warmup=size["clip_warmup"],
+                                                   batch_size=size["train_batch"])  # fmt: skip
     results["demo"] = demo_summary(stage_log, DEMO_STAGES) if stage_log else None
     return results
 
@@ -75,7 +78,7 @@ def _row(name: str, value: str, ratio: float | None, target: str, met: bool | No
 
 def table(results: dict) -> str:
     """The results as a Markdown table: what, measured values, ratio, target, met."""
-    t, i, s, e = (results[k] for k in ("training", "input", "sampling", "extraction"))
+    t, i, s, e, c = (results[k] for k in ("training", "input", "sampling", "extraction", "clip_training"))
     rows = [
         "| benchmark | measured | ratio | target | met |",
         "|---|---|---|---|---|",
@@ -96,6 +99,9 @@ def table(results: dict) -> str:
         _row("extraction: Lightning predict + writing vs bare encode loop (time)",
              f"{e['extraction_img_per_s']:.0f} vs {e['bare_img_per_s']:.0f} img/s ({e['images']} images)",
              e["ratio"], "<= 1.15x", e["ratio"] <= 1.15),
+        _row("CLIP training step: bf16 autocast vs float32, bare loop (speed-up)",
+             f"{c['bf16_img_per_s']:.1f} vs {c['float32_img_per_s']:.1f} img/s ({c['model']}, batch {c['batch_size']})",
+             c["bf16_speedup"], "-", None),
     ]  # fmt: skip
     if s["quality_measured"]:
         ddim, ddpm = s["ddim_colour_error_ratio"], s["ddpm_colour_error_ratio"]

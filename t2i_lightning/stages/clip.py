@@ -95,11 +95,15 @@ class CLIPStage(pl.LightningModule):
             losses["word_loss_text"] = self.word_head.loss(text_features, words)
         return image_features, text_features, losses
 
+    def total_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss trained on: contrastive, plus ``word_loss_weight`` times the mean of both sides' word losses."""
+        if self.word_head is None:
+            return losses["loss"]
+        return losses["loss"] + self.hparams.word_loss_weight * (losses["word_loss_image"] + losses["word_loss_text"]) / 2
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         _, _, losses = self._features(batch)
-        total = losses["loss"]
-        if self.word_head is not None:
-            total = total + self.hparams.word_loss_weight * (losses["word_loss_image"] + losses["word_loss_text"]) / 2
+        total = self.total_loss(losses)
         scale = self.clip.logit_scale.exp()
         n = len(batch["caption"])
         self.log("train/loss", losses.pop("loss"), prog_bar=True, batch_size=n)
