@@ -67,7 +67,7 @@ CPU_PRECISION := $(if $(and $(BF16_CPU),$(ON_CPU)),bf16-mixed,32-true)
 DECODER_PRECISION ?= $(CPU_PRECISION)
 CLIP_PRECISION    ?= $(CPU_PRECISION)
 
-.PHONY: help install data inspect clip embed probe-layout train-translator embed-text train-decoder evaluate-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo test test-all bench lint tensorboard clean
+.PHONY: help install data inspect clip embed probe-layout train-translator embed-text train-decoder evaluate-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo test test-all bench bench-gpu lint tensorboard clean
 
 help: ## list the targets (this message)
 	@echo "t2i_lightning: staged text-to-image diffusion with PyTorch Lightning"
@@ -234,6 +234,9 @@ bench: $(DATA)/index.json | $(STAMP) ## benchmarks as side-by-side ratios, plus 
 	T2I_TIMINGS= $(T2I) bench --out $(RUNS)/bench/bench.json --data $(DATA) --clip-model $(CLIP_MODEL) \
 	    --stage-log $(T2I_TIMINGS) $(if $(wildcard $(CLIP_WEIGHTS)),--clip $(CLIP_WEIGHTS),) \
 	    $(if $(wildcard $(DECODER_CKPT)),--decoder $(DECODER_CKPT) --embeddings $(EMB),) $(BENCH_FLAGS)
+
+bench-gpu: $(DATA)/index.json | $(STAMP) ## the bench's GPU rows (decoder step img/s and bf16 MFU, demo and paper configs; sampling; extraction) -> $(RUNS)/bench/gpu.json
+	T2I_TIMINGS= $(T2I) bench gpu --out $(RUNS)/bench/gpu.json --data $(DATA) $(BENCH_FLAGS)
 
 lint: install ## ruff check
 	$(VENV)/bin/ruff check .

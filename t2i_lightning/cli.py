@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--clip-model", default=DEMO_CLIP, help="open_clip model name for extraction")
     bench.add_argument("--clip", default=None, help="CLIP weights for extraction (default: random weights)")
     bench.add_argument("--stage-log", default=None, help="stage timings written by `make` (runs/bench/stages.jsonl)")
-    kinds = bench.add_subparsers(dest="bench_command", metavar="{extraction,sampling}")
+    kinds = bench.add_subparsers(dest="bench_command", metavar="{extraction,sampling,gpu}")
     extraction = kinds.add_parser(
         "extraction", help="embedding extraction vs a bare encode loop on the same batches"
     )
@@ -174,6 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--n", type=int, default=4, help="images per sampler (default: 4)")
     sampling.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps (default: 50)")
     sampling.add_argument("--ddpm-steps", default="all", help="DDPM steps (default: all, i.e. T)")
+    gpu = kinds.add_parser(
+        "gpu", help="accelerator rows: decoder step img/s and bf16 MFU (demo and paper configs), Lightning vs bare, "
+        "sampling, extraction", description="Needs a GPU (--device cpu runs the same code as a smoke test).",
+    )  # fmt: skip
+    gpu.add_argument("--device", default="cuda", help="torch device (default: cuda)")
+    gpu.add_argument("--configs", nargs="+", default=["stages/decoder.yaml", "stages/paper/decoder.yaml"],
+                     help="decoder stage configs to time (default: the demo's and the study's)")  # fmt: skip
+    gpu.add_argument("--batch-sizes", nargs="+", type=int, default=None,
+                     help="batch sizes for every config (default: each config's own and 8 times it)")  # fmt: skip
+    gpu.add_argument("--data", default="data/shapes", help="image shards for the extraction rows ('' for none)")
+    gpu.add_argument("--clip-models", nargs="+", default=[DEMO_CLIP, "ViT-B-32"],
+                     help="open_clip models for extraction, random weights (default: the demo's and ViT-B-32)")  # fmt: skip
+    gpu.add_argument("--quick", action="store_true", help="smoke-test sizes (not the README's numbers)")
+    gpu.add_argument("--out", default="runs/bench/gpu.json", help="JSON results (default: runs/bench/gpu.json)")
     return parser
 
 
@@ -260,6 +274,9 @@ def _run_bench(args: argparse.Namespace) -> None:
         print(table(results))
         print(f"\nwritten to {args.out}")
         return
+    if args.bench_command == "gpu":
+        _run_bench_gpu(args)
+        return
     if args.bench_command == "sampling":
         from .bench.sampling import bench_sampling
 
@@ -280,6 +297,30 @@ def _run_bench(args: argparse.Namespace) -> None:
         f"+ shard writing vs {result['bare_img_per_s']:.1f} img/s for bare encode_image/encode_text on the same "
         f"batches: ratio {result['ratio']:.3f} (torch threads {result['threads']}, {result['num_workers']} loader worker(s))"
     )
+
+
+def _run_bench_gpu(args: argparse.Namespace) -> None:
+    from .bench.gpu import gpu_table, run_gpu_benchmarks
+    from .data.shards import check_writable, resolve_shards, write_json_atomic
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("t2i bench gpu: no CUDA device here (torch.cuda.is_available() is False); "
+                           "`--device cpu` runs the same code on the CPU as a smoke test")  # fmt: skip
+    if any(b <= 0 for b in args.batch_sizes or []):
+        raise ValueError(f"--batch-sizes must be positive, got {args.batch_sizes}")
+    for config in args.configs:
+        if not os.path.isfile(config):
+            raise FileNotFoundError(f"Decoder config not found: {config}")
+    if args.data:
+        resolve_shards(args.data)  # names a missing or empty dataset before any model is built
+    check_writable(args.out)
+    batch_sizes = {config: args.batch_sizes for config in args.configs} if args.batch_sizes else None
+    results = run_gpu_benchmarks(device=args.device, configs=tuple(args.configs), batch_sizes=batch_sizes,
+                                 data=args.data or None, clip_models=tuple(args.clip_models), quick=args.quick)  # fmt: skip
+    write_json_atomic(args.out, results)
+    print(gpu_table(results))
+    print(f"\nwritten to {args.out}")
 
 
 def _run_data(args: argparse.Namespace) -> None:

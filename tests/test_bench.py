@@ -77,3 +77,69 @@ def test_bench_settings_come_from_the_stage_config_then_the_shared_trainer_defau
     assert trainer_setting(lone, "gradient_clip_val") is None
     with pytest.raises(KeyError, match="lone.yaml has no data"):
         stage_config_section(lone, "data", "init_args", "batch_size")
+
+
+def test_step_flops_are_counted_on_the_real_step_and_scale_with_the_batch():
+    """MFU's numerator: the loss's forward and backward FLOPs, exactly linear in the batch (every op of
+    the U-Net is per-sample), and about three forwards (the backward costs about twice the forward)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from t2i_lightning.bench.gpu import training_step_flops
+    from t2i_lightning.bench.training import random_batches
+    from t2i_lightning.nn.unet import ConditionalUNet
+    from t2i_lightning.stages.decoder import DecoderStage
+
+    stage = DecoderStage(ConditionalUNet(**MICRO_UNET, learn_variance=True))
+    stage.stats_loaded = True
+    two, four = (training_step_flops(stage, random_batches(stage, 1, n)[0], "cpu") for n in (2, 4))
+    assert two > 0 and four == 2 * two
+    assert all(p.grad is None for p in stage.parameters())  # the count leaves no gradients behind
+    batch = random_batches(stage, 1, 2)[0]
+    with torch.no_grad(), FlopCounterMode(display=False) as forward:
+        stage._losses(batch, 0.0)
+    assert 2.5 < two / forward.get_total_flops() < 3.05
+
+
+def test_gpu_bench_refuses_without_a_gpu_and_runs_its_rows_on_the_cpu(decoder, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        refused = run(T2I, "bench", "gpu", "--out", str(tmp_path / "gpu.json"), check=False)
+        assert refused.returncode != 0 and "no CUDA device" in refused.stderr and "--device cpu" in refused.stderr
+        assert not (tmp_path / "gpu.json").exists()
+    config = yaml.safe_load((ROOT / "stages" / "decoder.yaml").read_text())
+    config["model"]["init_args"]["net"]["init_args"] = {**MICRO_UNET, "learn_variance": True}
+    tiny = tmp_path / "decoder.yaml"
+    tiny.write_text(yaml.safe_dump(config))
+    out = tmp_path / "bench" / "gpu.json"
+    result = run(T2I, "bench", "gpu", "--device", "cpu", "--quick", "--configs", str(tiny), "--batch-sizes", "2", "4",
+                 "--data", str(decoder["data"]), "--clip-models", MICRO, "--out", str(out))  # fmt: skip
+    results = json.loads(out.read_text())
+    rows = results["decoder"]
+    assert sorted(rows) == [f"{tiny}@2", f"{tiny}@4"] and not any("error" in r for r in rows.values())
+    for r in rows.values():
+        assert r["mfu"] == pytest.approx(r["bf16_tflops"] / results["matmul_bf16_tflops"])
+        assert r["vs_study_v100"] == pytest.approx(r["bf16_img_per_s"] / (500_000 * 16 / (8 * 24 * 3600)))
+    assert rows[f"{tiny}@4"]["gflops_per_image"] == pytest.approx(rows[f"{tiny}@2"]["gflops_per_image"])
+    assert results["lightning"]["batch_size"] == 2 and math.isfinite(results["lightning"]["ratio"])
+    assert results["sampling"]["device"] == "cpu" and results["extraction"][MICRO]["images"] > 0
+    for row in ("MFU", "Lightning vs bare loop", "DDPM-20 vs DDIM-5", "two forwards vs one batched", "extraction"):
+        assert row in result.stdout, row
+
+
+def test_gpu_table_shows_a_failed_row_with_its_error_beside_the_others():
+    from t2i_lightning.bench.gpu import gpu_table
+
+    results = {
+        "machine": {"cuda": "NVIDIA H200", "cpu_count": 16, "torch": "2.11"}, "device": "cuda", "quick": False,
+        "matmul_bf16_tflops": 780.0, "datasheet_bf16_tflops": 989.0,
+        "decoder": {"stages/paper/decoder.yaml@128": {"error": "OutOfMemoryError: CUDA out of memory"}},
+        "lightning": {"batch_size": 32, "lightning_img_per_s": 900.0, "bare_img_per_s": 1000.0, "ratio": 1.11},
+        "sampling": {"error": "RuntimeError: boom"}, "extraction": {},
+    }  # fmt: skip
+    text = gpu_table(results)
+    assert "| decoder step stages/paper/decoder.yaml@128 | failed: OutOfMemoryError: CUDA out of memory |" in text
+    assert "| sampling | failed: RuntimeError: boom |" in text
+    assert "| decoder training: Lightning vs bare loop, bf16 (batch 32) | 900 vs 1000 img/s | 1.11x | <= 1.05x | NO |" in text
+    assert "780 TFLOP/s measured" in text and "datasheet 989" in text

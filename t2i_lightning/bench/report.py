@@ -70,7 +70,8 @@ def run_benchmarks(
     return results
 
 
-def _row(name: str, value: str, ratio: float | None, target: str, met: bool | None) -> str:
+def table_row(name: str, value: str, ratio: float | None, target: str, met: bool | None) -> str:
+    """One Markdown row: what, measured values, the ratio (if any), the target, and whether it is met."""
     ratio_text = "" if ratio is None else f"{ratio:.2f}x"
     verdict = {True: "yes", False: "NO", None: "-"}[met]
     return f"| {name} | {value} | {ratio_text} | {target} | {verdict} |"
@@ -82,42 +83,42 @@ def table(results: dict) -> str:
     rows = [
         "| benchmark | measured | ratio | target | met |",
         "|---|---|---|---|---|",
-        _row("decoder training: Lightning vs bare loop (time)",
+        table_row("decoder training: Lightning vs bare loop (time)",
              f"{t['lightning_img_per_s']:.1f} vs {t['bare_img_per_s']:.1f} img/s (batch {t['batch_size']})",
              t["ratio"], "<= 1.05x", t["ratio"] <= 1.05),
-        _row("decoder training step: bf16 autocast vs float32, bare loop (speed-up)",
+        table_row("decoder training step: bf16 autocast vs float32, bare loop (speed-up)",
              f"{t['bf16_img_per_s']:.1f} vs {t['bare_img_per_s']:.1f} img/s", t["bf16_speedup"], "-", None),
-        _row("input pipeline vs training consumption",
+        table_row("input pipeline vs training consumption",
              f"{i['samples_per_s']:.0f} samples/s ({i['datamodule']}, {i['num_workers']} worker(s))",
              i["ratio_to_training"], ">= 5x", i["ratio_to_training"] >= 5),
-        _row(f"sampling: DDPM-{s['ddpm_steps']} vs DDIM-{s['ddim_steps']} (time)",
+        table_row(f"sampling: DDPM-{s['ddpm_steps']} vs DDIM-{s['ddim_steps']} (time)",
              f"{s['ddpm_s_per_image']:.2f} vs {s['ddim_s_per_image']:.2f} s/image ({s['image_size']}px)",
              s["ratio"], ">= 15x", s["ratio"] >= 15),
-        _row("guidance: two forwards vs one batched (time)",
+        table_row("guidance: two forwards vs one batched (time)",
              f"{s['cfg_two_forwards_s_per_image']:.2f} vs {s['ddim_s_per_image']:.2f} s/image",
              s["cfg_batched_speedup"], ">= 1.5x", s["cfg_batched_speedup"] >= 1.5),
-        _row("extraction: Lightning predict + writing vs bare encode loop (time)",
+        table_row("extraction: Lightning predict + writing vs bare encode loop (time)",
              f"{e['extraction_img_per_s']:.0f} vs {e['bare_img_per_s']:.0f} img/s ({e['images']} images)",
              e["ratio"], "<= 1.15x", e["ratio"] <= 1.15),
-        _row("CLIP training step: bf16 autocast vs float32, bare loop (speed-up)",
+        table_row("CLIP training step: bf16 autocast vs float32, bare loop (speed-up)",
              f"{c['bf16_img_per_s']:.1f} vs {c['float32_img_per_s']:.1f} img/s ({c['model']}, batch {c['batch_size']})",
              c["bf16_speedup"], "-", None),
     ]  # fmt: skip
     if s["quality_measured"]:
         ddim, ddpm = s["ddim_colour_error_ratio"], s["ddpm_colour_error_ratio"]
-        rows.append(_row("sampling quality: colour-error ratio DDIM vs DDPM (lower is better)",
+        rows.append(table_row("sampling quality: colour-error ratio DDIM vs DDPM (lower is better)",
                          f"{ddim:.3f} vs {ddpm:.3f} (n={s['n']})", ddim / ddpm, "<= 1.10x", ddim <= 1.1 * ddpm))  # fmt: skip
     demo = results.get("demo")
     if demo:
         for name, stage in demo["stages"].items():
-            rows.append(_row(f"demo stage {name}", f"{stage['wall_s'] / 60:.1f} min, peak {stage['peak_rss_bytes'] / GIB:.2f} GiB",
+            rows.append(table_row(f"demo stage {name}", f"{stage['wall_s'] / 60:.1f} min, peak {stage['peak_rss_bytes'] / GIB:.2f} GiB",
                              None, "", None))  # fmt: skip
         minutes, peak = demo["total_wall_s"] / 60, demo["max_peak_rss_bytes"] / GIB
         complete = not demo["missing"]
         scope = "" if complete else f"; not recorded: {', '.join(demo['missing'])}"
-        rows.append(_row(f"whole demo (sum of recorded stage commands{scope})", f"{minutes:.1f} min", None, "<= 30 min",
+        rows.append(table_row(f"whole demo (sum of recorded stage commands{scope})", f"{minutes:.1f} min", None, "<= 30 min",
                          minutes <= 30 if complete else None))  # fmt: skip
-        rows.append(_row("whole demo peak memory (largest process)", f"{peak:.2f} GiB", None, "<= 6 GiB",
+        rows.append(table_row("whole demo peak memory (largest process)", f"{peak:.2f} GiB", None, "<= 6 GiB",
                          peak <= 6 if complete else None))  # fmt: skip
     m = results["machine"]
     header = (f"{m['processor']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "

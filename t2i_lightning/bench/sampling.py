@@ -7,6 +7,7 @@ given, the U-Net of a stage config with random weights (timing does not depend o
 With a checkpoint the conditions are the true CLIP image embeddings of validation images, and each
 sampler's quality is the coarse colour error of its reconstructions against their sources, relative
 to random pairs (:func:`t2i_lightning.eval.colour.reconstruction_colour_report`: lower is better).
+On an accelerator (``device``) the clock is read after the device has finished.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..eval.colour import reconstruction_colour_report
 from ..eval.decoder_report import validation_references
 from ..nn.unet import ConditionalUNet
 from ..stages.decoder import DecoderStage
+from .clock import synchronize
 from .stage_config import stage_config_section
 
 
@@ -32,41 +34,44 @@ def decoder_for_bench(checkpoint: str | None, config: str = "stages/decoder.yaml
     return stage
 
 
-def _timed(sample) -> tuple[torch.Tensor, float]:
+def _timed(sample, device: torch.device) -> tuple[torch.Tensor, float]:
+    synchronize(device)
     start = time.perf_counter()
     images = sample()
+    synchronize(device)
     return images, time.perf_counter() - start
 
 
 def bench_sampling(
     checkpoint: str | None = None, n: int = 4, ddim_steps: int = 50, ddpm_steps: str = "all", cfg_scale: float = 3.0,
-    config: str = "stages/decoder.yaml", references: tuple[str, str] | None = None,
+    config: str = "stages/decoder.yaml", references: tuple[str, str] | None = None, device: torch.device | str = "cpu",
 ) -> dict:  # fmt: skip
     """Seconds per image of DDIM-``ddim_steps`` and DDPM-``ddpm_steps`` for ``n`` images and their ratio;
     DDIM with guidance in two forwards against one batched forward; with ``references`` (the image
     shards and the embedding directory the checkpoint's CLIP made of them), each sampler's
     reconstruction colour-error ratio on the first ``n`` validation images."""
-    stage = decoder_for_bench(checkpoint, config).eval()
+    device = torch.device(device)
+    stage = decoder_for_bench(checkpoint, config).eval().to(device)
     batch = validation_references(*references, stage.net.image_size, n) if references is not None else None
     if batch is not None:
         conditioning = batch["img_emb"]
     else:
-        conditioning = torch.randn(n, stage.net.cond_dim) * stage.std_img + stage.mean_img
-    result = {"n": n, "image_size": stage.net.image_size, "threads": torch.get_num_threads(),
+        conditioning = torch.randn(n, stage.net.cond_dim, device=device) * stage.std_img + stage.mean_img
+    result = {"n": n, "image_size": stage.net.image_size, "threads": torch.get_num_threads(), "device": str(device),
               "weights": checkpoint or f"random ({config})", "quality_measured": batch is not None}  # fmt: skip
 
     def sample(sampler: str, steps: int | str, batched: bool = True) -> torch.Tensor:
         return stage.sample(conditioning, sampler=sampler, steps=steps, cfg_scale=cfg_scale, cfg_batched=batched,
-                            progress=False, generator=torch.Generator().manual_seed(0))  # fmt: skip
+                            progress=False, generator=torch.Generator(device).manual_seed(0))  # fmt: skip
 
     for name, sampler, steps in (("ddim", "ddim", ddim_steps), ("ddpm", "ddpm", ddpm_steps)):
-        images, seconds = _timed(lambda: sample(sampler, steps))  # noqa: B023 (called at once)
+        images, seconds = _timed(lambda: sample(sampler, steps), device)  # noqa: B023 (called at once)
         result[f"{name}_steps"] = stage.schedule.num_steps if steps == "all" else int(steps)
         result[f"{name}_s_per_image"] = seconds / n
         if batch is not None:
-            result[f"{name}_colour_error_ratio"] = reconstruction_colour_report(batch["image"], images)["ratio"]
+            result[f"{name}_colour_error_ratio"] = reconstruction_colour_report(batch["image"], images.cpu())["ratio"]
     result["ratio"] = result["ddpm_s_per_image"] / result["ddim_s_per_image"]
-    _, separate = _timed(lambda: sample("ddim", ddim_steps, batched=False))
+    _, separate = _timed(lambda: sample("ddim", ddim_steps, batched=False), device)
     result["cfg_two_forwards_s_per_image"] = separate / n
     result["cfg_batched_speedup"] = result["cfg_two_forwards_s_per_image"] / result["ddim_s_per_image"]
     return result

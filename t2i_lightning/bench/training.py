@@ -7,6 +7,9 @@ the stage's loss, backward, gradient clipping at the trainer's value (``_trainer
 schedule and the EMA update. The Lightning run has what ``make train-decoder`` has around its steps:
 logging to TensorBoard, the progress bar, the learning-rate monitor, the grad-norm log, the EMA
 callback and the non-finite-loss guard. Their time ratio is what Lightning costs.
+
+Both run on ``device`` (the CPU by default; a GPU for :mod:`t2i_lightning.bench.gpu`), moving each
+batch to it inside the timed loop as Lightning does, and wait for the device before reading the clock.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -24,6 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from ..callbacks.finite_guard import NonFiniteGuard
 from ..stages.decoder import DecoderStage
 from ..stages.optim import adamw_with_warmup, decay_groups
+from .clock import synchronize
 from .sampling import decoder_for_bench
 from .stage_config import stage_config_section, trainer_setting
 
@@ -44,10 +49,14 @@ def random_batches(stage: DecoderStage, count: int, batch_size: int, seed: int =
 
 
 def bare_loop_seconds(
-    stage: DecoderStage, batches: list[dict], warmup: int, gradient_clip: float | None, bf16: bool = False
-) -> float:
-    """Seconds for the steps after the first ``warmup`` of a plain PyTorch training loop over ``batches``,
-    gradients clipped to norm ``gradient_clip`` (None: not clipped); ``bf16``: forward and loss under bfloat16 autocast (what ``--trainer.precision bf16-mixed`` does)."""
+    stage: DecoderStage, batches: list[dict], warmup: int, gradient_clip: float | None, bf16: bool = False,
+    device: torch.device | str = "cpu",
+) -> float:  # fmt: skip
+    """Seconds for the steps after the first ``warmup`` of a plain PyTorch training loop over ``batches``
+    on ``device``, gradients clipped to norm ``gradient_clip`` (None: not clipped); ``bf16``: forward and
+    loss under bfloat16 autocast (what ``--trainer.precision bf16-mixed`` does)."""
+    device = torch.device(device)
+    stage.to(device)
     hp = stage.hparams
     optim = adamw_with_warmup(
         decay_groups(stage, hp.weight_decay), hp.lr, hp.weight_decay, hp.warmup_steps, len(batches),
@@ -59,8 +68,10 @@ def bare_loop_seconds(
     start = time.perf_counter()
     for step, batch in enumerate(batches):
         if step == warmup:
+            synchronize(device)
             start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        batch = move_data_to_device(batch, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = stage._losses(batch, stage.cond_drop_prob)["loss"].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -69,6 +80,7 @@ def bare_loop_seconds(
         optimizer.step()
         scheduler.step()
         ema.update_parameters(stage)
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -80,19 +92,26 @@ class _StepTimer(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.warmup:
+            synchronize(pl_module.device)
             self.start = time.perf_counter()
 
     def on_train_end(self, trainer, pl_module):
+        synchronize(pl_module.device)
         self.end = time.perf_counter()
 
 
-def lightning_seconds(stage: DecoderStage, batches: list[dict], warmup: int, gradient_clip: float | None) -> float:
-    """Seconds for the steps after the first ``warmup`` of ``Trainer.fit`` over ``batches``."""
+def lightning_seconds(
+    stage: DecoderStage, batches: list[dict], warmup: int, gradient_clip: float | None,
+    device: torch.device | str = "cpu", precision: str = "32-true",
+) -> float:  # fmt: skip
+    """Seconds for the steps after the first ``warmup`` of ``Trainer.fit`` over ``batches`` on ``device``
+    (one device of its type) at ``precision``."""
     timer = _StepTimer(warmup)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     with tempfile.TemporaryDirectory() as logs:
         trainer = pl.Trainer(
-            accelerator="cpu", devices=1, max_steps=len(batches), gradient_clip_val=gradient_clip,
+            accelerator=torch.device(device).type, devices=1, precision=precision, max_steps=len(batches),
+            gradient_clip_val=gradient_clip,
             logger=TensorBoardLogger(logs, name="bench"), enable_checkpointing=False, limit_val_batches=0,
             num_sanity_val_steps=0, log_every_n_steps=10, enable_model_summary=False,
             callbacks=[timer, TQDMProgressBar(refresh_rate=10), LearningRateMonitor("step"), NonFiniteGuard()],
@@ -111,7 +130,7 @@ def bench_training(
     its faster run counts, so warm-up effects cannot flatter Lightning.
     """
     stage = decoder_for_bench(None, config)
-    batch_size = batch_size or _config_batch_size(config)
+    batch_size = batch_size or config_batch_size(config)
     clip = trainer_setting(config, "gradient_clip_val")
     batches = random_batches(stage, steps, batch_size)
     bare = bare_loop_seconds(copy.deepcopy(stage), batches, warmup, clip)
@@ -133,5 +152,5 @@ def bench_training(
     }
 
 
-def _config_batch_size(config: str) -> int:
+def config_batch_size(config: str) -> int:
     return int(stage_config_section(config, "data", "init_args", "batch_size"))
