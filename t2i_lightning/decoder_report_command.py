@@ -18,7 +18,7 @@ from .data.image_io import save_png_atomic, tensor_to_images
 from .data.inspect import captioned_grid
 from .data.shards import check_writable, write_json_atomic
 from .pipeline import DEFAULT_DECODER, load_decoder
-from .sample_command import check_steps_and_threshold
+from .sample_command import add_precision_argument, check_steps_and_threshold
 
 
 def add_evaluate_decoder_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +41,7 @@ def add_evaluate_decoder_parser(subparsers: argparse._SubParsersAction) -> None:
         "--threshold", type=float, default=0.995,
         help="dynamic-thresholding percentile; 0 for static clipping (default: 0.995)",
     )  # fmt: skip
+    add_precision_argument(report)
     report.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     report.add_argument("--batch-size", type=int, default=16, help="images decoded at once (default: 16)")
     report.add_argument("--out", default=None, help="JSON report (default: <run>/reconstructions.json)")
@@ -77,7 +78,7 @@ def run_evaluate_decoder(args: argparse.Namespace) -> None:
     steps = args.steps if args.steps == "all" else int(args.steps)
     report, drawn = decoder_report(
         stage, references, args.cfg, sampler=args.sampler, steps=steps, threshold=args.threshold or None,
-        seed=args.seed, batch_size=args.batch_size,
+        seed=args.seed, batch_size=args.batch_size, precision=args.precision,
     )  # fmt: skip
     report |= {"decoder": args.decoder, "data": data, "embeddings": embeddings}
     sources = tensor_to_images(references["image"])

@@ -16,6 +16,7 @@ import yaml
 from .data.shards import check_writable
 from .demo_defaults import DEMO_CLIP, DEMO_EMBEDDINGS
 from .eval.variants import FIXED, SamplingOptions
+from .sample_command import add_precision_argument
 
 DEFAULT_VARIANTS = ["real", "full", "decoder_only", "no_translator"]
 
@@ -51,6 +52,7 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.995,
                         help="dynamic-thresholding percentile; 0 for static clipping (default: 0.995)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=50, help="images drawn per batch (default: 50)")
+    add_precision_argument(parser)
     parser.add_argument("--out", default="runs/eval", help="output directory (default: runs/eval)")
     parser.add_argument("--force", action="store_true", help="redraw every variant instead of reusing finished ones")
 
@@ -122,7 +124,7 @@ def run_evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     real = load_reference(args.data, args.real_split, args.n)
     accuracy = judge_accuracy(judge, ref.images, ref.metas)
     steps = args.steps if args.steps == "all" else int(args.steps)
-    options = SamplingOptions(args.sampler, steps, args.cfg, args.threshold or None, args.batch_size)
+    options = SamplingOptions(args.sampler, steps, args.cfg, args.threshold or None, args.batch_size, args.precision)
     settings = EvaluationSettings(args.n, list(args.seeds), list(args.variants), list(args.subset_sizes), options)
     paths = {"clip": args.clip, "translator": args.translator, "decoder": args.decoder, "upsampler": args.upsampler,
              "decoder_text": args.decoder_text, "score": args.score, "captioner": args.captioner}  # fmt: skip

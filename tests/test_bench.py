@@ -53,14 +53,16 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table_and_json(decoder,
     results = json.loads(out.read_text())
     ratios = [results["training"]["ratio"], results["training"]["bf16_speedup"], results["input"]["ratio_to_training"], results["sampling"]["ratio"],
               results["sampling"]["cfg_batched_speedup"], results["extraction"]["ratio"],
-              results["clip_training"]["bf16_speedup"]]  # fmt: skip
+              results["clip_training"]["bf16_speedup"], results["sampling"]["bf16_speedup"],
+              results["sampling"]["ddim_bf16_colour_error_ratio"]]  # fmt: skip
     assert all(math.isfinite(r) and r > 0 for r in ratios), ratios
     assert results["input"]["embeddings_joined"] and results["sampling"]["quality_measured"]
     assert results["sampling"]["ddpm_steps"] == 100 and results["sampling"]["ddim_steps"] == 10
     assert results["demo"]["total_wall_s"] == 60.0
     assert (results["clip_training"]["model"], results["clip_training"]["batch_size"]) == (MICRO, 8)
     for row in ("Lightning vs bare loop", "input pipeline", "DDPM-100 vs DDIM-10", "two forwards vs one batched",
-                "extraction", "CLIP training step", "colour-error ratio", "demo stage clip", "whole demo"):  # fmt: skip
+                "extraction", "CLIP training step", "colour-error ratio", "DDIM bf16 U-Net vs float32",
+                "U-Net in bf16 autocast", "demo stage clip", "whole demo"):  # fmt: skip
         assert row in result.stdout, row
     assert "QUICK mode" in result.stdout
 

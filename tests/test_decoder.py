@@ -18,6 +18,7 @@ from t2i_lightning.data.joined import EmbeddingLookup, ImageEmbeddingDataModule
 from t2i_lightning.data.shards import write_shard
 from t2i_lightning.nn.embedding_token_unet import EmbeddingTokenUNet
 from t2i_lightning.nn.unet import ConditionalUNet
+from t2i_lightning.stages.decoder import DecoderStage
 
 from .cli_runs import MICRO, T2I, decoder_args, run, scalars
 
@@ -157,6 +158,23 @@ def test_unet_shapes_and_size_check():
     assert fixed(torch.randn(1, 3, 32, 32), torch.tensor([5]), cond[:1]).shape == (1, 3, 32, 32)
 
 
+def test_sampling_with_a_bf16_network_stays_close_to_float32_and_is_not_the_same_run():
+    """``precision="bf16-mixed"`` really runs the U-Net in bfloat16 (the images differ from float32's
+    by rounding) and changes no more than rounding does (same seed, deterministic DDIM, guidance)."""
+    stage = DecoderStage(ConditionalUNet(**MICRO_UNET, learn_variance=True)).eval()
+    stage.stats_loaded = True
+    conditioning = torch.randn(3, 32)
+
+    def draw(precision):
+        return stage.sample(conditioning, steps=5, cfg_scale=3.0, progress=False, precision=precision,
+                            generator=torch.Generator().manual_seed(0))  # fmt: skip
+
+    full, half = draw("32-true"), draw("bf16-mixed")
+    assert half.dtype == torch.float32 and half.shape == full.shape
+    assert not torch.equal(full, half)
+    assert (full - half).abs().mean() < 0.02 and torch.equal(draw("bf16-mixed"), half)
+
+
 def test_embedding_token_unet_attends_to_tokens_projected_from_the_condition():
     """DALL-E 2's extra context tokens: the same call as ConditionalUNet; the tokens projected from
     the condition reach the output through cross-attention, apart from the pooled path."""
@@ -231,9 +249,11 @@ def test_evaluate_decoder_scores_reconstructions_per_guidance_scale(decoder, tmp
     validation images at each scale and writes the scores, with object scores on shapes, and grids."""
     out = tmp_path / "recon.json"
     result = run(T2I, "evaluate-decoder", "--decoder", str(decoder["decoder"]), "--data", str(decoder["data"]),
-                 "--n", "4", "--cfg", "1", "3", "--steps", "2", "--batch-size", "3", "--out", str(out))  # fmt: skip
+                 "--n", "4", "--cfg", "1", "3", "--steps", "2", "--batch-size", "3", "--precision", "bf16-mixed",
+                 "--out", str(out))  # fmt: skip
     report = json.loads(out.read_text())
     assert report["images"] == 4 and report["embeddings"] == str(decoder["emb"]) and report["steps"] == 2
+    assert report["precision"] == "bf16-mixed" and "U-Net bf16-mixed" in result.stdout
     rows = report["rows"]
     assert [row["cfg"] for row in rows] == [1.0, 3.0]
     for row in rows:
@@ -260,3 +280,24 @@ def test_evaluate_decoder_rejects_bad_input_clearly(decoder, tmp_path, args, mes
     result = run(T2I, "evaluate-decoder", "--decoder", str(decoder["decoder"]), *args, "--out", str(out), check=False)
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_make_samples_and_evaluates_at_sample_precision_and_in_float32_on_an_accelerator():
+    """`make sample`, `demo-samples`, `evaluate-decoder` and `evaluate` pass --precision SAMPLE_PRECISION
+    (bf16-mixed only where the CPU computes bf16 natively and the CPU is the accelerator)."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def precisions(*variables):
+        cmd = ["make", "-n", "--no-print-directory", "-C", str(root), "sample", "demo-samples", "evaluate-decoder",
+               "evaluate", "RUNS=/nonexistent", "DATA=/nonexistent", *variables]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.replace("\\\n", " ")
+        lines = [line for line in out.splitlines() if re.search(r"t2i (sample|evaluate-decoder|evaluate) ", line)]
+        return [re.search(r"--precision (\S+)", line).group(1) for line in lines]
+
+    assert precisions("SAMPLE_PRECISION=bf16-mixed") == ["bf16-mixed"] * 4
+    assert precisions("SAMPLE_PRECISION=32-true") == ["32-true"] * 4
+    assert precisions("ACCELERATOR=gpu") == ["32-true"] * 4

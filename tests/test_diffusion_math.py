@@ -28,6 +28,7 @@ from t2i_lightning.diffusion import (
     gradient_guidance,
     hybrid_loss,
     linear_betas,
+    network_in_precision,
     noise_augment,
     normal_kl,
     p2_weights,
@@ -707,3 +708,27 @@ def test_geometric_sigmas():
     torch.testing.assert_close(ratios, torch.full_like(ratios, 0.01 ** (1 / 9)))
     with pytest.raises(ValueError):
         geometric_sigmas(0.02, 2.0, 10)
+
+
+def test_network_in_bfloat16_returns_float32_and_leaves_the_sampler_arithmetic_in_float32():
+    """The network runs under bfloat16 autocast and hands back float32; "32-true" is the network itself;
+    the guidance wrapped around it combines float32 outputs (ε_c + (s − 1)(ε_c − ε_u) in float32)."""
+    seen = []
+
+    def net(x, t, cond):
+        product = torch.nn.functional.linear(x, torch.eye(x.shape[-1]))  # a matrix product: autocast casts it
+        seen.append(product.dtype)
+        return product * cond[:, None]
+
+    assert network_in_precision(net, "32-true") is net
+    wrapped = network_in_precision(net, "bf16-mixed")
+    x, t, cond = torch.randn(4, 8), torch.zeros(4, dtype=torch.long), torch.rand(4) + 0.5
+    out = wrapped(x, t, cond)
+    assert seen == [torch.bfloat16] and out.dtype == torch.float32
+    assert torch.allclose(out, x * cond[:, None], rtol=1e-2) and not torch.equal(out, x * cond[:, None])
+    null = torch.ones(4)
+    guided = classifier_free_guidance(wrapped, cond, null, 3.0)(x, t)
+    c, u = wrapped(x, t, cond), wrapped(x, t, null)
+    assert guided.dtype == torch.float32 and torch.equal(guided, c + 2.0 * (c - u))
+    with pytest.raises(ValueError, match="bf16-mixed"):
+        network_in_precision(net, "16-mixed")

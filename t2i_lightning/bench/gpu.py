@@ -186,7 +186,9 @@ def _sampling_rows(s: dict) -> list[tuple]:
              f"{s['ddpm_s_per_image']:.3f} vs {s['ddim_s_per_image']:.4f} s/image", s["ratio"], ">= 15x", s["ratio"] >= 15),
             ("guidance: two forwards vs one batched (time)",
              f"{s['cfg_two_forwards_s_per_image']:.4f} vs {s['ddim_s_per_image']:.4f} s/image",
-             s["cfg_batched_speedup"], ">= 1.5x", s["cfg_batched_speedup"] >= 1.5)]  # fmt: skip
+             s["cfg_batched_speedup"], ">= 1.5x", s["cfg_batched_speedup"] >= 1.5),
+            (f"sampling: DDIM-{s['ddim_steps']} with the U-Net in bf16 autocast vs float32 (speed-up)",
+             f"{s['ddim_bf16_s_per_image']:.4f} vs {s['ddim_s_per_image']:.4f} s/image", s["bf16_speedup"], "-", None)]  # fmt: skip
 
 
 def _extraction_rows(e: dict) -> list[tuple]:

@@ -97,6 +97,8 @@ def table(results: dict) -> str:
         table_row("guidance: two forwards vs one batched (time)",
              f"{s['cfg_two_forwards_s_per_image']:.2f} vs {s['ddim_s_per_image']:.2f} s/image",
              s["cfg_batched_speedup"], ">= 1.5x", s["cfg_batched_speedup"] >= 1.5),
+        table_row(f"sampling: DDIM-{s['ddim_steps']} with the U-Net in bf16 autocast vs float32 (speed-up)",
+                  f"{s['ddim_bf16_s_per_image']:.2f} vs {s['ddim_s_per_image']:.2f} s/image", s["bf16_speedup"], "-", None),
         table_row("extraction: Lightning predict + writing vs bare encode loop (time)",
              f"{e['extraction_img_per_s']:.0f} vs {e['bare_img_per_s']:.0f} img/s ({e['images']} images)",
              e["ratio"], "<= 1.15x", e["ratio"] <= 1.15),
@@ -108,6 +110,9 @@ def table(results: dict) -> str:
         ddim, ddpm = s["ddim_colour_error_ratio"], s["ddpm_colour_error_ratio"]
         rows.append(table_row("sampling quality: colour-error ratio DDIM vs DDPM (lower is better)",
                          f"{ddim:.3f} vs {ddpm:.3f} (n={s['n']})", ddim / ddpm, "<= 1.10x", ddim <= 1.1 * ddpm))  # fmt: skip
+        bf16 = s["ddim_bf16_colour_error_ratio"]
+        rows.append(table_row("sampling quality: colour-error ratio DDIM bf16 U-Net vs float32 (lower is better)",
+                              f"{bf16:.3f} vs {ddim:.3f} (n={s['n']})", bf16 / ddim, "<= 1.10x", bf16 <= 1.1 * ddim))  # fmt: skip
     demo = results.get("demo")
     if demo:
         for name, stage in demo["stages"].items():

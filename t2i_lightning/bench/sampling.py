@@ -1,5 +1,6 @@
-"""Sampling: DDIM with few steps vs ancestral DDPM over every training step, and classifier-free
-guidance in one batched forward vs two forwards.
+"""Sampling: DDIM with few steps vs ancestral DDPM over every training step, classifier-free
+guidance in one batched forward vs two forwards, and DDIM with the U-Net under bfloat16 autocast vs
+float32.
 
 Everything runs side by side in one process on the same decoder, the same conditions and the same
 guidance settings (dynamic thresholding, scale 3). The decoder is a checkpoint, or, when none is
@@ -60,17 +61,21 @@ def bench_sampling(
     result = {"n": n, "image_size": stage.net.image_size, "threads": torch.get_num_threads(), "device": str(device),
               "weights": checkpoint or f"random ({config})", "quality_measured": batch is not None}  # fmt: skip
 
-    def sample(sampler: str, steps: int | str, batched: bool = True) -> torch.Tensor:
+    def sample(sampler: str, steps: int | str, batched: bool = True, precision: str = "32-true") -> torch.Tensor:
         return stage.sample(conditioning, sampler=sampler, steps=steps, cfg_scale=cfg_scale, cfg_batched=batched,
-                            progress=False, generator=torch.Generator(device).manual_seed(0))  # fmt: skip
+                            progress=False, generator=torch.Generator(device).manual_seed(0),
+                            precision=precision)  # fmt: skip
 
-    for name, sampler, steps in (("ddim", "ddim", ddim_steps), ("ddpm", "ddpm", ddpm_steps)):
-        images, seconds = _timed(lambda: sample(sampler, steps), device)  # noqa: B023 (called at once)
+    runs = (("ddim", "ddim", ddim_steps, "32-true"), ("ddpm", "ddpm", ddpm_steps, "32-true"),
+            ("ddim_bf16", "ddim", ddim_steps, "bf16-mixed"))  # fmt: skip
+    for name, sampler, steps, precision in runs:
+        images, seconds = _timed(lambda: sample(sampler, steps, precision=precision), device)  # noqa: B023 (called at once)
         result[f"{name}_steps"] = stage.schedule.num_steps if steps == "all" else int(steps)
         result[f"{name}_s_per_image"] = seconds / n
         if batch is not None:
             result[f"{name}_colour_error_ratio"] = reconstruction_colour_report(batch["image"], images.cpu())["ratio"]
     result["ratio"] = result["ddpm_s_per_image"] / result["ddim_s_per_image"]
+    result["bf16_speedup"] = result["ddim_s_per_image"] / result["ddim_bf16_s_per_image"]
     _, separate = _timed(lambda: sample("ddim", ddim_steps, batched=False), device)
     result["cfg_two_forwards_s_per_image"] = separate / n
     result["cfg_batched_speedup"] = result["cfg_two_forwards_s_per_image"] / result["ddim_s_per_image"]

@@ -2,7 +2,7 @@
 
 Schedules and respacing, the forward process and its posterior, ε/x_0/v parameterizations, the
 learned-range variance, losses (simple, hybrid with the VLB term, P2 weights, DSM), samplers (DDPM
-ancestral, DDIM η), guidance (classifier-free, thresholding, image guidance, gradient guidance) and
+ancestral, DDIM η, the network optionally in bfloat16), guidance (classifier-free, thresholding, image guidance, gradient guidance) and
 the conditioning augmentation of cascaded models (noise level, blur).
 """
 
@@ -27,6 +27,7 @@ from .losses import (
     vlb_terms,
 )
 from .model_output import Prediction, p_mean_variance
+from .network_precision import SAMPLING_PRECISIONS, network_in_precision
 from .parameterization import (
     PARAMETERIZATIONS,
     eps_from_v,
@@ -45,6 +46,7 @@ __all__ = [
     "GUIDANCE_SCHEDULES",
     "PARAMETERIZATIONS",
     "SAMPLERS",
+    "SAMPLING_PRECISIONS",
     "GuidanceNorms",
     "ImageGuidance",
     "NoiseSchedule",
@@ -68,6 +70,7 @@ __all__ = [
     "hybrid_loss",
     "learned_range_log_variance",
     "linear_betas",
+    "network_in_precision",
     "noise_augment",
     "normal_kl",
     "p2_weights",

@@ -64,8 +64,10 @@ def decoder_report(
     threshold: float | None = 0.995,
     seed: int = 0,
     batch_size: int = 16,
+    precision: str = "32-true",
 ) -> tuple[dict, dict[float, torch.Tensor]]:
-    """One row of :func:`reconstruction_scores` per guidance scale, and the reconstructions of each."""
+    """One row of :func:`reconstruction_scores` per guidance scale, and the reconstructions of each;
+    ``precision``: the U-Net's while sampling (:meth:`DecoderStage.sample`)."""
     sources, embeddings = references["image"], references["img_emb"]
     metas = list(references.get("meta", [{}] * len(sources)))
     rows, drawn = [], {}
@@ -73,13 +75,13 @@ def decoder_report(
         start = time.perf_counter()
         recon = decode_in_batches(
             stage, embeddings, batch_size, seed, sources.shape[-1], sampler=sampler, steps=steps, cfg_scale=scale,
-            threshold=threshold,
+            threshold=threshold, precision=precision,
         )  # fmt: skip
         seconds = time.perf_counter() - start
         drawn[scale] = recon
         rows.append({"cfg": scale, **reconstruction_scores(sources, recon, metas), "s_per_image": seconds / len(recon)})
     report = {"images": len(sources), "size": sources.shape[-1], "sampler": sampler, "steps": steps,
-              "threshold": threshold, "seed": seed, "batch_size": batch_size, "rows": rows}  # fmt: skip
+              "threshold": threshold, "seed": seed, "batch_size": batch_size, "precision": precision, "rows": rows}  # fmt: skip
     return report, drawn
 
 
@@ -88,7 +90,7 @@ def format_report(report: dict) -> str:
     objects = "object_colour_hits" in report["rows"][0]
     lines = [
         f"{report['images']} validation reconstructions of {report['size']}px from {report.get('data', '?')}, "
-        f"{report['sampler']}-{report['steps']}, seed {report['seed']}"
+        f"{report['sampler']}-{report['steps']}, seed {report['seed']}, U-Net {report.get('precision', '32-true')}"
         + (f", {int(report['rows'][0]['objects'])} objects" if objects else ""),
         f"{'cfg':>5} {'colour err':>10} {'random':>7} {'ratio':>6}"
         + (f" {'hits':>6} {'random':>7} {'near':>6} {'random':>7} {'present':>8} {'random':>7}" if objects else "")

@@ -63,7 +63,10 @@ class Instruments:
 def _fingerprint(variant: Variant, settings: EvaluationSettings, models: EvalModels, seed: int) -> str:
     paths = {k: models.paths.get(k) for k in variant.needs}
     stamps = {k: (os.path.getsize(p), os.path.getmtime(p)) for k, p in paths.items() if p and os.path.isfile(p)}
-    record = {"variant": variant.name, "n": settings.n, "seed": seed, "options": asdict(settings.options),
+    options = asdict(settings.options)
+    if options["precision"] == "32-true":  # recorded only when changed, so caches drawn before the option still match
+        del options["precision"]
+    record = {"variant": variant.name, "n": settings.n, "seed": seed, "options": options,
               "paths": paths, "stamps": stamps}  # fmt: skip
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

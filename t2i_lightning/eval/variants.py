@@ -50,9 +50,11 @@ class SamplingOptions:
     cfg_scale: float = 3.0
     threshold: float | None = 0.995
     batch_size: int = 50
+    precision: str = "32-true"  # the U-Net's while sampling: "32-true" or "bf16-mixed"
 
     def as_kwargs(self, **overrides) -> dict:
-        kwargs = {"sampler": self.sampler, "steps": self.steps, "cfg_scale": self.cfg_scale, "threshold": self.threshold}
+        kwargs = {"sampler": self.sampler, "steps": self.steps, "cfg_scale": self.cfg_scale, "threshold": self.threshold,
+                  "precision": self.precision}  # fmt: skip
         return {**kwargs, **overrides}
 
 

@@ -27,6 +27,7 @@ from ..diffusion import (
     classifier_free_guidance,
     dynamic_threshold,
     hybrid_loss,
+    network_in_precision,
     p2_weights,
     q_sample,
     static_threshold,
@@ -190,6 +191,7 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
         image_guidance: ImageGuidance | None = None,
         generator: torch.Generator | None = None,
         progress: bool = True,
+        precision: str = "32-true",
     ) -> torch.Tensor:
         """Images in [-1, 1] (B x 3 x S x S), one per row of ``conditioning`` (raw CLIP image
         embeddings here; what :meth:`condition` takes in a subclass), or ``n`` unconditional ones
@@ -199,6 +201,8 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
         ``cfg_scale``: classifier-free guidance scale (1 = conditional only, no guidance);
         ``cfg_batched``: its two halves in one forward (default) or two.
         ``threshold``: dynamic-thresholding percentile (Imagen), or None for static clipping to [-1, 1].
+        ``precision``: "bf16-mixed" runs the U-Net under bfloat16 autocast, the sampler and the guidance
+        in float32 (:func:`t2i_lightning.diffusion.network_in_precision`); "32-true" (default) all float32.
         """
         if cfg_scale < 0:
             raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
@@ -208,9 +212,10 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
         size = image_size or self.net.image_size
         null = self.null_condition(n)
         cond = self.condition(conditioning) if conditioning is not None else null
+        net = network_in_precision(self.net, precision)
         model_fn = classifier_free_guidance(
-            self.net, cond, null, cfg_scale, eps_channels=self.net.in_channels, batched=cfg_batched
-        ) if conditioning is not None and cfg_scale != 1.0 else (lambda x, t: self.net(x, t, cond))  # fmt: skip
+            net, cond, null, cfg_scale, eps_channels=self.net.in_channels, batched=cfg_batched
+        ) if conditioning is not None and cfg_scale != 1.0 else (lambda x, t: net(x, t, cond))  # fmt: skip
         return self.draw(
             model_fn, (n, self.net.in_channels, size, size), sampler=sampler, steps=steps, threshold=threshold,
             eta=eta, image_guidance=image_guidance, generator=generator, progress=progress,
