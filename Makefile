@@ -68,6 +68,7 @@ CPU_PRECISION := $(if $(and $(BF16_CPU),$(ON_CPU)),bf16-mixed,32-true)
 DECODER_PRECISION ?= $(CPU_PRECISION)
 CLIP_PRECISION    ?= $(CPU_PRECISION)
 SAMPLE_PRECISION  ?= $(CPU_PRECISION)
+JUDGE_PRECISION   ?= $(CPU_PRECISION)
 
 .PHONY: help install data inspect clip embed probe-layout train-translator embed-text train-decoder evaluate-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo test test-all bench bench-gpu lint tensorboard clean
 
@@ -78,7 +79,8 @@ help: ## list the targets (this message)
 	@echo
 	@echo "Variables (override as VAR=value): DATA=$(DATA) RUNS=$(RUNS) ACCELERATOR=$(ACCELERATOR) DEVICES=$(DEVICES)"
 	@echo "  WORKERS=$(WORKERS) SEED=$(SEED) SIZE=$(SIZE) TRAIN_N=$(TRAIN_N) VAL_N=$(VAL_N) TEST_N=$(TEST_N) POSITION_PROB=$(POSITION_PROB)"
-	@echo "  DECODER_PRECISION=$(DECODER_PRECISION) CLIP_PRECISION=$(CLIP_PRECISION) SAMPLE_PRECISION=$(SAMPLE_PRECISION) (bf16-mixed on a CPU with native bf16, else 32-true)"
+	@echo "  DECODER_PRECISION=$(DECODER_PRECISION) CLIP_PRECISION=$(CLIP_PRECISION) JUDGE_PRECISION=$(JUDGE_PRECISION)"
+	@echo "  SAMPLE_PRECISION=$(SAMPLE_PRECISION) (bf16-mixed on a CPU with native bf16, else 32-true)"
 
 install: $(STAMP) ## create .venv (if missing) and install the package with dev extras
 
@@ -190,7 +192,7 @@ $(CAPTIONER_DONE): $(DATA)/index.json | $(STAMP)
 judge: $(JUDGE_DONE) ## train the evaluation's judge on $(DATA) -> $(JUDGE_CKPT), then print its per-attribute validation accuracy
 
 $(JUDGE_DONE): $(DATA)/index.json | $(STAMP)
-	$(T2I) fit --config stages/judge.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
+	$(T2I) fit --config stages/judge.yaml $(TRAINER_FLAGS) --trainer.precision $(JUDGE_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	$(T2I) validate --config stages/judge.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --data.init_args.val $(DATA) --ckpt_path $(JUDGE_CKPT)

@@ -33,6 +33,19 @@ def clip_fit_args(runs: Path, data: Path, steps: int) -> list[str]:
     ]  # fmt: skip
 
 
+def judge_fit_args(runs: Path, data: Path, steps: int) -> list[str]:
+    """`t2i fit --config stages/judge.yaml` for a micro judge on ``data``, its run under ``runs/judge/``."""
+    return [
+        T2I, "fit", "--config", "stages/judge.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", str(steps),
+        "--trainer.val_check_interval", str(steps), "--trainer.log_every_n_steps", "1",
+        "--model.init_args.net.init_args.channels", "[16, 32]", "--model.init_args.net.init_args.groups", "8",
+        "--model.init_args.warmup_steps", "3",
+        "--data.init_args.train", str(data), "--data.init_args.val", str(data),
+        "--data.init_args.batch_size", "16", "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "96",
+    ]  # fmt: skip
+
+
 def fit_clip(runs: Path, data: Path, steps: int = 40) -> Path:
     run(*clip_fit_args(runs, data, steps))
     return runs / "clip" / "checkpoints" / "last.ckpt"

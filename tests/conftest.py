@@ -8,7 +8,7 @@ import pytest
 
 from t2i_lightning.data.shapes.generate import ShapesConfig, generate_shapes
 
-from .cli_runs import T2I, decoder_args, extract, fit_clip, run
+from .cli_runs import T2I, decoder_args, extract, fit_clip, judge_fit_args, run
 
 
 @pytest.fixture(scope="session")
@@ -71,15 +71,7 @@ def decoder(pipeline, tmp_path_factory):
 def judge_run(shapes_dir, tmp_path_factory):
     """A micro judge fitted through the CLI for 30 steps: its runs directory (``<runs>/judge/``)."""
     runs = tmp_path_factory.mktemp("judge") / "runs"
-    run(
-        T2I, "fit", "--config", "stages/judge.yaml",
-        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", "30",
-        "--trainer.val_check_interval", "30", "--trainer.log_every_n_steps", "1",
-        "--model.init_args.net.init_args.channels", "[16, 32]", "--model.init_args.net.init_args.groups", "8",
-        "--model.init_args.warmup_steps", "3",
-        "--data.init_args.train", str(shapes_dir), "--data.init_args.val", str(shapes_dir),
-        "--data.init_args.batch_size", "16", "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "96",
-    )  # fmt: skip
+    run(*judge_fit_args(runs, shapes_dir, 30))
     return runs
 
 
