@@ -73,6 +73,11 @@ def test_evaluate_reuses_finished_variants_unless_forced(evaluation):
     forced = run(*evaluate_args(evaluation["decoder"], evaluation["judge"], evaluation["score"], evaluation["out"], "--variants", "full",
                                 "--seeds", "0", "--force"), env=evaluation["env"])  # fmt: skip
     assert "cached" not in forced.stdout
+    assert "U-Net in 32-true" in (evaluation["out"] / "table.md").read_text()
+    # the U-Net's precision is part of what a cached variant was drawn with
+    bf16 = run(*evaluate_args(evaluation["decoder"], evaluation["judge"], evaluation["score"], evaluation["out"], "--variants", "full",
+                              "--seeds", "0", "--precision", "bf16-mixed"), env=evaluation["env"])  # fmt: skip
+    assert "cached" not in bf16.stdout and "U-Net in bf16-mixed" in (evaluation["out"] / "table.md").read_text()
 
 
 def _without_timings(table: dict, out) -> list[dict]:
