@@ -57,11 +57,14 @@ CFG          ?= 3
 SAMPLE_OUT   ?= $(RUNS)/samples/sample.png
 DEMO_PROMPTS ?= "a red circle" "a blue square on a yellow background" "two green triangles" "a small purple star to the left of a large orange ring"
 TRAINER_FLAGS = --trainer.accelerator $(ACCELERATOR) --trainer.devices $(DEVICES)
-# The decoder and the CLIP train with bf16 autocast on CPUs that compute bf16 natively (AVX-512 BF16
-# or AMX): the decoder 1.8x the steps per second at the same validation loss and reconstruction
-# colours, the CLIP 1.6x at the same zero-shot accuracy; and the decoder's U-Net samples in bf16 there
-# (SAMPLE_PRECISION: `t2i sample`, `evaluate-decoder`, `evaluate`), 2.3x faster with the same
-# reconstruction scores (README, Performance). Elsewhere, and on accelerators, full precision unless set here.
+# Every stage `make demo` trains but the translator does so with bf16 autocast on CPUs that compute
+# bf16 natively (AVX-512 BF16 or AMX): e.g. the decoder 1.8x the steps per second at the same
+# validation loss and reconstruction colours, the CLIP 1.6x at the same zero-shot accuracy, the
+# upsampler at the same PSNR and sharpness (each stage's speed-up is a row of `make bench`); and the
+# decoder's and the upsampler's U-Nets sample in bf16 there (SAMPLE_PRECISION: `t2i sample`,
+# `evaluate-decoder`, `evaluate-upsampler`, `evaluate`), the decoder's 2.3x faster with the same
+# reconstruction scores (README, Performance). Elsewhere, and on accelerators, full precision unless
+# set here.
 BF16_CPU     := $(shell grep -qsE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo yes)
 ON_CPU       := $(or $(filter cpu,$(ACCELERATOR)),$(and $(filter auto,$(ACCELERATOR)),$(if $(shell command -v nvidia-smi),,yes)))
 CPU_PRECISION := $(if $(and $(BF16_CPU),$(ON_CPU)),bf16-mixed,32-true)
@@ -69,6 +72,9 @@ DECODER_PRECISION ?= $(CPU_PRECISION)
 CLIP_PRECISION    ?= $(CPU_PRECISION)
 SAMPLE_PRECISION  ?= $(CPU_PRECISION)
 JUDGE_PRECISION   ?= $(CPU_PRECISION)
+UPSAMPLER_PRECISION ?= $(CPU_PRECISION)
+SCORE_PRECISION     ?= $(CPU_PRECISION)
+CAPTIONER_PRECISION ?= $(CPU_PRECISION)
 
 .PHONY: help install data inspect clip embed probe-layout train-translator embed-text train-decoder evaluate-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo test test-all bench bench-gpu lint tensorboard clean
 
@@ -80,6 +86,7 @@ help: ## list the targets (this message)
 	@echo "Variables (override as VAR=value): DATA=$(DATA) RUNS=$(RUNS) ACCELERATOR=$(ACCELERATOR) DEVICES=$(DEVICES)"
 	@echo "  WORKERS=$(WORKERS) SEED=$(SEED) SIZE=$(SIZE) TRAIN_N=$(TRAIN_N) VAL_N=$(VAL_N) TEST_N=$(TEST_N) POSITION_PROB=$(POSITION_PROB)"
 	@echo "  DECODER_PRECISION=$(DECODER_PRECISION) CLIP_PRECISION=$(CLIP_PRECISION) JUDGE_PRECISION=$(JUDGE_PRECISION)"
+	@echo "  UPSAMPLER_PRECISION=$(UPSAMPLER_PRECISION) SCORE_PRECISION=$(SCORE_PRECISION) CAPTIONER_PRECISION=$(CAPTIONER_PRECISION)"
 	@echo "  SAMPLE_PRECISION=$(SAMPLE_PRECISION) (bf16-mixed on a CPU with native bf16, else 32-true)"
 
 install: $(STAMP) ## create .venv (if missing) and install the package with dev extras
@@ -168,24 +175,24 @@ train-upsampler: $(UPSAMPLER_DONE) ## train the 64->256 upsampler on $(DATA) -> 
 
 # Conditioned on the low-resolution image only (by default): needs the image shards, nothing else.
 $(UPSAMPLER_DONE): $(DATA)/index.json | $(STAMP)
-	$(T2I) fit --config stages/upsampler.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
+	$(T2I) fit --config stages/upsampler.yaml $(TRAINER_FLAGS) --trainer.precision $(UPSAMPLER_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 
 evaluate-upsampler: $(UPSAMPLER_DONE) ## PSNR/SSIM/sharpness/time of the upsampler vs bicubic on validation images -> $(RUNS)/upsampler/report.json
-	$(T2I) evaluate-upsampler --upsampler $(UPSAMPLER_CKPT) --data $(DATA) --out $(RUNS)/upsampler/report.json
+	$(T2I) evaluate-upsampler --upsampler $(UPSAMPLER_CKPT) --data $(DATA) --precision $(SAMPLE_PRECISION) --out $(RUNS)/upsampler/report.json
 
 train-score: $(SCORE_DONE) ## train the NCSN score model (32px, unconditional) on $(DATA) -> $(SCORE_CKPT)
 
 $(SCORE_DONE): $(DATA)/index.json | $(STAMP)
-	$(T2I) fit --config stages/score.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
+	$(T2I) fit --config stages/score.yaml $(TRAINER_FLAGS) --trainer.precision $(SCORE_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 
 train-captioner: $(CAPTIONER_DONE) ## train the noise-conditioned captioner on $(DATA) -> $(CAPTIONER_CKPT)
 
 $(CAPTIONER_DONE): $(DATA)/index.json | $(STAMP)
-	$(T2I) fit --config stages/captioner.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
+	$(T2I) fit --config stages/captioner.yaml $(TRAINER_FLAGS) --trainer.precision $(CAPTIONER_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 

@@ -147,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = subparsers.add_parser(
         "bench", help="benchmarks as ratios against a baseline run side by side",
         description="Without a subcommand: every benchmark (decoder training through Lightning vs a bare loop, "
-        "input pipeline vs training, DDIM vs DDPM and batched guidance, extraction vs a bare loop, CLIP "
-        "training in bf16 vs float32, the demo's stage times and memory) in one table, also written as JSON.",
+        "input pipeline vs training, DDIM vs DDPM and batched guidance, extraction vs a bare loop, each other "
+        "stage's training in bf16-mixed vs float32, the demo's stage times and memory) in one table, also written as JSON.",
     )  # fmt: skip
     bench.add_argument("--quick", action="store_true", help="smoke-test sizes (a minute or two; not the README's numbers)")
     bench.add_argument("--out", default="runs/bench/bench.json", help="JSON results (default: runs/bench/bench.json)")
@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--clip-model", default=DEMO_CLIP, help="open_clip model name for extraction")
     bench.add_argument("--clip", default=None, help="CLIP weights for extraction (default: random weights)")
     bench.add_argument("--stage-log", default=None, help="stage timings written by `make` (runs/bench/stages.jsonl)")
+    bench.add_argument("--precision-configs", nargs="*", default=None,
+                       help="stage configs whose training step is timed in bf16-mixed vs float32 on --data (default: "
+                       "stages/{clip,upsampler,score,captioner,judge}.yaml; the flag alone: none)")  # fmt: skip
     kinds = bench.add_subparsers(dest="bench_command", metavar="{extraction,sampling,gpu}")
     extraction = kinds.add_parser(
         "extraction", help="embedding extraction vs a bare encode loop on the same batches"
@@ -262,13 +265,14 @@ def _run_evaluate_guidance(args: argparse.Namespace) -> None:
 
 def _run_bench(args: argparse.Namespace) -> None:
     if args.bench_command is None:
-        from .bench.report import run_benchmarks, table
+        from .bench.report import PRECISION_CONFIGS, run_benchmarks, table
         from .data.shards import check_writable, write_json_atomic
 
         check_writable(args.out)
         results = run_benchmarks(
             quick=args.quick, config=args.config, data=args.data, decoder=args.decoder, embeddings=args.embeddings,
             clip_model=args.clip_model, clip=args.clip, stage_log=args.stage_log,
+            precision_configs=PRECISION_CONFIGS if args.precision_configs is None else tuple(args.precision_configs),
         )  # fmt: skip
         write_json_atomic(args.out, results)
         print(table(results))

@@ -18,7 +18,8 @@ from .data.image_io import save_png_atomic, tensor_to_images
 from .data.inspect import captioned_grid
 from .data.shards import check_writable, write_json_atomic
 from .pipeline import DEFAULT_DECODER, load_decoder
-from .sample_command import add_precision_argument, check_steps_and_threshold
+from .precision_option import add_precision_argument
+from .sample_command import check_steps_and_threshold
 
 
 def add_evaluate_decoder_parser(subparsers: argparse._SubParsersAction) -> None:

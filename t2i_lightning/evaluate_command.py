@@ -16,7 +16,7 @@ import yaml
 from .data.shards import check_writable
 from .demo_defaults import DEMO_CLIP, DEMO_EMBEDDINGS
 from .eval.variants import FIXED, SamplingOptions
-from .sample_command import add_precision_argument
+from .precision_option import add_precision_argument
 
 DEFAULT_VARIANTS = ["real", "full", "decoder_only", "no_translator"]
 

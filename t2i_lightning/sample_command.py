@@ -29,7 +29,7 @@ from PIL import Image
 
 from .data.image_io import grid_image, open_image, save_png_atomic, tensor_to_images, to_rgb
 from .data.shards import check_writable
-from .diffusion import SAMPLING_PRECISIONS, ImageGuidance
+from .diffusion import ImageGuidance
 from .nn.text_encoder import check_captions
 from .pipeline import (
     DEFAULT_DECODER,
@@ -41,6 +41,7 @@ from .pipeline import (
     load_chain,
     load_upsampler,
 )
+from .precision_option import add_precision_argument
 from .score_command import add_score_options, run_score_sample
 from .stages.upsampler import UpsamplerStage
 from .upsample_command import add_upsampler_options, check_upsampler_args, upsample_tensor
@@ -88,15 +89,6 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     add_score_options(sample)
     sample.add_argument("--no-upsample", action="store_true", help="stop at the decoder's 64px images")
     sample.add_argument("--out", required=True, help="output PNG (a borderless grid)")
-
-
-def add_precision_argument(parser: argparse.ArgumentParser) -> None:
-    """``--precision``: the decoder's U-Net in float32 or under bfloat16 autocast while sampling."""
-    parser.add_argument(
-        "--precision", choices=SAMPLING_PRECISIONS, default="32-true",
-        help="the decoder's U-Net while sampling: 32-true, or bf16-mixed (bfloat16 autocast; the sampler's "
-        "arithmetic and guidance stay float32; faster on CPUs with native bf16 and on GPUs) (default: 32-true)",
-    )  # fmt: skip
 
 
 def check_sample_args(args: argparse.Namespace) -> None:

@@ -19,6 +19,7 @@ import torch
 from .data.image_io import open_image, save_png_atomic, tensor_to_images, to_rgb
 from .data.shards import check_writable, write_json_atomic
 from .pipeline import DEFAULT_UPSAMPLER, clip_image_embeddings, load_recorded_clip, load_upsampler
+from .precision_option import add_precision_argument
 from .stages.upsampler import UpsamplerStage
 
 
@@ -55,7 +56,7 @@ def upsample_tensor(
     """``images`` (B x 3 x h x w in [-1, 1]) through the upsampler with the command line's settings."""
     return upsampler.sample(
         images, image_embeddings=image_embeddings, aug_level=args.aug_level, sampler=args.up_sampler,
-        steps=args.up_steps, generator=torch.Generator().manual_seed(args.seed),
+        steps=args.up_steps, generator=torch.Generator().manual_seed(args.seed), precision=args.precision,
     )  # fmt: skip
 
 
@@ -72,6 +73,7 @@ def add_upsample_parser(subparsers: argparse._SubParsersAction) -> None:
         "--clip", default=None, help="CLIP weights, for an upsampler conditioned on embeddings"
     )
     upsample.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    add_precision_argument(upsample)
 
 
 def run_upsample(args: argparse.Namespace) -> None:
@@ -107,6 +109,7 @@ def add_evaluate_upsampler_parser(subparsers: argparse._SubParsersAction) -> Non
     report.add_argument("--steps", type=int, nargs="+", default=None, help="step counts to sweep (default: its own)")
     report.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="sampler (default: its own)")
     report.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    add_precision_argument(report)
     report.add_argument("--out", default="runs/upsampler/report.json", help="JSON report (default: runs/upsampler/report.json)")
 
 
@@ -119,7 +122,8 @@ def run_evaluate_upsampler(args: argparse.Namespace) -> None:
         raise ValueError("--aug-levels must lie in [0, 1] and --steps must be positive")
     check_writable(args.out)
     upsampler = load_upsampler(args.upsampler)
-    report = upsampler_report(upsampler, args.data, args.n, args.aug_levels, args.steps, args.sampler, seed=args.seed)
+    report = upsampler_report(upsampler, args.data, args.n, args.aug_levels, args.steps, args.sampler, seed=args.seed,
+                              precision=args.precision)  # fmt: skip
     report["upsampler"] = args.upsampler
     write_json_atomic(args.out, report)
     print(format_report(report))

@@ -20,6 +20,13 @@ def run(*args: str, env: dict | None = None, check: bool = True) -> subprocess.C
     return result
 
 
+def make_dry_run(*targets_and_variables: str) -> list[str]:
+    """The commands ``make -n`` prints for ``targets_and_variables``, one per line (continuations joined)."""
+    cmd = ["make", "-n", "--no-print-directory", "-C", str(ROOT), *targets_and_variables]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return out.replace("\\\n", " ").splitlines()
+
+
 def clip_fit_args(runs: Path, data: Path, steps: int) -> list[str]:
     """`t2i fit --config stages/clip.yaml` for a micro CLIP on ``data``, its run under ``runs/clip/``."""
     return [

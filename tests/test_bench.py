@@ -48,20 +48,24 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table_and_json(decoder,
     result = run(
         T2I, "bench", "--quick", "--config", str(tiny), "--data", data, "--decoder", str(decoder["decoder"]),
         "--embeddings", str(decoder["emb"]), "--clip-model", MICRO, "--clip", str(decoder["clip"]),
-        "--stage-log", str(log), "--out", str(out),
+        "--stage-log", str(log), "--precision-configs", "stages/captioner.yaml", str(tmp_path / "missing.yaml"), "--out", str(out),
     )  # fmt: skip
     results = json.loads(out.read_text())
     ratios = [results["training"]["ratio"], results["training"]["bf16_speedup"], results["input"]["ratio_to_training"], results["sampling"]["ratio"],
               results["sampling"]["cfg_batched_speedup"], results["extraction"]["ratio"],
-              results["clip_training"]["bf16_speedup"], results["sampling"]["bf16_speedup"],
+              results["stage_precision"]["stages/captioner.yaml"]["bf16_speedup"], results["sampling"]["bf16_speedup"],
               results["sampling"]["ddim_bf16_colour_error_ratio"]]  # fmt: skip
     assert all(math.isfinite(r) and r > 0 for r in ratios), ratios
     assert results["input"]["embeddings_joined"] and results["sampling"]["quality_measured"]
     assert results["sampling"]["ddpm_steps"] == 100 and results["sampling"]["ddim_steps"] == 10
     assert results["demo"]["total_wall_s"] == 60.0
-    assert (results["clip_training"]["model"], results["clip_training"]["batch_size"]) == (MICRO, 8)
+    captioner = results["stage_precision"]["stages/captioner.yaml"]
+    assert (captioner["stage"], captioner["batch_size"], captioner["steps_timed"]) == ("CaptionerStage", 4, 2)
+    missing = results["stage_precision"][str(tmp_path / "missing.yaml")]  # failed alone, the other rows ran
+    assert missing["error"].startswith("ValueError:") and "missing.yaml does not parse" in missing["error"]
+    assert f"| {tmp_path / 'missing.yaml'} training step through Lightning: bf16-mixed vs float32 (speed-up) | failed: ValueError" in result.stdout
     for row in ("Lightning vs bare loop", "input pipeline", "DDPM-100 vs DDIM-10", "two forwards vs one batched",
-                "extraction", "CLIP training step", "colour-error ratio", "DDIM bf16 U-Net vs float32",
+                "extraction", "CaptionerStage training step through Lightning", "colour-error ratio", "DDIM bf16 U-Net vs float32",
                 "U-Net in bf16 autocast", "demo stage clip", "whole demo"):  # fmt: skip
         assert row in result.stdout, row
     assert "QUICK mode" in result.stdout

@@ -20,7 +20,7 @@ from t2i_lightning.nn.embedding_token_unet import EmbeddingTokenUNet
 from t2i_lightning.nn.unet import ConditionalUNet
 from t2i_lightning.stages.decoder import DecoderStage
 
-from .cli_runs import MICRO, T2I, decoder_args, run, scalars
+from .cli_runs import MICRO, T2I, decoder_args, make_dry_run, run, scalars
 
 MICRO_UNET = dict(
     image_size=32, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,),
@@ -286,18 +286,13 @@ def test_make_samples_and_evaluates_at_sample_precision_and_in_float32_on_an_acc
     """`make sample`, `demo-samples`, `evaluate-decoder` and `evaluate` pass --precision SAMPLE_PRECISION
     (bf16-mixed only where the CPU computes bf16 natively and the CPU is the accelerator)."""
     import re
-    import subprocess
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
 
     def precisions(*variables):
-        cmd = ["make", "-n", "--no-print-directory", "-C", str(root), "sample", "demo-samples", "evaluate-decoder",
-               "evaluate", "RUNS=/nonexistent", "DATA=/nonexistent", *variables]  # fmt: skip
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.replace("\\\n", " ")
-        lines = [line for line in out.splitlines() if re.search(r"t2i (sample|evaluate-decoder|evaluate) ", line)]
+        out = make_dry_run("sample", "demo-samples", "evaluate-decoder", "evaluate-upsampler", "evaluate",
+                           "RUNS=/nonexistent", "DATA=/nonexistent", *variables)  # fmt: skip
+        lines = [line for line in out if re.search(r"t2i (sample|evaluate-decoder|evaluate-upsampler|evaluate) ", line)]
         return [re.search(r"--precision (\S+)", line).group(1) for line in lines]
 
-    assert precisions("SAMPLE_PRECISION=bf16-mixed") == ["bf16-mixed"] * 4
-    assert precisions("SAMPLE_PRECISION=32-true") == ["32-true"] * 4
-    assert precisions("ACCELERATOR=gpu") == ["32-true"] * 4
+    assert precisions("SAMPLE_PRECISION=bf16-mixed") == ["bf16-mixed"] * 5
+    assert precisions("SAMPLE_PRECISION=32-true") == ["32-true"] * 5
+    assert precisions("ACCELERATOR=gpu") == ["32-true"] * 5

@@ -73,11 +73,40 @@ def test_evaluate_reuses_finished_variants_unless_forced(evaluation):
     forced = run(*evaluate_args(evaluation["decoder"], evaluation["judge"], evaluation["score"], evaluation["out"], "--variants", "full",
                                 "--seeds", "0", "--force"), env=evaluation["env"])  # fmt: skip
     assert "cached" not in forced.stdout
-    assert "U-Net in 32-true" in (evaluation["out"] / "table.md").read_text()
+    assert "U-Nets (decoder, upsampler) in 32-true" in (evaluation["out"] / "table.md").read_text()
     # the U-Net's precision is part of what a cached variant was drawn with
     bf16 = run(*evaluate_args(evaluation["decoder"], evaluation["judge"], evaluation["score"], evaluation["out"], "--variants", "full",
                               "--seeds", "0", "--precision", "bf16-mixed"), env=evaluation["env"])  # fmt: skip
-    assert "cached" not in bf16.stdout and "U-Net in bf16-mixed" in (evaluation["out"] / "table.md").read_text()
+    assert "cached" not in bf16.stdout and "U-Nets (decoder, upsampler) in bf16-mixed" in (evaluation["out"] / "table.md").read_text()
+
+
+def test_a_bf16_row_with_the_upsampler_is_not_served_from_a_cache_drawn_before_the_upsampler_took_the_precision():
+    """Before the upsampler sampled at --precision, a bf16 `full_256` cache held a float32 upsampler's images
+    under the fingerprint of the row's options; float32 rows and rows without the upsampler keep theirs."""
+    from t2i_lightning.eval.evaluate import EvaluationSettings, _fingerprint
+    from t2i_lightning.eval.variants import EvalModels, SamplingOptions
+
+    models = EvalModels(paths={})
+
+    def fingerprint(name: str, precision: str) -> str:
+        options = SamplingOptions(precision=precision)
+        settings = EvaluationSettings(n=8, seeds=[0], variants=[name], subset_sizes=[8], options=options)
+        return _fingerprint(variant(name), settings, models, 0)
+
+    def before_the_change(name: str, precision: str) -> str:  # the record as it was written then
+        import hashlib
+        from dataclasses import asdict
+
+        options = asdict(SamplingOptions(precision=precision))
+        if precision == "32-true":
+            del options["precision"]
+        paths = {k: None for k in variant(name).needs}
+        record = {"variant": name, "n": 8, "seed": 0, "options": options, "paths": paths, "stamps": {}}
+        return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    assert fingerprint("full_256", "bf16-mixed") != before_the_change("full_256", "bf16-mixed")
+    assert fingerprint("full_256", "32-true") == before_the_change("full_256", "32-true")
+    assert fingerprint("full", "bf16-mixed") == before_the_change("full", "bf16-mixed")
 
 
 def _without_timings(table: dict, out) -> list[dict]:

@@ -22,7 +22,7 @@ from t2i_lightning.eval.scene_labels import (
 from t2i_lightning.nn.judge import SceneJudge
 from t2i_lightning.pipeline import load_judge
 
-from .cli_runs import judge_fit_args, run, scalars
+from .cli_runs import judge_fit_args, make_dry_run, run, scalars
 
 
 def sample_metas(n: int) -> list[dict]:
@@ -111,8 +111,6 @@ def test_bf16_mixed_judge_training_keeps_float32_weights_and_make_validates_in_f
     """`make judge`'s precision on CPUs with native bf16: the fit runs under autocast (JUDGE_PRECISION)
     with float32 weights and finite losses; the validation that prints the judge's accuracy does not."""
     import re
-    import subprocess
-    from pathlib import Path
 
     runs = tmp_path / "runs"
     run(*judge_fit_args(runs, shapes_dir, 3), "--trainer.precision", "bf16-mixed")
@@ -121,10 +119,7 @@ def test_bf16_mixed_judge_training_keeps_float32_weights_and_make_validates_in_f
     assert all(w.dtype == torch.float32 for w in checkpoint["state_dict"].values() if w.is_floating_point())
     logged = scalars(runs / "judge")
     assert all(torch.isfinite(torch.tensor(logged[tag])).all() for tag in ("train/loss", "val/loss", "val/acc_scene"))
-    root = Path(__file__).resolve().parents[1]
-    cmd = ["make", "-n", "--no-print-directory", "-C", str(root), "judge", "RUNS=/nonexistent", "DATA=/nonexistent",
-           "JUDGE_PRECISION=bf16-mixed"]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.replace("\\\n", " ")
-    fit = next(line for line in out.splitlines() if " fit --config stages/judge.yaml" in line)
-    validate = next(line for line in out.splitlines() if " validate --config stages/judge.yaml" in line)
+    out = make_dry_run("judge", "RUNS=/nonexistent", "DATA=/nonexistent", "JUDGE_PRECISION=bf16-mixed")
+    fit = next(line for line in out if " fit --config stages/judge.yaml" in line)
+    validate = next(line for line in out if " validate --config stages/judge.yaml" in line)
     assert re.search(r"--trainer.precision bf16-mixed\b", fit) and "precision" not in validate

@@ -5,6 +5,8 @@ unguided sampler), `t2i sample --method score`, `t2i evaluate-guidance`, and the
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ from t2i_lightning.nn.score_unet import ScoreUNet
 from t2i_lightning.stages.captioner import CaptionerStage
 from t2i_lightning.stages.score import ScoreStage
 
-from .cli_runs import T2I, run, scalars
+from .cli_runs import T2I, make_dry_run, run, scalars
 
 MICRO_CAPTIONER = dict(channels=(16, 32), width=32, layers=1, heads=2, groups=8)
 
@@ -28,6 +30,8 @@ def test_score_fit_writes_an_ema_checkpoint_dsm_curves_and_grids(score_runs):
     assert not torch.equal(checkpoint["state_dict"][name], checkpoint["current_model_state"][name])
     logged = scalars(score_runs["runs"] / "score")
     assert {"train/dsm", "val/dsm", "train/grad_norm"} <= logged.keys()
+    assert all(math.isfinite(v) for tag in ("train/dsm", "val/dsm") for v in logged[tag])
+    assert_float32_weights(checkpoint)
     grids = sorted((score_runs["runs"] / "score" / "samples").glob("step-*.png"))
     assert [g.name for g in grids] == ["step-0000004.png", "step-0000008.png"]
 
@@ -38,8 +42,27 @@ def test_captioner_fit_logs_accuracy_and_exact_match_per_level_and_a_caption_gri
         for metric in ("loss", "token_acc", "exact"):
             assert f"val/{metric}_{level}" in logged, (metric, level)
     assert logged["train/loss"][-1] < logged["train/loss"][0]
+    assert all(math.isfinite(v) for tag in ("train/loss", "val/loss_sigma0") for v in logged[tag])
+    assert_float32_weights(torch.load(score_runs["captioner"], map_location="cpu", weights_only=False))
     assert sorted(p.name for p in (score_runs["runs"] / "captioner" / "samples").glob("*.png")) == [
         "step-0000004.png", "step-0000008.png"]  # fmt: skip
+
+
+def assert_float32_weights(checkpoint: dict) -> None:
+    """bf16-mixed (the fixture's precision) autocasts the passes only: every saved weight stays float32."""
+    for state in ("state_dict", "current_model_state"):
+        assert all(w.dtype == torch.float32 for w in checkpoint.get(state, {}).values() if w.is_floating_point())
+
+
+def test_make_trains_the_score_model_and_captioner_at_their_precisions():
+    def precisions(*variables):
+        out = make_dry_run("train-score", "train-captioner", "RUNS=/nonexistent", "DATA=/nonexistent", *variables)
+        fits = [line for line in out if re.search(r" fit --config stages/(score|captioner).yaml", line)]
+        return [re.search(r"--trainer.precision (\S+)", line).group(1) for line in fits]
+
+    assert precisions("SCORE_PRECISION=bf16-mixed", "CAPTIONER_PRECISION=32-true") == ["bf16-mixed", "32-true"]
+    assert precisions("SCORE_PRECISION=32-true", "CAPTIONER_PRECISION=bf16-mixed") == ["32-true", "bf16-mixed"]
+    assert precisions("ACCELERATOR=gpu") == ["32-true", "32-true"]
 
 
 def test_the_captioner_learns_to_read_the_image():

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -32,6 +31,8 @@ from t2i_lightning.data.shapes.generate import (
     generate_shapes,
 )
 from t2i_lightning.data.shapes.scene import COLOURS, KINDS, POSITIONS, RELATIONS, flip_position
+
+from .cli_runs import make_dry_run
 
 SPLITS = ("train", "val", "test")
 SHARD_RE = re.compile(r"^(train|val|test)-(\d{6})\.tar$")
@@ -245,12 +246,8 @@ def test_position_prob_sets_how_often_captions_name_positions_and_changes_nothin
 
 
 def test_make_data_passes_position_prob_only_when_set():
-    root = Path(__file__).resolve().parents[1]
-
     def dry_run(*variables):
-        cmd = ["make", "-n", "--no-print-directory", "-C", str(root), "data", "DATA=/nonexistent", *variables]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        return next(line for line in out.replace("\\\n", " ").splitlines() if " data shapes " in line)
+        return next(line for line in make_dry_run("data", "DATA=/nonexistent", *variables) if " data shapes " in line)
 
     assert "--position-prob" not in dry_run()
     assert re.search(r"--position-prob 0\.7(\s|$)", dry_run("POSITION_PROB=0.7"))

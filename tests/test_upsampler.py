@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from t2i_lightning.nn.sr_unet import SuperResUNet
 from t2i_lightning.pipeline import load_upsampler
 from t2i_lightning.stages.upsampler import UpsamplerStage
 
-from .cli_runs import T2I, run, scalars
+from .cli_runs import T2I, make_dry_run, run, scalars
 
 MICRO_SR = dict(image_size=64, base_channels=16, channel_mult=(1, 2), groups=8)  # downsampling factor 2
 
@@ -43,9 +44,10 @@ def upsampler_args(data, runs) -> list[str]:
 
 @pytest.fixture(scope="module")
 def upsampler(shapes_dir, tmp_path_factory):
-    """A micro upsampler (64px from 16px) fitted through `t2i fit --config stages/upsampler.yaml`."""
+    """A micro upsampler (64px from 16px) fitted through `t2i fit --config stages/upsampler.yaml` in
+    bf16-mixed, as `make train-upsampler` fits it on CPUs with native bf16."""
     runs = tmp_path_factory.mktemp("upsampler_runs")
-    run(*upsampler_args(shapes_dir, runs))
+    run(*upsampler_args(shapes_dir, runs), "--trainer.precision", "bf16-mixed")
     return {"runs": runs / "upsampler", "checkpoint": runs / "upsampler" / "checkpoints" / "last.ckpt"}
 
 
@@ -61,10 +63,25 @@ def test_fit_writes_an_ema_checkpoint_grids_and_superres_metrics(upsampler):
         for method in ("bicubic", "upsampler"):
             assert f"val/{metric}_{method}" in logged, (metric, method)
     assert {"train/loss", "val/loss", "train/predictor", "val/predictor"} <= logged.keys()
+    for tag in ("train/loss", "val/loss", "train/predictor", "val/psnr_upsampler"):
+        assert np.all(np.isfinite(logged[tag])), tag
+    for state in ("state_dict", "current_model_state"):  # autocast in the passes only: float32 weights
+        assert all(w.dtype == torch.float32 for w in checkpoint[state].values() if w.is_floating_point())
     grids = sorted((upsampler["runs"] / "samples").glob("step-*.png"))
     assert [g.name for g in grids] == ["step-0000003.png", "step-0000006.png"]
     with Image.open(grids[-1]) as grid:
         assert grid.width >= 4 * 64  # low-res | bicubic | upsampler | ground truth, at 64px
+
+
+def test_make_trains_the_upsampler_at_upsampler_precision():
+    def precision(*variables):
+        out = make_dry_run("train-upsampler", "RUNS=/nonexistent", "DATA=/nonexistent", *variables)
+        fit = next(line for line in out if " fit --config stages/upsampler.yaml" in line)
+        return re.search(r"--trainer.precision (\S+)", fit).group(1)
+
+    assert precision("UPSAMPLER_PRECISION=bf16-mixed") == "bf16-mixed"
+    assert precision("UPSAMPLER_PRECISION=32-true") == "32-true"
+    assert precision("ACCELERATOR=gpu") == "32-true"
 
 
 def test_crop_pairs_are_exact_and_lie_on_the_factor_grid(shapes_dir):
@@ -197,6 +214,28 @@ def test_sampling_is_reproducible_for_a_seed(upsampler):
         stage.sample(low_res, steps=2, progress=False, generator=torch.Generator().manual_seed(seed)) for seed in (0, 0, 1)
     )
     assert first.shape == (1, 3, 32, 32) and torch.equal(first, second) and not torch.equal(first, other)
+
+
+def test_sampling_with_a_bf16_unet_stays_close_to_float32_and_is_not_the_same_run(upsampler):
+    """``precision="bf16-mixed"`` runs the diffusion U-Net in bfloat16 (the images differ from float32's by
+    rounding, no more), while the predictor's pass and the sampler stay float32."""
+    stage = load_upsampler(str(upsampler["checkpoint"]))
+    low_res = torch.rand(2, 3, 16, 16) * 2 - 1
+    seen = []
+    hook = lambda module, args, out: seen.append((module, torch.is_autocast_enabled("cpu")))  # noqa: E731
+    for unet in (stage.predictor.unet, stage.net.unet):
+        unet.register_forward_hook(hook)
+
+    def draw(precision):
+        return stage.sample(low_res, steps=3, progress=False, precision=precision,
+                            generator=torch.Generator().manual_seed(0))  # fmt: skip
+
+    full, half = draw("32-true"), draw("bf16-mixed")
+    assert half.dtype == torch.float32 and half.shape == full.shape == (2, 3, 64, 64)
+    assert not torch.equal(full, half) and torch.equal(draw("bf16-mixed"), half)
+    assert (full - half).abs().mean() < 0.02
+    autocast = {(module is stage.net.unet, on) for module, on in seen}
+    assert autocast == {(False, False), (True, False), (True, True)}  # the predictor never under autocast
 
 
 def test_sampling_draws_batches_of_equal_pixels_from_one_generator(upsampler, monkeypatch):

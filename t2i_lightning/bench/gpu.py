@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import copy
 import time
-import traceback
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -35,7 +32,7 @@ from ..demo_defaults import DEMO_CLIP
 from ..stages.decoder import DecoderStage
 from .clock import synchronize
 from .extraction import bench_extraction
-from .report import machine, table_row
+from .report import guarded, machine, table_row
 from .sampling import bench_sampling, decoder_for_bench
 from .stage_config import trainer_setting
 from .training import bare_loop_seconds, config_batch_size, lightning_seconds, random_batches
@@ -125,17 +122,6 @@ def bench_lightning_overhead(config: str, batch_size: int, steps: int, warmup: i
             "bare_img_per_s": images / bare, "ratio": lightning / bare}  # fmt: skip
 
 
-def _guarded(results: dict, name: str, run: Callable[[], Any]) -> None:
-    """``results[name] = run()``, or its error (the other rows still run)."""
-    start = time.perf_counter()
-    try:
-        results[name] = run()
-    except Exception as error:  # noqa: BLE001 (reported in the table and the JSON)
-        results[name] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
-    results[name]["seconds"] = time.perf_counter() - start
-    print(f"[bench gpu] {name}: {time.perf_counter() - start:.1f} s", flush=True)
-
-
 def run_gpu_benchmarks(
     *, device: str = "cuda", configs: tuple[str, ...] = ("stages/decoder.yaml", "stages/paper/decoder.yaml"),
     batch_sizes: dict[str, list[int]] | None = None, data: str | None = "data/shapes",
@@ -155,15 +141,15 @@ def run_gpu_benchmarks(
     for config in configs:
         own = config_batch_size(config)
         for batch_size in (batch_sizes or {}).get(config) or [own, 8 * own]:
-            _guarded(results["decoder"], f"{config}@{batch_size}", lambda c=config, b=batch_size: bench_decoder_step(
+            guarded(results["decoder"], f"{config}@{batch_size}", lambda c=config, b=batch_size: bench_decoder_step(
                 c, b, size["steps"], size["warmup"], device, results["matmul_bf16_tflops"]))  # fmt: skip
     first = ((batch_sizes or {}).get(configs[0]) or [config_batch_size(configs[0])])[0]
-    _guarded(results, "lightning", lambda: bench_lightning_overhead(configs[0], first, size["steps"], size["warmup"], device))
-    _guarded(results, "sampling", lambda: bench_sampling(None, size["sample_n"], size["ddim"], size["ddpm"],
+    guarded(results, "lightning", lambda: bench_lightning_overhead(configs[0], first, size["steps"], size["warmup"], device))
+    guarded(results, "sampling", lambda: bench_sampling(None, size["sample_n"], size["ddim"], size["ddpm"],
                                                          config=configs[0], device=device))  # fmt: skip
     if data:
         for model in clip_models:
-            _guarded(results["extraction"], model, lambda m=model: bench_extraction(
+            guarded(results["extraction"], model, lambda m=model: bench_extraction(
                 data, m, None, size["extract_shards"], 256, size["workers"], device=device))  # fmt: skip
     return results
 

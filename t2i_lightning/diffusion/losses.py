@@ -129,8 +129,10 @@ def dsm_loss(score: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
 
     For x̃ = x + σ z the target score is −z/σ, so λ(σ)·½‖s − (−z/σ)‖² = ½‖σ s + z‖². Summed over
     dimensions as in the paper (not averaged), so its scale grows with the data dimension.
-    ``sigma`` is [B] (or broadcastable to ``score``).
+    ``sigma`` is [B] (or broadcastable to ``score``). Computed in float32 whatever the network's
+    output dtype (a bf16 autocast forward).
     """
+    score = score.float()
     if sigma.ndim == 1:
         sigma = sigma.reshape(-1, *([1] * (score.ndim - 1)))
     return 0.5 * ((sigma * score + noise) ** 2).reshape(score.shape[0], -1).sum(dim=1)

@@ -66,6 +66,8 @@ def _fingerprint(variant: Variant, settings: EvaluationSettings, models: EvalMod
     options = asdict(settings.options)
     if options["precision"] == "32-true":  # recorded only when changed, so caches drawn before the option still match
         del options["precision"]
+    elif "upsampler" in variant.needs:  # its U-Net samples at the precision too, which older caches' did not
+        options["upsampler_precision"] = options["precision"]
     record = {"variant": variant.name, "n": settings.n, "seed": seed, "options": options,
               "paths": paths, "stamps": stamps}  # fmt: skip
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]

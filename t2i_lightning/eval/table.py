@@ -26,7 +26,7 @@ def format_table(table: dict) -> str:
     o = settings["options"]
     sampling = (f"{o['sampler']} with {o['steps']} steps, guidance scale {o['cfg_scale']}, "
                 + (f"dynamic thresholding at {o['threshold']}" if o["threshold"] else "static clipping")
-                + f", U-Net in {o.get('precision', '32-true')}")  # fmt: skip
+                + f", U-Nets (decoder, upsampler) in {o.get('precision', '32-true')}")  # fmt: skip
     lines += [f"- **settings**: N = {settings['n']} per variant, seeds {settings['seeds']}; decoder: {sampling}", ""]
     lines.append("| variant | " + " | ".join(name for name, _ in COLUMNS) + " |")
     lines.append("|---" * (len(COLUMNS) + 1) + "|")

@@ -35,8 +35,10 @@ def upsampler_report(
     steps: list[int] | None = None,
     sampler: str | None = None,
     seed: int = 0,
+    precision: str = "32-true",
 ) -> dict:
-    """Scores of bicubic and of the upsampler (one row per augmentation level and step count)."""
+    """Scores of bicubic and of the upsampler (one row per augmentation level and step count), its U-Net
+    sampling at ``precision`` ("32-true" or "bf16-mixed")."""
     hp = upsampler.hparams
     factor = upsampler.net.factor
     datamodule = SuperResDataModule(
@@ -54,12 +56,12 @@ def upsampler_report(
             generator = torch.Generator(device=upsampler.device).manual_seed(seed)
             out, seconds = _timed(  # the stage draws in batches of equal pixels
                 upsampler.sample, low_res, image_embeddings=embeddings, aug_level=level, sampler=sampler,
-                steps=step_count, generator=generator, progress=False,
+                steps=step_count, generator=generator, progress=False, precision=precision,
             )  # fmt: skip
             table.append({"method": "upsampler", "aug_level": level, "sampler": sampler, "steps": step_count,
                           **superres_scores(truth, out), "s_per_image": seconds / count})  # fmt: skip
     return {"images": count, "size": list(truth.shape[-2:]), "factor": factor, "data": data,
-            "threads": torch.get_num_threads(), "rows": table}  # fmt: skip
+            "threads": torch.get_num_threads(), "precision": precision, "rows": table}  # fmt: skip
 
 
 def format_report(report: dict) -> str:

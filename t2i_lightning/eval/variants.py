@@ -50,7 +50,7 @@ class SamplingOptions:
     cfg_scale: float = 3.0
     threshold: float | None = 0.995
     batch_size: int = 50
-    precision: str = "32-true"  # the U-Net's while sampling: "32-true" or "bf16-mixed"
+    precision: str = "32-true"  # the U-Nets' (decoder, upsampler) while sampling: "32-true" or "bf16-mixed"
 
     def as_kwargs(self, **overrides) -> dict:
         kwargs = {"sampler": self.sampler, "steps": self.steps, "cfg_scale": self.cfg_scale, "threshold": self.threshold,
@@ -161,7 +161,8 @@ def _chain_rows(conditioning: str, image_guidance: float = 0.0, **overrides) -> 
 
 def _full_256(models, ref, real, options, generator):
     low = _chain_rows("caption")(models, ref, real, options, generator)
-    return models.upsampler.sample(low, generator=generator, progress=False)  # in batches of equal pixels
+    return models.upsampler.sample(low, generator=generator, progress=False,  # in batches of equal pixels
+                                   precision=options.precision)  # fmt: skip
 
 
 def _text_decoder(models, ref, real, options, generator):

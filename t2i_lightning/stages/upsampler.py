@@ -38,7 +38,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from ..diffusion import gaussian_blur, noise_augment
+from ..diffusion import gaussian_blur, network_in_precision, noise_augment
 from ..nn.sr_unet import upsample_bicubic
 from .decoder import DecoderStage
 
@@ -219,6 +219,7 @@ class UpsamplerStage(DecoderStage):
         generator: torch.Generator | None = None,
         progress: bool = True,
         max_batch_pixels: int | None = MAX_BATCH_PIXELS,
+        precision: str = "32-true",
     ) -> torch.Tensor:
         """High-resolution images in [-1, 1] (B x 3 x factor·h x factor·w) for ``low_res`` (B x 3 x h x w
         in [-1, 1], any size whose upsampled side the U-Net can halve enough times).
@@ -227,7 +228,9 @@ class UpsamplerStage(DecoderStage):
         thresholding percentile, or None for static clipping (the default). The images are drawn in
         batches of at most ``max_batch_pixels`` output pixels (at least one image; None: all at
         once), one after the other from ``generator``: memory stays flat in the number of images
-        (50 images at 256px in one batch peaked at 7.2 GiB).
+        (50 images at 256px in one batch peaked at 7.2 GiB). ``precision``: "bf16-mixed" runs the diffusion
+        U-Net under bfloat16 autocast, the sampler in float32
+        (:func:`t2i_lightning.diffusion.network_in_precision`); a predictor's single pass stays float32.
         """
         if low_res.ndim != 4 or low_res.shape[1] != self.net.in_channels:
             raise ValueError(
@@ -237,13 +240,14 @@ class UpsamplerStage(DecoderStage):
         self.net.check_size(*size)
         hp = self.hparams
         level = hp.aug_level if aug_level is None else aug_level
+        net = network_in_precision(self.net, precision)
 
         def draw_batch(rows: slice) -> torch.Tensor:
             low = low_res[rows]
             cond = self.condition(low, level, None if image_embeddings is None else image_embeddings[rows], generator)
             offset = self.residual_base(low, cond)[0] if hp.residual else None
             return self.draw(
-                lambda x, t: self.net(x, t, cond), (len(low), self.net.in_channels, *size),
+                lambda x, t: net(x, t, cond), (len(low), self.net.in_channels, *size),
                 sampler=sampler or hp.sampler, steps=steps or hp.steps, threshold=threshold, eta=eta,
                 offset=offset, scale=self.residual_scale,
                 generator=generator, progress=progress,
