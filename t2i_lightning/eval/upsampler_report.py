@@ -68,7 +68,7 @@ def format_report(report: dict) -> str:
     """The rows as a text table."""
     lines = [
         f"{report['images']} validation images of {report['size'][0]}x{report['size'][1]} from {report['data']} "
-        f"(x{report['factor']}, {report['threads']} torch threads)",
+        f"(x{report['factor']}, {report['threads']} torch threads, U-Net {report.get('precision', '32-true')})",
         f"{'method':<10} {'aug':>5} {'sampler':>7} {'steps':>5} {'PSNR dB':>8} {'SSIM':>6} {'sharpness':>9} {'s/image':>8}",
     ]
     for row in report["rows"]:
