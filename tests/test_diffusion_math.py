@@ -94,6 +94,24 @@ def test_derived_quantities():
     assert schedule.original_num_steps == 10 and schedule.timesteps.tolist() == list(range(10))
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_shifted_schedule_divides_snr_by_shift_squared(name):
+    # simple diffusion (Hoogeboom et al. 2023): logSNR'(t) = logSNR(t) - 2 log(shift), i.e. SNR' = SNR / shift^2
+    base = NoiseSchedule.from_name(name)
+    for shift in (2.0, 0.5):
+        shifted = NoiseSchedule.from_name(name, shift=shift)
+        kept = slice(0, 995)  # away from the cosine's clipped end
+        torch.testing.assert_close(shifted.snr[kept], base.snr[kept] / shift**2, rtol=1e-9, atol=0)
+        assert shifted.betas.max() <= 0.999 and shifted.num_steps == 1000
+    assert NoiseSchedule.from_name(name, shift=1.0).betas.equal(base.betas)
+    assert (NoiseSchedule.from_name(name, shift=4.0).alphas_cumprod < base.alphas_cumprod).all()  # more noise everywhere
+
+
+def test_schedule_shift_must_be_positive():
+    with pytest.raises(ValueError, match="shift must be > 0"):
+        NoiseSchedule.from_name("cosine", shift=0.0)
+
+
 def test_from_name_unknown_lists_valid_names():
     with pytest.raises(ValueError, match="cosine.*linear"):
         NoiseSchedule.from_name("sigmoid")

@@ -44,6 +44,8 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
     stats: ``stats.json`` of the embedding directory; its image-side mean/std standardise the
         condition and are kept as buffers, so the checkpoint alone needs no side files.
     schedule, timesteps: noise schedule ("cosine" or "linear") and its length T.
+    schedule_shift: the schedule's log-SNR moved by −2·log(shift) (simple diffusion, Hoogeboom et al. 2023;
+        1 = unshifted): more of the steps at the noise levels where an image's layout is decided.
     parameterization: what the network predicts: "eps" (default), "x0" or "v".
     vlb_weight: λ of the hybrid loss (0.001); only used with a learned variance.
     p2_gamma, p2_k: P2 weighting of L_simple (γ = 0 turns it off).
@@ -61,6 +63,7 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
         stats: str | None = None,
         schedule: str = "cosine",
         timesteps: int = 1000,
+        schedule_shift: float = 1.0,
         parameterization: str = "eps",
         vlb_weight: float = 1e-3,
         p2_gamma: float = 0.0,
@@ -87,7 +90,7 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
         self.samples = samples
         # Kept as attributes: a subclass without these arguments (the upsampler) has no hparams for them.
         self.cond_drop_prob, self.p2 = cond_drop_prob, (p2_gamma, p2_k)
-        self.schedule = NoiseSchedule.from_name(schedule, timesteps)
+        self.schedule = NoiseSchedule.from_name(schedule, timesteps, schedule_shift)
         self.init_conditioning(stats, null_cond)
 
     # --- conditioning -------------------------------------------------------------------------
