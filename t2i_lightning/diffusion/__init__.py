@@ -39,7 +39,15 @@ from .parameterization import (
 )
 from .process import q_posterior, q_sample
 from .samplers import SAMPLERS, annealed_langevin, ddim_sample, ddpm_sample
-from .schedules import NoiseSchedule, cosine_alpha_bar, cosine_betas, extract, geometric_sigmas, linear_betas
+from .schedules import (
+    NoiseSchedule,
+    cosine_alpha_bar,
+    cosine_betas,
+    extract,
+    geometric_sigmas,
+    linear_betas,
+    shift_alpha_bar,
+)
 from .variance import learned_range_log_variance, split_learned_variance
 
 __all__ = [
@@ -78,6 +86,7 @@ __all__ = [
     "predict_x0_eps",
     "q_posterior",
     "q_sample",
+    "shift_alpha_bar",
     "simple_loss",
     "split_learned_variance",
     "static_threshold",
