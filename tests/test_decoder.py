@@ -36,6 +36,8 @@ def test_fit_writes_an_ema_checkpoint_losses_and_sample_grids(decoder):
     name = "net.unet.conv_in.weight"
     assert not torch.equal(ema[name], raw[name]), "the checkpoint's state_dict must hold the EMA weights"
     assert checkpoint["clip_identity"]["model"] == MICRO
+    # stages/decoder.yaml's U-Net works on 2x2 patches: the checkpoint rebuilds it so (12 channels in)
+    assert ema[name].shape[1] == 12 and DecoderStage.load_from_checkpoint(decoder["decoder"], weights_only=True).net.patch_size == 2
     logged = scalars(decoder["decoder_runs"] / "decoder")
     for tag in ("train/loss", "train/simple", "train/vlb", "train/grad_norm", "val/loss",
                 "val/recon_colour_error", "val/recon_colour_error_random_pairs",
@@ -156,6 +158,29 @@ def test_unet_shapes_and_size_check():
         ConditionalUNet(**{**MICRO_UNET, "base_channels": 12})
     fixed = ConditionalUNet(**{**MICRO_UNET, "learn_variance": False})
     assert fixed(torch.randn(1, 3, 32, 32), torch.tensor([5]), cond[:1]).shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("kind", [ConditionalUNet, EmbeddingTokenUNet])
+def test_patched_unet_returns_each_pixels_prediction_then_variance(kind):
+    """patch_size 2: the U-Net sees 2x2 patches (12 channels at half the side) and pixel_shuffle puts its
+    24 output channels back as [prediction (3), variance (3)] per pixel; the variance half is exactly the
+    U-Net's last 12 channels, so a constant there shows up in channels 3-5 only."""
+    net = kind(**{**MICRO_UNET, "patch_size": 2, "attention_resolutions": (8,)})
+    inner = net if kind is ConditionalUNet else net.net  # EmbeddingTokenUNet wraps the text U-Net
+    unet = inner.unet
+    assert unet.config.sample_size == 16 and unet.config.in_channels == 12 and inner.downsampling == 4
+    cond = torch.randn(2, 32)
+    with torch.no_grad():
+        unet.conv_out.weight[12:] = 0
+        unet.conv_out.bias[12:] = 0.25
+        out = net(torch.randn(2, 3, 32, 32), torch.tensor([3, 700]), cond)
+    assert out.shape == (2, 6, 32, 32)
+    assert torch.equal(out[:, 3:], torch.full_like(out[:, 3:], 0.25)) and out[:, :3].std() > 0
+    assert net(torch.randn(1, 3, 48, 48), torch.tensor([1]), cond[:1]).shape == (1, 6, 48, 48)
+    with pytest.raises(ValueError, match="divisible by the U-Net's downsampling factor 4"):
+        net(torch.randn(1, 3, 30, 30), torch.tensor([1]), cond[:1])
+    with pytest.raises(ValueError, match="patch_size must be a positive divisor"):
+        kind(**{**MICRO_UNET, "patch_size": 3})
 
 
 def test_sampling_with_a_bf16_network_stays_close_to_float32_and_is_not_the_same_run():

@@ -44,6 +44,7 @@ class EmbeddingTokenUNet(nn.Module):
         token_dim: int | None = None,
         learn_variance: bool = True,
         groups: int = 32,
+        patch_size: int = 1,
     ):
         super().__init__()
         if cond_dim <= 0 or num_tokens <= 0:
@@ -56,7 +57,7 @@ class EmbeddingTokenUNet(nn.Module):
         self.net = TextConditionalUNet(
             image_size, in_channels, base_channels, channel_mult, num_res_blocks, attention_resolutions,
             head_channels, dropout, token_dim=token_dim, pooled_dim=cond_dim, learn_variance=learn_variance,
-            groups=groups,
+            groups=groups, patch_size=patch_size,
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,9 @@ from __future__ import annotations
 import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
+from torch.nn import functional as F
 
-from .unet import check_divisible, level_layout
+from .unet import check_divisible, level_layout, patch_grid
 
 
 class TextConditionalUNet(nn.Module):
@@ -50,23 +51,25 @@ class TextConditionalUNet(nn.Module):
         pooled_dim: int = 256,
         learn_variance: bool = True,
         groups: int = 32,
+        patch_size: int = 1,
     ):
         super().__init__()
-        channels, attend = level_layout(image_size, base_channels, channel_mult, attention_resolutions, head_channels, groups)
+        grid = patch_grid(image_size, patch_size)
+        channels, attend = level_layout(grid, base_channels, channel_mult, attention_resolutions, head_channels, groups)
         if token_dim <= 0 or pooled_dim <= 0:
             raise ValueError(f"token_dim and pooled_dim must be positive, got {token_dim} and {pooled_dim}")
         self.image_size, self.in_channels = image_size, in_channels
         self.token_dim, self.pooled_dim = token_dim, pooled_dim
-        self.learn_variance = learn_variance
-        self.downsampling = 2 ** (len(channel_mult) - 1)
+        self.learn_variance, self.patch_size = learn_variance, patch_size
+        self.downsampling = patch_size * 2 ** (len(channel_mult) - 1)
         down = tuple("SimpleCrossAttnDownBlock2D" if a else "ResnetDownsampleBlock2D" for a in attend)
         up = tuple("SimpleCrossAttnUpBlock2D" if a else "ResnetUpsampleBlock2D" for a in reversed(attend))
         self.token_norm = nn.LayerNorm(token_dim)
         self.pooled_norm = nn.LayerNorm(pooled_dim)
         self.unet = UNet2DConditionModel(
-            sample_size=image_size,
-            in_channels=in_channels,
-            out_channels=in_channels * (2 if learn_variance else 1),
+            sample_size=grid,
+            in_channels=in_channels * patch_size**2,
+            out_channels=in_channels * (2 if learn_variance else 1) * patch_size**2,
             down_block_types=down,
             mid_block_type="UNetMidBlock2DSimpleCrossAttn",
             up_block_types=up,
@@ -91,10 +94,12 @@ class TextConditionalUNet(nn.Module):
                 f"Text features of width {tokens.shape[-1]} (tokens) and {pooled.shape[-1]} (pooled), but the U-Net "
                 f"takes token_dim {self.token_dim} and pooled_dim {self.pooled_dim}"
             )
-        return self.unet(
-            x,
+        p = self.patch_size
+        out = self.unet(
+            F.pixel_unshuffle(x, p),
             t,
             encoder_hidden_states=self.token_norm(tokens.to(x.dtype)),
             encoder_attention_mask=mask,
             class_labels=self.pooled_norm(pooled.to(x.dtype)),
         ).sample
+        return F.pixel_shuffle(out, p)

@@ -8,7 +8,10 @@ number of channels per head. The conditioning vector (the standardised CLIP imag
 unCLIP, Ramesh et al. 2022 sec. 2.1 and the study) is projected to the timestep embedding's width
 and added to it (diffusers' ``class_embed_type="identity"``). With ``learn_variance`` the network
 outputs twice the image channels: the prediction, then the variance interpolation (Nichol &
-Dhariwal 2021, eq. 15).
+Dhariwal 2021, eq. 15). With ``patch_size`` p > 1 the U-Net runs on the image rearranged into p x p
+patches (``pixel_unshuffle``: p² times the channels at 1/p the side) and its output is put back
+(``pixel_shuffle``), the invertible downsampling at the input of Hoogeboom et al. 2023 ("simple
+diffusion", sec. 3.3): the full-resolution levels, most of a U-Net's cost, are gone.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import torch
 from diffusers import UNet2DModel
 from torch import nn
+from torch.nn import functional as F
 
 
 def level_layout(
@@ -72,6 +76,14 @@ def adm_unet(
     )
 
 
+def patch_grid(image_size: int, patch_size: int) -> int:
+    """The side of the grid of ``patch_size`` x ``patch_size`` pixel patches a U-Net runs on, refusing a
+    patch that does not tile ``image_size``."""
+    if patch_size < 1 or image_size % patch_size:
+        raise ValueError(f"patch_size must be a positive divisor of image_size={image_size}, got {patch_size}")
+    return image_size // patch_size
+
+
 def check_divisible(x: torch.Tensor, downsampling: int) -> None:
     """Refuse an image the U-Net cannot halve ``log2(downsampling)`` times."""
     if x.shape[-1] % downsampling or x.shape[-2] % downsampling:
@@ -85,17 +97,19 @@ class ConditionalUNet(nn.Module):
 
     Args:
         image_size: side of the square images it is trained on (any multiple of
-            ``2 ** (len(channel_mult) - 1)`` works at sampling).
+            ``patch_size * 2 ** (len(channel_mult) - 1)`` works at sampling).
         in_channels: image channels (3).
         base_channels: channels of the first level; level i has ``base_channels * channel_mult[i]``.
         channel_mult: one multiplier per resolution level.
         num_res_blocks: residual blocks per level.
-        attention_resolutions: resolutions (in pixels, at ``image_size``) that get self-attention.
+        attention_resolutions: resolutions of the levels (in positions, at ``image_size``; the first
+            level has ``image_size / patch_size``) that get self-attention.
         head_channels: channels per attention head.
         dropout: dropout inside the residual blocks.
         cond_dim: size of the conditioning vector (the CLIP embedding dimension); 0 for none.
         learn_variance: output ``2 * in_channels`` channels (prediction, variance interpolation).
         groups: GroupNorm groups (must divide every level's channels).
+        patch_size: side of the pixel patches each U-Net position holds (1: one pixel, no patching).
     """
 
     def __init__(
@@ -111,15 +125,20 @@ class ConditionalUNet(nn.Module):
         cond_dim: int = 256,
         learn_variance: bool = True,
         groups: int = 32,
+        patch_size: int = 1,
     ):
         super().__init__()
-        channels, attend = level_layout(image_size, base_channels, channel_mult, attention_resolutions, head_channels, groups)
+        grid = patch_grid(image_size, patch_size)
+        channels, attend = level_layout(grid, base_channels, channel_mult, attention_resolutions, head_channels, groups)
         self.image_size, self.in_channels, self.cond_dim = image_size, in_channels, cond_dim
-        self.learn_variance = learn_variance
-        self.downsampling = 2 ** (len(channel_mult) - 1)
+        self.learn_variance, self.patch_size = learn_variance, patch_size
+        self.downsampling = patch_size * 2 ** (len(channel_mult) - 1)
+        # Per patch position: p² values of each image channel in, and of each output channel out; the
+        # prediction's channels come first, so pixel_shuffle returns [prediction, variance] per pixel.
         self.unet = adm_unet(
-            image_size, in_channels, in_channels * (2 if learn_variance else 1), channels, attend, num_res_blocks,
-            dropout, head_channels, groups, add_attention=True, class_embed_type="identity" if cond_dim else None,
+            grid, in_channels * patch_size**2, in_channels * (2 if learn_variance else 1) * patch_size**2, channels,
+            attend, num_res_blocks, dropout, head_channels, groups, add_attention=True,
+            class_embed_type="identity" if cond_dim else None,
         )  # fmt: skip
         time_dim = channels[0] * 4  # UNet2DModel's timestep-embedding width
         self.cond_proj = (
@@ -136,4 +155,5 @@ class ConditionalUNet(nn.Module):
             extra = self.cond_proj(cond.to(x.dtype))
         else:
             extra = None
-        return self.unet(x, t, class_labels=extra).sample
+        p = self.patch_size
+        return F.pixel_shuffle(self.unet(F.pixel_unshuffle(x, p), t, class_labels=extra).sample, p)
