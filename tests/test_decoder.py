@@ -36,10 +36,13 @@ def test_fit_writes_an_ema_checkpoint_losses_and_sample_grids(decoder):
     name = "net.unet.conv_in.weight"
     assert not torch.equal(ema[name], raw[name]), "the checkpoint's state_dict must hold the EMA weights"
     assert checkpoint["clip_identity"]["model"] == MICRO
-    # stages/decoder.yaml's U-Net works on 2x2 patches: the checkpoint rebuilds it so (12 channels in)
-    assert ema[name].shape[1] == 12 and DecoderStage.load_from_checkpoint(decoder["decoder"], weights_only=True).net.patch_size == 2
+    # stages/decoder.yaml's U-Net works on 2x2 patches of the image and its layout picture (24 channels
+    # in), and the checkpoint rebuilds it so
+    assert ema[name].shape[1] == 24
+    net = DecoderStage.load_from_checkpoint(decoder["decoder"], weights_only=True).net
+    assert (net.patch_size, net.layout_size) == (2, 8)
     logged = scalars(decoder["decoder_runs"] / "decoder")
-    for tag in ("train/loss", "train/simple", "train/vlb", "train/grad_norm", "val/loss",
+    for tag in ("train/loss", "train/simple", "train/vlb", "train/layout", "train/grad_norm", "val/loss", "val/layout",
                 "val/recon_colour_error", "val/recon_colour_error_random_pairs",
                 "val/recon_object_colour_hits", "val/recon_object_colour_hits_random_pairs", "val/recon_object_colour_near",
                 "val/recon_object_colour_present", "val/recon_object_colour_present_random_pairs"):  # fmt: skip
@@ -181,6 +184,37 @@ def test_patched_unet_returns_each_pixels_prediction_then_variance(kind):
         net(torch.randn(1, 3, 30, 30), torch.tensor([1]), cond[:1])
     with pytest.raises(ValueError, match="patch_size must be a positive divisor"):
         kind(**{**MICRO_UNET, "patch_size": 3})
+
+
+def test_layout_head_picture_reaches_the_unet_detached_and_trains_on_the_images_area_averages():
+    """layout_size 4: the head's 4 x 4 picture of the condition is read beside x_t (3 more input
+    channels) without the denoising loss reaching the head; the stage trains the head alone on its MSE
+    to the images' 4 x 4 area averages, added to the total loss."""
+    net = ConditionalUNet(**MICRO_UNET, layout_size=4)
+    assert net.unet.config.in_channels == 6
+    x, t, cond = torch.randn(2, 3, 32, 32), torch.tensor([10, 900]), torch.randn(2, 32)
+    out = net(x, t, cond)
+    out.sum().backward()
+    assert net.unet.conv_in.weight.grad is not None
+    assert all(p.grad is None for p in net.layout_head.parameters()), "the U-Net's input picture must be detached"
+    with torch.no_grad():
+        net.layout_head[-1].bias.add_(1.0)
+        assert not torch.allclose(net(x, t, cond), out)
+
+    stage = DecoderStage(net)
+    image = torch.rand(2, 3, 32, 32) * 2 - 1
+    target, extra = stage.diffusion_target({"image": image}, cond)
+    assert target is image
+    cells = image.reshape(2, 3, 4, 8, 4, 8).mean(dim=(3, 5))
+    torch.testing.assert_close(extra["layout"], (net.layout(cond) - cells).pow(2).mean(dim=(1, 2, 3)))
+    net.zero_grad()
+    stage.stats_loaded = True
+    stage.mean_img.zero_(), stage.std_img.fill_(1.0)
+    losses = stage._losses({"image": image, "img_emb": cond}, 0.0)
+    losses["loss"].mean().backward()
+    assert net.layout_head[0].weight.grad.abs().sum() > 0, "the layout loss must be part of the total"
+    with pytest.raises(ValueError, match="layout_size"):
+        ConditionalUNet(**{**MICRO_UNET, "cond_dim": 0}, layout_size=4)
 
 
 def test_sampling_with_a_bf16_network_stays_close_to_float32_and_is_not_the_same_run():

@@ -12,6 +12,13 @@ Dhariwal 2021, eq. 15). With ``patch_size`` p > 1 the U-Net runs on the image re
 patches (``pixel_unshuffle``: p² times the channels at 1/p the side) and its output is put back
 (``pixel_shuffle``), the invertible downsampling at the input of Hoogeboom et al. 2023 ("simple
 diffusion", sec. 3.3): the full-resolution levels, most of a U-Net's cost, are gone.
+
+With ``layout_size`` g > 0 a layout head (an MLP) regresses from the condition a g x g x C picture of
+the image (its area average over g x g cells, trained with its own MSE by the stage), and the U-Net
+reads it, upsampled bilinearly and detached, as C more input channels beside x_t: the embedding's
+coarse layout given where each position can see it, as SR3 / Cascaded Diffusion Models (Saharia et al.
+2021; Ho et al. 2021) give their low-resolution image. The same head maps the null condition to the
+average picture, so classifier-free guidance's unconditional half reads that.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 from torch.nn import functional as F
+
+LAYOUT_HIDDEN = 512  # width of the layout head's two hidden layers
 
 
 def level_layout(
@@ -110,6 +119,8 @@ class ConditionalUNet(nn.Module):
         learn_variance: output ``2 * in_channels`` channels (prediction, variance interpolation).
         groups: GroupNorm groups (must divide every level's channels).
         patch_size: side of the pixel patches each U-Net position holds (1: one pixel, no patching).
+        layout_size: side g of the layout picture regressed from the condition and read beside x_t
+            (0: none); needs ``cond_dim`` > 0.
     """
 
     def __init__(
@@ -126,17 +137,21 @@ class ConditionalUNet(nn.Module):
         learn_variance: bool = True,
         groups: int = 32,
         patch_size: int = 1,
+        layout_size: int = 0,
     ):
         super().__init__()
+        if layout_size < 0 or (layout_size and not cond_dim):
+            raise ValueError(f"layout_size must be 0, or positive with cond_dim > 0; got {layout_size}, cond_dim {cond_dim}")
         grid = patch_grid(image_size, patch_size)
         channels, attend = level_layout(grid, base_channels, channel_mult, attention_resolutions, head_channels, groups)
         self.image_size, self.in_channels, self.cond_dim = image_size, in_channels, cond_dim
-        self.learn_variance, self.patch_size = learn_variance, patch_size
+        self.learn_variance, self.patch_size, self.layout_size = learn_variance, patch_size, layout_size
         self.downsampling = patch_size * 2 ** (len(channel_mult) - 1)
         # Per patch position: p² values of each image channel in, and of each output channel out; the
         # prediction's channels come first, so pixel_shuffle returns [prediction, variance] per pixel.
         self.unet = adm_unet(
-            grid, in_channels * patch_size**2, in_channels * (2 if learn_variance else 1) * patch_size**2, channels,
+            grid, in_channels * (2 if layout_size else 1) * patch_size**2,
+            in_channels * (2 if learn_variance else 1) * patch_size**2, channels,
             attend, num_res_blocks, dropout, head_channels, groups, add_attention=True,
             class_embed_type="identity" if cond_dim else None,
         )  # fmt: skip
@@ -146,6 +161,20 @@ class ConditionalUNet(nn.Module):
             if cond_dim
             else None
         )
+        self.layout_head = (
+            nn.Sequential(
+                nn.Linear(cond_dim, LAYOUT_HIDDEN), nn.SiLU(), nn.Linear(LAYOUT_HIDDEN, LAYOUT_HIDDEN), nn.SiLU(),
+                nn.Linear(LAYOUT_HIDDEN, in_channels * layout_size**2),
+            )
+            if layout_size
+            else None
+        )  # fmt: skip
+
+    def layout(self, cond: torch.Tensor) -> torch.Tensor:
+        """The layout head's picture for ``cond`` (B x C x g x g), what the stage trains against the
+        image's g x g area average."""
+        g = self.layout_size
+        return self.layout_head(cond).view(len(cond), self.in_channels, g, g)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         check_divisible(x, self.downsampling)
@@ -155,5 +184,8 @@ class ConditionalUNet(nn.Module):
             extra = self.cond_proj(cond.to(x.dtype))
         else:
             extra = None
+        if self.layout_head is not None:
+            picture = self.layout(cond.to(x.dtype)).detach().to(x.dtype)
+            x = torch.cat([x, F.interpolate(picture, size=x.shape[-2:], mode="bilinear", align_corners=False)], 1)
         p = self.patch_size
         return F.pixel_shuffle(self.unet(F.pixel_unshuffle(x, p), t, class_labels=extra).sample, p)

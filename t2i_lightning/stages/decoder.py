@@ -19,6 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..diffusion import (
     SAMPLERS,
@@ -137,8 +138,14 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
 
     def diffusion_target(self, batch: dict[str, Any], cond: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """What the diffusion process runs on, the batch's images (a subclass may diffuse a residual),
-        and per-sample losses of any other trained part of the stage, added to the total (none here)."""
-        return batch["image"], {}
+        and per-sample losses of any other trained part of the stage, added to the total: with a
+        U-Net that has a layout head (``layout_size`` g), its MSE to the images' g x g area averages."""
+        image = batch["image"]
+        size = getattr(self.net, "layout_size", 0)
+        if not size:
+            return image, {}
+        error = self.net.layout(cond).float() - F.adaptive_avg_pool2d(image.float(), size)
+        return image, {"layout": error.pow(2).mean(dim=(1, 2, 3))}
 
     def _losses(self, batch: dict[str, Any], drop_prob: float) -> dict[str, torch.Tensor]:
         image = batch["image"]
