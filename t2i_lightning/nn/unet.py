@@ -181,11 +181,12 @@ class ConditionalUNet(nn.Module):
         if self.cond_proj is not None:
             if cond is None:
                 raise ValueError("This U-Net is conditioned: pass cond (batch x cond_dim)")
-            extra = self.cond_proj(cond.to(x.dtype))
+            cond = cond.to(x.dtype)
+            extra = self.cond_proj(cond)
         else:
             extra = None
-        if self.layout_head is not None:
-            picture = self.layout(cond.to(x.dtype)).detach().to(x.dtype)
+        if self.layout_head is not None:  # the picture's dtype is autocast's; x's is the sampler's
+            picture = self.layout(cond).detach().to(x.dtype)
             x = torch.cat([x, F.interpolate(picture, size=x.shape[-2:], mode="bilinear", align_corners=False)], 1)
         p = self.patch_size
         return F.pixel_shuffle(self.unet(F.pixel_unshuffle(x, p), t, class_labels=extra).sample, p)
