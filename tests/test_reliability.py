@@ -40,7 +40,8 @@ def wait_for_step(heartbeat: Path, step: int, process: subprocess.Popen, timeout
         if process.poll() is not None:
             stderr = process.stderr.read() if process.stderr else ""
             raise AssertionError(f"the fit ended (exit {process.returncode}) before step {step}:\n{stderr[-3000:]}")
-        if heartbeat.exists() and heartbeat.read_text().strip() and int(heartbeat.read_text()) >= step:
+        beat = heartbeat.read_text().strip() if heartbeat.exists() else ""
+        if beat and int(beat) >= step:
             return
         time.sleep(0.1)
     raise AssertionError(f"no step {step} within {timeout} s")

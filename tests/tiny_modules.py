@@ -49,7 +49,8 @@ class NonFiniteAtStep(MeanColourRegressor):
 
 class Heartbeat(pl.Callback):
     """Slows training to ``seconds`` per step and writes the global step to ``path`` after each
-    (so a test can kill or signal a run in the middle, at a known point)."""
+    (so a test can kill or signal a run in the middle, at a known point). The step is written to a
+    temporary file and renamed over ``path``, so a reader never sees it empty or half-written."""
 
     def __init__(self, path: str, seconds: float = 0.2):
         self.path, self.seconds = path, seconds
@@ -59,7 +60,9 @@ class Heartbeat(pl.Callback):
         from pathlib import Path
 
         time.sleep(self.seconds)
-        Path(self.path).write_text(str(trainer.global_step))
+        temporary = Path(f"{self.path}.tmp")
+        temporary.write_text(str(trainer.global_step))
+        temporary.replace(self.path)
 
 
 class RankRecorder(MeanColourRegressor):
