@@ -1,12 +1,14 @@
 """``t2i evaluate-decoder``: the decoder's reconstructions of validation images from their CLIP image
 embeddings, scored against their sources (:mod:`t2i_lightning.eval.decoder_report`).
 
-    t2i evaluate-decoder [--decoder CKPT] [--n 64] [--cfg 1 3 6] [--steps 25] [--seed 0]
+    t2i evaluate-decoder [--decoder CKPT] [--n 64] [--cfg 1 3 6] [--steps 25] [--seed 0] [--no-nearest]
 
 By default the images and embeddings are the ones the decoder was trained on (the embedding
 directory of the ``stats.json`` its checkpoint recorded, and the dataset that holds it). Writes the
 table as JSON beside the checkpoint's run (``<run>/reconstructions.json``) and one grid per guidance
-scale (``<run>/reconstructions-cfgS.png``: sources on top, reconstructions below).
+scale (``<run>/reconstructions-cfgS.png``: sources on top, reconstructions below). Unless
+``--no-nearest``, also the row of each source's nearest training image by CLIP image embedding (what
+the embedding tells apart, drawn perfectly) and its grid (``<run>/reconstructions-nearest.png``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def add_evaluate_decoder_parser(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     report.add_argument("--batch-size", type=int, default=16, help="images decoded at once (default: 16)")
     report.add_argument("--out", default=None, help="JSON report (default: <run>/reconstructions.json)")
+    report.add_argument(
+        "--no-nearest", action="store_true",
+        help="leave out the reference row of each source's nearest training image by embedding (it reads the train split)",
+    )  # fmt: skip
 
 
 def default_report_path(checkpoint: str) -> Path:
@@ -54,6 +60,17 @@ def default_report_path(checkpoint: str) -> Path:
     if path.parent.name == "checkpoints":
         return path.parent.parent / "reconstructions.json"
     return path.with_suffix(".reconstructions.json")
+
+
+def nearest_reference(embeddings: str, references: dict, image_size: int) -> tuple | None:
+    """Each source's nearest training image and its key (:func:`nearest_training_images`), or None,
+    said on stdout, when ``embeddings`` has no train split."""
+    from .eval.nearest import has_train_split, nearest_training_images
+
+    if not has_train_split(embeddings):
+        print(f"No train split in {embeddings}: the nearest-training-image row is left out")
+        return None
+    return nearest_training_images(embeddings, references["img_emb"], image_size)
 
 
 def run_evaluate_decoder(args: argparse.Namespace) -> None:
@@ -76,19 +93,25 @@ def run_evaluate_decoder(args: argparse.Namespace) -> None:
     references = validation_references(data, embeddings, stage.net.image_size, args.n)
     if len(references["image"]) < args.n:
         print(f"Only {len(references['image'])} validation images in {data} (asked for {args.n})")
+    nearest = None if args.no_nearest else nearest_reference(embeddings, references, stage.net.image_size)
     steps = args.steps if args.steps == "all" else int(args.steps)
     report, drawn = decoder_report(
         stage, references, args.cfg, sampler=args.sampler, steps=steps, threshold=args.threshold or None,
         seed=args.seed, batch_size=args.batch_size, precision=args.precision,
+        nearest_images=None if nearest is None else nearest[0],
     )  # fmt: skip
     report |= {"decoder": args.decoder, "data": data, "embeddings": embeddings}
     sources = tensor_to_images(references["image"])
     columns = min(len(sources), 16)
-    for scale, images in drawn.items():
+    grids = {f"cfg{scale:g}": (images, f"cfg {scale:g}") for scale, images in drawn.items()}
+    if nearest is not None:
+        report["nearest_training_image"]["keys"] = nearest[1]
+        grids["nearest"] = (nearest[0], "nearest train")
+    for name, (images, label) in grids.items():
         grid = captioned_grid(sources[:columns] + tensor_to_images(images[:columns]),
-                              list(references["caption"][:columns]) + [f"cfg {scale:g}"] * columns, tile=96,
+                              list(references["caption"][:columns]) + [label] * columns, tile=96,
                               columns=columns)  # fmt: skip
-        save_png_atomic(grid, out.with_name(f"{out.stem}-cfg{scale:g}.png"))
+        save_png_atomic(grid, out.with_name(f"{out.stem}-{name}.png"))
     write_json_atomic(out, report)
     print(format_report(report))
     print(f"-> {out} (grids of the first {columns} beside it)")

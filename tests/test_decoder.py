@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from t2i_lightning.data.decode import ShardMismatchError
+from t2i_lightning.data.decode import ShardMismatchError, decode_image_caption
 from t2i_lightning.data.embeddings import IMAGE_MEMBER, load_npy
 from t2i_lightning.data.inspect import read_samples
 from t2i_lightning.data.joined import EmbeddingLookup, ImageEmbeddingDataModule
-from t2i_lightning.data.shards import write_shard
+from t2i_lightning.data.shards import resolve_shards, write_shard
+from t2i_lightning.eval.nearest import nearest_training_images, split_image_embeddings
 from t2i_lightning.nn.embedding_token_unet import EmbeddingTokenUNet
 from t2i_lightning.nn.unet import ConditionalUNet
 from t2i_lightning.stages.decoder import DecoderStage
@@ -324,6 +325,32 @@ def test_evaluate_decoder_scores_reconstructions_per_guidance_scale(decoder, tmp
         with Image.open(tmp_path / f"recon-cfg{scale}.png") as grid:
             assert grid.width >= 4 * 64
     assert "hits" in result.stdout and "present" in result.stdout
+    nearest = report["nearest_training_image"]  # the reference row: real training images, drawn perfectly
+    assert len(nearest["keys"]) == 4 and nearest["objects"] == rows[0]["objects"] and 0 <= nearest["ratio"]
+    assert "NN" in result.stdout and (tmp_path / "recon-nearest.png").exists()
+    result = run(T2I, "evaluate-decoder", "--decoder", str(decoder["decoder"]), "--data", str(decoder["data"]), "--n",
+                 "2", "--cfg", "1", "--steps", "1", "--no-nearest", "--out", str(tmp_path / "bare.json"))  # fmt: skip
+    assert "nearest_training_image" not in json.loads((tmp_path / "bare.json").read_text()) and "NN" not in result.stdout
+
+
+def test_nearest_training_image_is_the_training_sample_with_the_closest_embedding(decoder, tmp_path):
+    """Queried with a training image's own embedding (scaled: the search is by cosine), the reference
+    returns that sample's image; an embedding directory without a train split is refused, not
+    searched among the sources' own embeddings."""
+    emb = decoder["emb"]
+    keys, bank = split_image_embeddings(emb, "train")
+    picks = [3, len(keys) - 1]
+    images, found = nearest_training_images(emb, 2.5 * bank[picks], 64)
+    assert found == [keys[i] for i in picks]
+    sources = {s["__key__"]: s for shard in resolve_shards(str(decoder["data"]), "train") for s in read_samples(shard)}
+    for image, key in zip(images, found, strict=True):
+        assert torch.equal(image, decode_image_caption(sources[key], 64)["image"])
+    only_val = tmp_path / "emb"
+    only_val.mkdir()
+    for path in [*emb.glob("val-*.tar"), emb / "stats.json"]:
+        shutil.copy(path, only_val)
+    with pytest.raises(ValueError, match="no train split"):
+        nearest_training_images(only_val, bank[:1], 64)
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,10 @@ reconstruction experiment), scored without any learned judge.
 image embeddings are decoded at each requested guidance scale with the same seed, and each
 reconstruction is compared with its source by :func:`reconstruction_scores`: the coarse colour
 error against random pairs and, on shapes, whether each object comes back in its colour, in its
-place, near it and anywhere (:mod:`t2i_lightning.eval.colour`). The rows are printed as a table and written as
-JSON (atomically), beside one grid per scale (sources above, reconstructions below).
+place, near it and anywhere (:mod:`t2i_lightning.eval.colour`). Beside them, the same scores for the
+training image whose embedding is nearest to each source's (:func:`~t2i_lightning.eval.nearest.nearest_training_images`):
+a real image drawn perfectly, as far as the embedding tells it apart. The rows are printed as a
+table and written as JSON (atomically), beside one grid per scale (sources above, reconstructions below).
 """
 
 from __future__ import annotations
@@ -65,9 +67,11 @@ def decoder_report(
     seed: int = 0,
     batch_size: int = 16,
     precision: str = "32-true",
+    nearest_images: torch.Tensor | None = None,
 ) -> tuple[dict, dict[float, torch.Tensor]]:
     """One row of :func:`reconstruction_scores` per guidance scale, and the reconstructions of each;
-    ``precision``: the U-Net's while sampling (:meth:`DecoderStage.sample`)."""
+    ``precision``: the U-Net's while sampling (:meth:`DecoderStage.sample`). With ``nearest_images``
+    (each source's nearest training image by embedding) their scores too, as ``nearest_training_image``."""
     sources, embeddings = references["image"], references["img_emb"]
     metas = list(references.get("meta", [{}] * len(sources)))
     rows, drawn = [], {}
@@ -82,6 +86,8 @@ def decoder_report(
         rows.append({"cfg": scale, **reconstruction_scores(sources, recon, metas), "s_per_image": seconds / len(recon)})
     report = {"images": len(sources), "size": sources.shape[-1], "sampler": sampler, "steps": steps,
               "threshold": threshold, "seed": seed, "batch_size": batch_size, "precision": precision, "rows": rows}  # fmt: skip
+    if nearest_images is not None:
+        report["nearest_training_image"] = reconstruction_scores(sources, nearest_images, metas)
     return report, drawn
 
 
@@ -97,12 +103,19 @@ def format_report(report: dict) -> str:
         + f" {'s/image':>8}",
     ]
     for row in report["rows"]:
-        line = f"{row['cfg']:>5g} {row['matched']:>10.1f} {row['random_pairs']:>7.1f} {row['ratio']:>6.3f}"
-        if objects:
-            line += (
-                f" {row['object_colour_hits']:>6.3f} {row['object_colour_hits_random_pairs']:>7.3f}"
-                f" {row['object_colour_near']:>6.3f} {row['object_colour_near_random_pairs']:>7.3f}"
-                f" {row['object_colour_present']:>8.3f} {row['object_colour_present_random_pairs']:>7.3f}"
-            )
-        lines.append(line + f" {row['s_per_image']:>8.2f}")
+        lines.append(_format_row(f"{row['cfg']:>5g}", row, objects) + f" {row['s_per_image']:>8.2f}")
+    if "nearest_training_image" in report:
+        lines.append(_format_row(f"{'NN':>5}", report["nearest_training_image"], objects)
+                     + "   (nearest training image by embedding)")  # fmt: skip
     return "\n".join(lines)
+
+
+def _format_row(label: str, row: dict, objects: bool) -> str:
+    line = f"{label} {row['matched']:>10.1f} {row['random_pairs']:>7.1f} {row['ratio']:>6.3f}"
+    if objects:
+        line += (
+            f" {row['object_colour_hits']:>6.3f} {row['object_colour_hits_random_pairs']:>7.3f}"
+            f" {row['object_colour_near']:>6.3f} {row['object_colour_near_random_pairs']:>7.3f}"
+            f" {row['object_colour_present']:>8.3f} {row['object_colour_present_random_pairs']:>7.3f}"
+        )
+    return line
