@@ -49,20 +49,20 @@ class NonFiniteAtStep(MeanColourRegressor):
 
 class Heartbeat(pl.Callback):
     """Slows training to ``seconds`` per step and writes the global step to ``path`` after each
-    (so a test can kill or signal a run in the middle, at a known point). The step is written to a
-    temporary file and renamed over ``path``, so a reader never sees it empty or half-written."""
+    (so a test can kill or signal a run in the middle, at a known point). The step is written through
+    :func:`atomic_path`, so a reader never sees the file empty or half-written."""
 
     def __init__(self, path: str, seconds: float = 0.2):
         self.path, self.seconds = path, seconds
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         import time
-        from pathlib import Path
+
+        from t2i_lightning.data.shards import atomic_path
 
         time.sleep(self.seconds)
-        temporary = Path(f"{self.path}.tmp")
-        temporary.write_text(str(trainer.global_step))
-        temporary.replace(self.path)
+        with atomic_path(self.path) as temporary:
+            temporary.write_text(str(trainer.global_step))
 
 
 class RankRecorder(MeanColourRegressor):
