@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .data.image_io import save_png_atomic, tensor_to_images
 from .data.inspect import captioned_grid
@@ -22,6 +23,9 @@ from .data.shards import check_writable, write_json_atomic
 from .pipeline import DEFAULT_DECODER, load_decoder
 from .precision_option import add_precision_argument
 from .sample_command import check_steps_and_threshold
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_evaluate_decoder_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -62,7 +66,7 @@ def default_report_path(checkpoint: str) -> Path:
     return path.with_suffix(".reconstructions.json")
 
 
-def nearest_reference(embeddings: str, references: dict, image_size: int) -> tuple | None:
+def nearest_reference(embeddings: str, references: dict, image_size: int) -> tuple[torch.Tensor, list[str]] | None:
     """Each source's nearest training image and its key (:func:`nearest_training_images`), or None,
     said on stdout, when ``embeddings`` has no train split."""
     from .eval.nearest import has_train_split, nearest_training_images
@@ -98,14 +102,13 @@ def run_evaluate_decoder(args: argparse.Namespace) -> None:
     report, drawn = decoder_report(
         stage, references, args.cfg, sampler=args.sampler, steps=steps, threshold=args.threshold or None,
         seed=args.seed, batch_size=args.batch_size, precision=args.precision,
-        nearest_images=None if nearest is None else nearest[0],
+        nearest=nearest,
     )  # fmt: skip
     report |= {"decoder": args.decoder, "data": data, "embeddings": embeddings}
     sources = tensor_to_images(references["image"])
     columns = min(len(sources), 16)
     grids = {f"cfg{scale:g}": (images, f"cfg {scale:g}") for scale, images in drawn.items()}
     if nearest is not None:
-        report["nearest_training_image"]["keys"] = nearest[1]
         grids["nearest"] = (nearest[0], "nearest train")
     for name, (images, label) in grids.items():
         grid = captioned_grid(sources[:columns] + tensor_to_images(images[:columns]),

@@ -67,11 +67,12 @@ def decoder_report(
     seed: int = 0,
     batch_size: int = 16,
     precision: str = "32-true",
-    nearest_images: torch.Tensor | None = None,
+    nearest: tuple[torch.Tensor, list[str]] | None = None,
 ) -> tuple[dict, dict[float, torch.Tensor]]:
     """One row of :func:`reconstruction_scores` per guidance scale, and the reconstructions of each;
-    ``precision``: the U-Net's while sampling (:meth:`DecoderStage.sample`). With ``nearest_images``
-    (each source's nearest training image by embedding) their scores too, as ``nearest_training_image``."""
+    ``precision``: the U-Net's while sampling (:meth:`DecoderStage.sample`). With ``nearest``
+    (each source's nearest training image by embedding and its key) their scores and keys too, as
+    ``nearest_training_image``."""
     sources, embeddings = references["image"], references["img_emb"]
     metas = list(references.get("meta", [{}] * len(sources)))
     rows, drawn = [], {}
@@ -86,8 +87,8 @@ def decoder_report(
         rows.append({"cfg": scale, **reconstruction_scores(sources, recon, metas), "s_per_image": seconds / len(recon)})
     report = {"images": len(sources), "size": sources.shape[-1], "sampler": sampler, "steps": steps,
               "threshold": threshold, "seed": seed, "batch_size": batch_size, "precision": precision, "rows": rows}  # fmt: skip
-    if nearest_images is not None:
-        report["nearest_training_image"] = reconstruction_scores(sources, nearest_images, metas)
+    if nearest is not None:
+        report["nearest_training_image"] = {**reconstruction_scores(sources, nearest[0], metas), "keys": nearest[1]}
     return report, drawn
 
 
