@@ -56,6 +56,11 @@ STEPS        ?= 50
 CFG          ?= 3
 SAMPLE_OUT   ?= $(RUNS)/samples/sample.png
 DEMO_PROMPTS ?= "a red circle" "a blue square on a yellow background" "two green triangles" "a small purple star to the left of a large orange ring"
+# A directory of config files layered over the stages' own (LightningCLI merges --config files in
+# order, the command line's flags last): `make demo-quick` sets it to stages/quick, whose files
+# shorten every stage it trains.
+STAGE_OVERLAY ?=
+overlay = $(if $(strip $(STAGE_OVERLAY)),--config $(STAGE_OVERLAY)/$(1).yaml,)
 TRAINER_FLAGS = --trainer.accelerator $(ACCELERATOR) --trainer.devices $(DEVICES)
 # Every stage `make demo` trains but the translator does so with bf16 autocast on CPUs that compute
 # bf16 natively (AVX-512 BF16 or AMX): e.g. the decoder 1.8x the steps per second at the same
@@ -76,7 +81,7 @@ UPSAMPLER_PRECISION ?= $(CPU_PRECISION)
 SCORE_PRECISION     ?= $(CPU_PRECISION)
 CAPTIONER_PRECISION ?= $(CPU_PRECISION)
 
-.PHONY: help install data inspect clip embed probe-layout train-translator embed-text train-decoder evaluate-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo test test-all bench bench-gpu lint tensorboard clean
+.PHONY: help install data inspect clip embed probe-layout train-translator embed-text train-decoder evaluate-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo demo-quick test test-all bench bench-gpu lint tensorboard clean
 
 help: ## list the targets (this message)
 	@echo "t2i_lightning: staged text-to-image diffusion with PyTorch Lightning"
@@ -88,6 +93,7 @@ help: ## list the targets (this message)
 	@echo "  DECODER_PRECISION=$(DECODER_PRECISION) CLIP_PRECISION=$(CLIP_PRECISION) JUDGE_PRECISION=$(JUDGE_PRECISION)"
 	@echo "  UPSAMPLER_PRECISION=$(UPSAMPLER_PRECISION) SCORE_PRECISION=$(SCORE_PRECISION) CAPTIONER_PRECISION=$(CAPTIONER_PRECISION)"
 	@echo "  SAMPLE_PRECISION=$(SAMPLE_PRECISION) (bf16-mixed on a CPU with native bf16, else 32-true)"
+	@echo "  STAGE_OVERLAY=$(STAGE_OVERLAY) (config files layered over each stage's own, e.g. stages/quick; make demo-quick sets it)"
 
 install: $(STAMP) ## create .venv (if missing) and install the package with dev extras
 
@@ -123,7 +129,7 @@ clip: $(if $(strip $(CLIP)),,$(CLIP_DONE)) ## train the project's CLIP on $(DATA
 	@$(if $(strip $(CLIP)),echo "CLIP=$(CLIP) names pretrained $(CLIP_MODEL) weights: nothing to train",true)
 
 $(CLIP_DONE): $(DATA)/index.json | $(STAMP)
-	$(T2I) fit --config stages/clip.yaml $(TRAINER_FLAGS) --trainer.precision $(CLIP_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
+	$(T2I) fit --config stages/clip.yaml $(call overlay,clip) $(TRAINER_FLAGS) --trainer.precision $(CLIP_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --model.init_args.model_name $(CLIP_MODEL) --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 
@@ -142,7 +148,7 @@ $(RUNS)/clip/layout_probe.json: $(EMB)/stats.json | $(STAMP)
 train-translator: $(TRANSLATOR_DONE) ## train the translator on $(EMB) -> $(TRANSLATOR_CKPT)
 
 $(TRANSLATOR_DONE): $(EMB)/stats.json | $(STAMP)
-	$(T2I) fit --config stages/translator.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
+	$(T2I) fit --config stages/translator.yaml $(call overlay,translator) $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --model.init_args.stats $(EMB)/stats.json --data.init_args.train $(EMB) --data.init_args.val $(EMB)
 	@touch $@
 
@@ -153,7 +159,7 @@ train-decoder: $(DECODER_DONE) ## train the 64px decoder on $(DATA) + $(EMB) -> 
 
 # The decoder's prompt grids go through the translator, so it is trained first.
 $(DECODER_DONE): $(EMB)/stats.json $(TRANSLATOR_DONE) | $(STAMP)
-	$(T2I) fit --config stages/decoder.yaml $(TRAINER_FLAGS) --trainer.precision $(DECODER_PRECISION) \
+	$(T2I) fit --config stages/decoder.yaml $(call overlay,decoder) $(TRAINER_FLAGS) --trainer.precision $(DECODER_PRECISION) \
 	    --trainer.logger.init_args.save_dir $(RUNS) --model.init_args.stats $(EMB)/stats.json --model.init_args.samples.init_args.translator $(TRANSLATOR_CKPT) \
 	    --data.init_args.embeddings $(EMB) --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
@@ -165,7 +171,7 @@ train-decoder-text: $(DECODER_TEXT_DONE) ## train the Imagen-like decoder (text 
 
 # Conditioned on the CLIP's text tower directly: needs the CLIP and the image shards, no embeddings.
 $(DECODER_TEXT_DONE): $(DATA)/index.json $(if $(strip $(CLIP)),,$(CLIP_DONE)) | $(STAMP)
-	$(T2I) fit --config stages/decoder_text.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
+	$(T2I) fit --config stages/decoder_text.yaml $(call overlay,decoder_text) $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --model.init_args.text_encoder.init_args.model_name $(CLIP_MODEL) \
 	    --model.init_args.text_encoder.init_args.pretrained $(CLIP_WEIGHTS) \
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
@@ -175,7 +181,7 @@ train-upsampler: $(UPSAMPLER_DONE) ## train the 64->256 upsampler on $(DATA) -> 
 
 # Conditioned on the low-resolution image only (by default): needs the image shards, nothing else.
 $(UPSAMPLER_DONE): $(DATA)/index.json | $(STAMP)
-	$(T2I) fit --config stages/upsampler.yaml $(TRAINER_FLAGS) --trainer.precision $(UPSAMPLER_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
+	$(T2I) fit --config stages/upsampler.yaml $(call overlay,upsampler) $(TRAINER_FLAGS) --trainer.precision $(UPSAMPLER_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 
@@ -185,21 +191,21 @@ evaluate-upsampler: $(UPSAMPLER_DONE) ## PSNR/SSIM/sharpness/time of the upsampl
 train-score: $(SCORE_DONE) ## train the NCSN score model (32px, unconditional) on $(DATA) -> $(SCORE_CKPT)
 
 $(SCORE_DONE): $(DATA)/index.json | $(STAMP)
-	$(T2I) fit --config stages/score.yaml $(TRAINER_FLAGS) --trainer.precision $(SCORE_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
+	$(T2I) fit --config stages/score.yaml $(call overlay,score) $(TRAINER_FLAGS) --trainer.precision $(SCORE_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 
 train-captioner: $(CAPTIONER_DONE) ## train the noise-conditioned captioner on $(DATA) -> $(CAPTIONER_CKPT)
 
 $(CAPTIONER_DONE): $(DATA)/index.json | $(STAMP)
-	$(T2I) fit --config stages/captioner.yaml $(TRAINER_FLAGS) --trainer.precision $(CAPTIONER_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
+	$(T2I) fit --config stages/captioner.yaml $(call overlay,captioner) $(TRAINER_FLAGS) --trainer.precision $(CAPTIONER_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 
 judge: $(JUDGE_DONE) ## train the evaluation's judge on $(DATA) -> $(JUDGE_CKPT), then print its per-attribute validation accuracy
 
 $(JUDGE_DONE): $(DATA)/index.json | $(STAMP)
-	$(T2I) fit --config stages/judge.yaml $(TRAINER_FLAGS) --trainer.precision $(JUDGE_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
+	$(T2I) fit --config stages/judge.yaml $(call overlay,judge) $(TRAINER_FLAGS) --trainer.precision $(JUDGE_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	$(T2I) validate --config stages/judge.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --data.init_args.val $(DATA) --ckpt_path $(JUDGE_CKPT)
@@ -234,6 +240,17 @@ demo-samples: $(DECODER_DONE) $(UPSAMPLER_DONE) ## N samples of each DEMO_PROMPT
 	        --translator $(TRANSLATOR_CKPT) --upsampler $(UPSAMPLER_CKPT) --out $(RUNS)/demo/prompt-$$i.png || exit 1; done
 
 demo: data inspect clip embed probe-layout train-translator embed-text train-decoder train-upsampler demo-samples train-score train-captioner sample-score judge evaluate ## the whole pipeline that exists so far, on the embedded data
+
+# The same targets, each stage shortened by stages/quick/ and trained on a 5,000-image dataset, in
+# their own DATA and RUNS (so the full demo's results stay untouched); its stage times go to
+# $(QUICK_RUNS)/bench/stages.jsonl (`make bench RUNS=$(QUICK_RUNS) DATA=$(QUICK_DATA)` sums them).
+QUICK_DATA   ?= data/shapes-quick
+QUICK_RUNS   ?= runs/quick
+QUICK_EVAL_FLAGS ?= --n 20 --seeds 0 --subset-sizes 10 20 --variants real full decoder_only no_translator full_256 score_guided_3
+
+demo-quick: ## the whole pipeline in about half an hour on 2 cores: every stage shortened (stages/quick/), 5,000 training images -> $(QUICK_RUNS)
+	$(MAKE) --no-print-directory demo DATA=$(QUICK_DATA) RUNS=$(QUICK_RUNS) TRAIN_N=5000 VAL_N=500 TEST_N=500 \
+	    STAGE_OVERLAY=stages/quick N=4 EVAL_FLAGS="$(QUICK_EVAL_FLAGS)" T2I_TIMINGS=$(abspath $(QUICK_RUNS))/bench/stages.jsonl
 
 test: install ## run the fast test suite (what CI runs)
 	T2I_TIMINGS= $(PY) -m pytest -q $(PYTEST_ARGS)

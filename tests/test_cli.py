@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,69 @@ def test_makefile_and_stage_configs_name_the_demo_clip_of_the_python_defaults():
         text = (root / "stages" / f"{name}.yaml").read_text()
         paths = set(re.findall(r"data/shapes/emb-[\w.-]+", text))
         assert paths == {DEMO_EMBEDDINGS}, (name, paths)
+
+
+def printed_config(*configs: Path) -> dict:
+    """The config `t2i fit --config A [--config B ...] --print_config` prints, parsed in this process."""
+    import contextlib
+    import io
+
+    import yaml
+
+    from t2i_lightning.lightning_cli import run_lightning
+
+    argv = ["fit"] + [arg for config in configs for arg in ("--config", str(config))] + ["--print_config"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+        run_lightning(argv)
+    assert not exit_.value.code, f"{argv} did not parse"
+    return yaml.safe_load(out.getvalue())
+
+
+def flattened(tree: dict, prefix: str = "") -> dict[str, object]:
+    items = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            items.update(flattened(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+def test_quick_overlays_parse_over_their_stage_and_only_shorten_it():
+    """Each stages/quick/X.yaml parses over stages/X.yaml through the real CLI parser, changes exactly the
+    keys it names (each to a new value), fewer steps or epochs than the stage's own, and nothing else."""
+    import yaml
+
+    overlays = sorted((ROOT / "stages" / "quick").glob("*.yaml"))
+    made = set(re.findall(r"\$\(call overlay,(\w+)\)", (ROOT / "Makefile").read_text()))
+    assert {path.stem for path in overlays} == made  # every stage make trains has one, and no other file
+    for overlay in overlays:
+        base = flattened(printed_config(ROOT / "stages" / overlay.name))
+        merged = flattened(printed_config(ROOT / "stages" / overlay.name, overlay))
+        named = flattened(yaml.safe_load(overlay.read_text()))
+        assert {key: merged[key] for key in named} == named, overlay.name
+        assert all(base[key] != value for key, value in named.items()), overlay.name
+        assert {k: v for k, v in merged.items() if k not in named} == {k: v for k, v in base.items() if k not in named}
+        if "trainer.max_steps" in named:
+            assert 0 < named["trainer.max_steps"] < base["trainer.max_steps"], overlay.name
+        else:
+            assert 0 < named["trainer.max_epochs"] < base["trainer.max_epochs"], overlay.name
+
+
+def test_demo_quick_runs_the_demo_targets_with_the_overlays_in_their_own_data_and_runs():
+    from .cli_runs import make_dry_run
+
+    quick = make_dry_run("demo-quick", "QUICK_RUNS=/nonexistent/runs", "QUICK_DATA=/nonexistent/data")
+    full = make_dry_run("demo", "RUNS=/nonexistent/runs", "DATA=/nonexistent/data")
+    fits = [line for line in quick if " fit --config " in line]
+    stages = [re.search(r"fit --config stages/(\w+)\.yaml --config stages/quick/(\w+)\.yaml ", line) for line in fits]
+    assert all(match and match[1] == match[2] for match in stages), fits
+    assert [match[1] for match in stages] == ["clip", "translator", "decoder", "upsampler", "score", "captioner", "judge"]
+    assert not any("stages/quick" in line for line in full)
+    assert len(fits) == sum(" fit --config " in line for line in full)
+    assert any("data shapes --out /nonexistent/data --train 5000 --val 500 --test 500" in line for line in quick)
+    assert any("T2I_TIMINGS=/nonexistent/runs/bench/stages.jsonl" in line for line in quick)
+    evaluate = [line for line in quick if " evaluate --config " in line]
+    assert len(evaluate) == 1 and "--n 20 --seeds 0" in evaluate[0] and "--out /nonexistent/runs/eval" in evaluate[0]
+    assert not [line for line in quick if re.search(r"(^|[\s=])(data/shapes|runs)/", line)]  # the full demo's
