@@ -3,10 +3,10 @@
 :class:`StageTraining` gives a LightningModule, from its hyperparameters ``lr``, ``weight_decay``,
 ``warmup_steps``, ``lr_decay`` and, when it has them, ``ema_decay`` and ``ema_start_step``:
 AdamW with weight decay on matrices only and a per-step warmup-then-decay schedule, the global
-gradient norm logged before each optimizer step (``train/grad_norm``), and its callbacks: its
-``samples`` grid (if any) and Lightning's ``EMAWeightAveraging``, in that order, because the EMA
-callback swaps the raw weights back at the end of validation, after the grid has been drawn
-with the EMA weights.
+gradient norm logged before each optimizer step (``train/grad_norm``, the norm the clipping uses), and
+its callbacks: its ``samples`` grid (if any) and the weights' EMA (:class:`~t2i_lightning.callbacks.ema.FusedEMA`),
+in that order, because the EMA callback swaps the raw weights back at the end of validation, after the
+grid has been drawn with the EMA weights.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging
 
+from ..callbacks.ema import FusedEMA
 from .optim import adamw_with_warmup, decay_groups
 
 
@@ -26,10 +26,23 @@ class StageTraining:
 
     adam_betas: tuple[float, float] = (0.9, 0.999)
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
-        if norms:
-            self.log("train/grad_norm", torch.stack(norms).norm())
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:  # fmt: skip
+        """Log the global gradient norm before clipping (``train/grad_norm``) and clip by that same norm
+        (the trainer's ``gradient_clip_val``), so the log costs no second pass over the gradients."""
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        self.log("train/grad_norm", norm)
+        if not gradient_clip_val:
+            return
+        if gradient_clip_algorithm == "value":
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        else:
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
@@ -42,7 +55,7 @@ class StageTraining:
         callbacks = [self.samples] if self.samples is not None else []
         if "ema_decay" in self.hparams:
             start = self.hparams.ema_start_step
-            callbacks.append(EMAWeightAveraging(decay=self.hparams.ema_decay, update_starting_at_step=start or None))
+            callbacks.append(FusedEMA(self.hparams.ema_decay, start_step=start or None))
         return callbacks
 
 
