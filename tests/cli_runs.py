@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,6 +71,27 @@ def extract(clip_ckpt: Path, data: Path, out: Path, *extra: str, check: bool = T
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return run(*args, check=check)
+
+
+def assert_stats_equal_numpy(emb: Path) -> None:
+    """``stats.json`` of an embedding directory holds numpy's float64 mean and std of its written arrays."""
+    import numpy as np
+
+    from t2i_lightning.data.embeddings import IMAGE_MEMBER, TEXT_MEMBER, load_npy
+    from t2i_lightning.data.inspect import read_samples
+
+    img, txt = [], []
+    for shard in sorted(emb.glob("*.tar")):
+        for sample in read_samples(str(shard)):
+            img.append(load_npy(sample[IMAGE_MEMBER]))
+            txt.append(load_npy(sample[TEXT_MEMBER]))
+    assert img[0].dtype == np.float16
+    stats = json.loads((emb / "stats.json").read_text())
+    assert stats["count"] == len(img)
+    for side, arrays in (("img", img), ("txt", txt)):
+        rows = np.stack(arrays).astype(np.float64)
+        np.testing.assert_allclose(stats[f"mean_{side}"], rows.mean(0), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(stats[f"std_{side}"], rows.std(0), rtol=0, atol=1e-12)
 
 
 def scalars(run_dir: Path) -> dict[str, list[float]]:

@@ -20,7 +20,7 @@ from t2i_lightning.data.inspect import read_samples
 from t2i_lightning.data.shards import resolve_shards, write_shard
 from t2i_lightning.nn.clip import PretrainedWeightsError, create_clip
 
-from .cli_runs import MICRO, T2I, clip_fit_args, extract, run, scalars
+from .cli_runs import MICRO, T2I, assert_stats_equal_numpy, clip_fit_args, extract, run, scalars
 
 
 def dir_bytes(root: Path) -> dict[str, bytes]:
@@ -103,19 +103,26 @@ def test_embedding_shards_mirror_the_image_shards(pipeline):
 
 
 def test_stats_equal_numpy_on_the_written_arrays(pipeline):
-    emb = pipeline["emb"]
-    img, txt = [], []
-    for shard in sorted(emb.glob("*.tar")):
-        for sample in read_samples(str(shard)):
-            img.append(load_npy(sample[IMAGE_MEMBER]))
-            txt.append(load_npy(sample[TEXT_MEMBER]))
-    assert img[0].dtype == np.float16 and img[0].shape == (32,)
-    stats = json.loads((emb / "stats.json").read_text())
-    img64, txt64 = np.stack(img).astype(np.float64), np.stack(txt).astype(np.float64)
-    np.testing.assert_allclose(stats["mean_img"], img64.mean(0), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(stats["std_img"], img64.std(0), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(stats["mean_txt"], txt64.mean(0), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(stats["std_txt"], txt64.std(0), rtol=0, atol=1e-12)
+    assert_stats_equal_numpy(pipeline["emb"])
+
+
+def test_shard_moments_combine_to_the_moments_of_all_rows():
+    from t2i_lightning.data.embeddings import Moments
+
+    rng = np.random.default_rng(0)
+    rows = (rng.normal(0.3, 0.05, (257, 6)) + rng.normal(0, 1, 6)).astype(np.float16)
+    parts = [rows[:1], rows[1:1], rows[1:100], rows[100:]]  # one row, none, and uneven shards
+    total = Moments.empty()
+    for part in parts:
+        total = total + Moments.of(part)
+    mean, std = total.mean_std()
+    assert total.count == 257
+    np.testing.assert_allclose(mean, rows.astype(np.float64).mean(0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(std, rows.astype(np.float64).std(0), rtol=0, atol=1e-12)
+    again = Moments.empty()
+    for part in parts:
+        again = again + Moments.of(part.copy())
+    assert again.mean.tobytes() == total.mean.tobytes() and again.m2.tobytes() == total.m2.tobytes()
 
 
 def test_killed_extraction_resumes_to_identical_bytes(pipeline, tmp_path):

@@ -18,7 +18,7 @@ from t2i_lightning.callbacks.finite_guard import NonFiniteGuard
 from t2i_lightning.checkpoint_io import AtomicCheckpointIO
 from t2i_lightning.resume import ResumeError, find_resume_point, move_aside
 
-from .cli_runs import ROOT, T2I, extract, run
+from .cli_runs import ROOT, T2I, assert_stats_equal_numpy, extract, run
 
 TINY = ["--config", "stages/_trainer.yaml", "--config", "tests/configs/tiny_fit.yaml"]
 
@@ -221,6 +221,7 @@ def test_extraction_on_two_ranks_writes_every_shard_as_one_rank_does(pipeline, t
             np.testing.assert_allclose(load_npy(x[IMAGE_MEMBER]), load_npy(y[IMAGE_MEMBER]), atol=2e-2)
     two, one = (json.loads((d / "stats.json").read_text()) for d in (out, pipeline["emb"]))
     assert two["count"] == one["count"]
+    assert_stats_equal_numpy(out)  # rank 0 combined both ranks' shard moments
     assert not [p for p in out.iterdir() if p.name.startswith(".") and p.suffix == ".tmp"]
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from tqdm.auto import tqdm
 
-from ..data.embeddings import IMAGE_MEMBER, STATS_NAME, TEXT_MEMBER, embedding_statistics, load_npy, npy_bytes
+from ..data.embeddings import IMAGE_MEMBER, STATS_NAME, TEXT_MEMBER, Moments, load_npy, npy_bytes
 from ..data.shards import check_writable, read_index, remove_stale_temporaries, write_json_atomic, write_shard
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,10 @@ class EmbeddingShardWriter(BasePredictionWriter):
     Output shard ``<out>/<name>.tar`` mirrors image shard ``<name>.tar``: the same keys in the
     same order, ``KEY.img.npy`` and ``KEY.txt.npy`` as float16. A shard whose output exists
     is complete (atomic rename) and is not read again, so a killed extraction resumes where it
-    stopped and ends with the same bytes. When every shard is done, rank 0 computes
-    ``stats.json`` from the written arrays (float64).
+    stopped and ends with the same bytes. Each rank keeps the float64 moments of the shards it
+    writes (:class:`~t2i_lightning.data.embeddings.Moments`); when every shard is done, rank 0
+    gathers them, reads back only the shards an earlier run wrote, and combines all in shard
+    order into ``stats.json``.
     """
 
     def __init__(self) -> None:
@@ -34,6 +37,7 @@ class EmbeddingShardWriter(BasePredictionWriter):
         self.out: Path | None = None
         self.pending: dict[str, dict[str, list]] = {}
         self.sources: list[str] = []
+        self.moments: dict[str, tuple[Moments, Moments]] = {}  # output shard name -> (image, text)
         self.written = self.samples = self.skipped = 0
         self.bar = None
 
@@ -99,6 +103,7 @@ class EmbeddingShardWriter(BasePredictionWriter):
             for i, key in enumerate(entry["key"])
         )
         write_shard(self.output_path(shard), samples)
+        self.moments[self.output_path(shard).name] = (Moments.of(img), Moments.of(txt))
         self.written += 1
         self.samples += len(entry["key"])
         self.skipped += entry["skipped"]
@@ -112,6 +117,7 @@ class EmbeddingShardWriter(BasePredictionWriter):
         trainer.strategy.barrier()
         if self.bar is not None:
             self.bar.close()
+        moments = self._gather_moments(trainer)
         if not trainer.is_global_zero:
             return
         missing = [u for u in self.sources if not self.output_path(u).exists()]
@@ -119,23 +125,28 @@ class EmbeddingShardWriter(BasePredictionWriter):
             raise RuntimeError(
                 f"{len(missing)} shard(s) were not written, e.g. {missing[0]}; run the command again"
             )
-        self.write_stats(pl_module.identity)
+        self.write_stats(pl_module.identity, moments)
 
-    def write_stats(self, identity: dict) -> dict:
-        """Compute ``stats.json`` from every written embedding shard (float64 over float16 arrays)."""
-        from ..data.inspect import read_samples
+    def _gather_moments(self, trainer: pl.Trainer) -> dict[str, tuple[Moments, Moments]]:
+        """Every rank's shard moments (a collective: all ranks call it)."""
+        if trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return dict(self.moments)
+        parts: list = [None] * trainer.world_size
+        torch.distributed.all_gather_object(parts, self.moments)
+        return {name: value for part in parts for name, value in part.items()}
 
-        images, texts, shards, count = [], [], [], 0
-        for source in self.sources:
-            for sample in read_samples(str(self.output_path(source))):
-                images.append(load_npy(sample[IMAGE_MEMBER])[None])
-                texts.append(load_npy(sample[TEXT_MEMBER])[None])
-                count += 1
-            shards.append(self.output_path(source).name)
+    def write_stats(self, identity: dict, moments: dict[str, tuple[Moments, Moments]]) -> dict:
+        """Write ``stats.json``: ``moments`` of the shards written in this run, the others read back."""
+        shards = [self.output_path(source).name for source in self.sources]
+        image, text = Moments.empty(), Moments.empty()
+        for name in shards:
+            image_part, text_part = moments[name] if name in moments else self._read_moments(self.out / name)
+            image, text = image + image_part, text + text_part
+        count = image.count
         if not count:
             raise RuntimeError(f"No embeddings were written to {self.out}: every sample was skipped")
-        mean_img, std_img = embedding_statistics(images)
-        mean_txt, std_txt = embedding_statistics(texts)
+        mean_img, std_img = image.mean_std()
+        mean_txt, std_txt = text.mean_std()
         source_dir = os.path.dirname(os.path.abspath(self.sources[0]))
         index = read_index(source_dir) or {}
         stats = {
@@ -157,3 +168,15 @@ class EmbeddingShardWriter(BasePredictionWriter):
             f"embeddings -> {self.out}: {count} samples in {len(shards)} shards, dim {len(mean_img)}; {STATS_NAME} written"
         )
         return stats
+
+    @staticmethod
+    def _read_moments(path: Path) -> tuple[Moments, Moments]:
+        """The moments of an embedding shard on disk (one an earlier, interrupted run wrote)."""
+        from ..data.inspect import read_samples
+
+        samples = read_samples(str(path))
+        if not samples:
+            return Moments.empty(), Moments.empty()
+        image = np.stack([load_npy(sample[IMAGE_MEMBER]) for sample in samples])
+        text = np.stack([load_npy(sample[TEXT_MEMBER]) for sample in samples])
+        return Moments.of(image), Moments.of(text)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,48 @@ def read_stats(directory: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
-def embedding_statistics(arrays: list[np.ndarray]) -> tuple[list[float], list[float]]:
-    """Per-dimension mean and (population) standard deviation of stacked arrays, in float64."""
-    stacked = np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays]).astype(np.float64)
-    return stacked.mean(axis=0).tolist(), stacked.std(axis=0).tolist()
+@dataclass(frozen=True)
+class Moments:
+    """Count, per-dimension mean and sum of squared deviations (M2) of embeddings, in float64.
+
+    Each shard's moments are computed once, from the float16 arrays written, and combined with
+    the pairwise update of Chan, Golub and LeVeque (1979): for parts A and B with n = n_A + n_B
+    and d = mean_B - mean_A, mean = mean_A + d n_B / n and M2 = M2_A + M2_B + d^2 n_A n_B / n.
+    The population std is sqrt(M2 / n). Combined in the same order, the same shards give the same
+    bits whichever run or rank computed each part.
+    """
+
+    count: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Moments:
+        """No rows: the identity of ``+``."""
+        return cls(0, np.zeros(0), np.zeros(0))
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> Moments:
+        """The moments of the rows of ``array`` (N x D, any float dtype; N may be 0)."""
+        rows = array.reshape(-1, array.shape[-1]).astype(np.float64)
+        if not len(rows):
+            return cls.empty()
+        mean = rows.mean(axis=0)
+        return cls(len(rows), mean, ((rows - mean) ** 2).sum(axis=0))
+
+    def __add__(self, other: Moments) -> Moments:
+        if not other.count:
+            return self
+        if not self.count:
+            return other
+        count = self.count + other.count
+        delta = other.mean - self.mean
+        return Moments(
+            count,
+            self.mean + delta * (other.count / count),
+            self.m2 + other.m2 + delta**2 * (self.count * other.count / count),
+        )
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        """The per-dimension mean and population standard deviation."""
+        return self.mean.tolist(), np.sqrt(self.m2 / self.count).tolist()
