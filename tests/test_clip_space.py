@@ -292,3 +292,37 @@ def test_cnn_image_tower_is_an_open_clip_timm_tower():
         timm.create_model("shapes_cnn_micro", pretrained=True)
     with pytest.raises(ValueError, match="RGB"):
         timm.create_model("shapes_cnn_micro", in_chans=1)
+
+
+@pytest.mark.parametrize("model_size", [32, 224])
+def test_batched_preprocess_equals_clips_own_preprocessing_bit_for_bit(model_size):
+    import open_clip
+    from PIL import Image
+
+    from t2i_lightning.nn.clip import BatchedPreprocess
+
+    preprocess = open_clip.image_transform(model_size, is_train=False)
+    split = BatchedPreprocess(preprocess)
+    rng = np.random.default_rng(0)
+    images = [  # upscaled, downscaled, non-square (centre-cropped), and already the model's size
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for h, w in ((17, 17), (256, 256), (300, 200), (model_size, model_size))
+    ]
+    parts = [split.image(image) for image in images]
+    assert all(p.dtype == torch.uint8 for p in parts)  # the workers hand over bytes, not floats
+    batched = split.batch(torch.stack(parts))
+    whole = torch.stack([preprocess(image) for image in images])
+    assert batched.dtype == whole.dtype == torch.float32 and torch.equal(batched, whole)
+
+
+def test_batched_preprocess_runs_other_pipelines_whole():
+    from PIL import Image
+    from torchvision import transforms
+
+    from t2i_lightning.nn.clip import BatchedPreprocess
+
+    custom = transforms.Compose([transforms.Resize(8), transforms.ToTensor()])  # no Normalize to move
+    split = BatchedPreprocess(custom)
+    image = Image.new("RGB", (16, 16), (255, 0, 0))
+    batch = torch.stack([split.image(image)])
+    assert batch.dtype == torch.float32 and torch.equal(split.batch(batch), torch.stack([custom(image)]))

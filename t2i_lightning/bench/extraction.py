@@ -1,8 +1,8 @@
 """Embedding extraction vs. a bare ``encode_image``/``encode_text`` loop over the same batches.
 
-The baseline decodes every batch first (untimed) and then times only the two CLIP calls; the
-extraction is the real predict loop (loading in workers, encoding, writing shards), timed from
-its first batch to its end. Their ratio is the cost of everything around the model. On an
+The baseline decodes and preprocesses every batch first (untimed) and then times only the two
+CLIP calls; the extraction is the real predict loop (loading in workers, normalising, encoding,
+writing shards), timed from its first batch to its end. Their ratio is the cost of everything around the model. On an
 accelerator the bare loop moves each decoded batch to it inside the timed loop, as predict does.
 """
 
@@ -45,9 +45,9 @@ def bench_extraction(
     urls = resolve_shards(data)[:shards]
     stage = EmbedStage(model_name, pretrained).to(device)
     decode = ShardDataModule(train=None, val=None)
-    decode.image_transform = stage.preprocess
+    decode.image_transform = stage.preprocess.image
     batches = [
-        b
+        {**b, "image": stage.preprocess.batch(b["image"])}
         for b in ShardAlignedBatches(urls, lambda s: decode.decode(s, False), collate, batch_size)
         if b["key"]
     ]

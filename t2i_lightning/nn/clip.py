@@ -21,6 +21,8 @@ from pathlib import Path
 
 import open_clip
 import torch
+from torchvision.transforms import Compose, Normalize, ToTensor
+from torchvision.transforms.functional import pil_to_tensor
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
 _registered = False
@@ -122,6 +124,39 @@ def clip_id(model_name: str, pretrained: str | None) -> str:
 def preprocess_for(model: torch.nn.Module):
     """CLIP's own evaluation preprocessing for ``model`` (resize, centre crop, normalise)."""
     return open_clip.image_transform(model.visual.image_size, is_train=False, **_preprocess_cfg(model))
+
+
+class BatchedPreprocess:
+    """CLIP's own evaluation preprocessing split where single images become a batch.
+
+    ``image`` runs the PIL steps (resize, centre crop, mode) and stops at an 8-bit CHW tensor, so a
+    loader's workers do less work and hand over a quarter of the bytes; ``batch`` scales a stacked
+    uint8 batch to [0, 1] and normalises it on the model's device. ``batch(stack(image(x)))``
+    equals ``stack(preprocess(x))`` bit for bit: the same elementwise float32 operations
+    (torchvision's ``to_tensor`` divides by 255, ``Normalize`` subtracts the mean and divides by
+    the std). A preprocessing that does not end in ToTensor and Normalize runs whole in ``image``
+    and ``batch`` passes float batches through.
+    """
+
+    def __init__(self, preprocess: Compose):
+        steps = list(preprocess.transforms)
+        self.normalize = None
+        if len(steps) >= 2 and isinstance(steps[-2], ToTensor) and isinstance(steps[-1], Normalize):
+            self.normalize = steps[-1]
+            self.image = Compose([*steps[:-2], pil_to_tensor])
+        else:
+            self.image = preprocess
+
+    def batch(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch from ``image`` as the network's input (float32, normalised)."""
+        if images.dtype != torch.uint8:
+            return images
+        return self.normalize(images.float().div(255))
+
+
+def batched_preprocess_for(model: torch.nn.Module) -> BatchedPreprocess:
+    """:func:`preprocess_for` split into per-image PIL steps and a per-batch normalisation."""
+    return BatchedPreprocess(preprocess_for(model))
 
 
 def _preprocess_cfg(model: torch.nn.Module) -> dict:

@@ -21,7 +21,7 @@ from ..demo_defaults import DEMO_CLIP
 from ..eval.retrieval import retrieval_metrics
 from ..eval.zeroshot import zero_shot_accuracy
 from ..nn.caption_words import CaptionWordHead
-from ..nn.clip import create_clip, preprocess_for, tokenizer_for
+from ..nn.clip import batched_preprocess_for, create_clip, tokenizer_for
 from .optim import adamw_with_warmup, decay_groups
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the learned inverse temperature at 100
@@ -54,7 +54,7 @@ class CLIPStage(pl.LightningModule):
         self.save_hyperparameters()
         self.clip = create_clip(model_name, pretrained)
         self.tokenizer = tokenizer_for(model_name)
-        self.preprocess = preprocess_for(self.clip)
+        self.preprocess = batched_preprocess_for(self.clip)
         self.loss_fn = open_clip.ClipLoss()
         self.word_head = self._word_head() if word_loss_weight > 0 else None
         self._val: dict[str, list] = {}
@@ -71,7 +71,7 @@ class CLIPStage(pl.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "image_transform"):
-            datamodule.image_transform = self.preprocess
+            datamodule.image_transform = self.preprocess.image
         world = self.trainer.world_size
         self.loss_fn = open_clip.ClipLoss(gather_with_grad=world > 1, rank=self.global_rank, world_size=world)
 
@@ -86,7 +86,7 @@ class CLIPStage(pl.LightningModule):
         """Both sides' normalised features and the losses: ``loss`` (contrastive) and, with the word
         head, ``word_loss_image`` and ``word_loss_text``."""
         tokens = self.tokenizer(batch["caption"]).to(self.device)
-        image_features = self.encode_image(batch["image"])
+        image_features = self.encode_image(self.preprocess.batch(batch["image"]))
         text_features = self.clip.encode_text(tokens, normalize=True)
         losses = {"loss": self.loss_fn(image_features, text_features, self.clip.logit_scale.exp())}
         if self.word_head is not None:

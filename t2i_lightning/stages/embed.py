@@ -17,7 +17,7 @@ import torch
 
 from ..callbacks.embedding_writer import EmbeddingShardWriter
 from ..demo_defaults import DEMO_CLIP
-from ..nn.clip import clip_id, create_clip, file_digest, preprocess_for, tokenizer_for
+from ..nn.clip import batched_preprocess_for, clip_id, create_clip, file_digest, tokenizer_for
 
 DEFAULT_CLIP_CHECKPOINT = "runs/clip/checkpoints/last.ckpt"
 
@@ -51,7 +51,7 @@ class EmbedStage(pl.LightningModule):
             raise FileNotFoundError(f"CLIP checkpoint not found: {pretrained} (train one with `make clip`)")
         self.clip = create_clip(model_name, pretrained).eval().requires_grad_(False)
         self.tokenizer = tokenizer_for(model_name)
-        self.preprocess = preprocess_for(self.clip)
+        self.preprocess = batched_preprocess_for(self.clip)
         is_file = pretrained is not None and os.path.isfile(pretrained)
         self.identity = {
             "model": model_name,
@@ -74,12 +74,12 @@ class EmbedStage(pl.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "image_transform"):
-            datamodule.image_transform = self.preprocess
+            datamodule.image_transform = self.preprocess.image
 
     @torch.no_grad()
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         if not batch["key"]:
             return {"key": [], "img": None, "txt": None}
-        images = self.clip.encode_image(batch["image"])
+        images = self.clip.encode_image(self.preprocess.batch(batch["image"]))
         texts = self.clip.encode_text(self.tokenizer(batch["caption"]).to(self.device))
         return {"key": batch["key"], "img": images.float().cpu(), "txt": texts.float().cpu()}
