@@ -321,8 +321,11 @@ def test_batched_preprocess_runs_other_pipelines_whole():
 
     from t2i_lightning.nn.clip import BatchedPreprocess
 
-    custom = transforms.Compose([transforms.Resize(8), transforms.ToTensor()])  # no Normalize to move
-    split = BatchedPreprocess(custom)
     image = Image.new("RGB", (16, 16), (255, 0, 0))
-    batch = torch.stack([split.image(image)])
-    assert batch.dtype == torch.float32 and torch.equal(split.batch(batch), torch.stack([custom(image)]))
+    for custom in (  # no Normalize to move; a pipeline that keeps bytes
+        transforms.Compose([transforms.Resize(8), transforms.ToTensor()]),
+        transforms.Compose([transforms.Resize(8), transforms.PILToTensor()]),
+    ):
+        split = BatchedPreprocess(custom)
+        batch = torch.stack([split.image(image)])
+        assert torch.equal(split.batch(batch), torch.stack([custom(image)]))

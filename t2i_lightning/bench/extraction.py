@@ -2,8 +2,9 @@
 
 The baseline decodes and preprocesses every batch first (untimed) and then times only the two
 CLIP calls; the extraction is the real predict loop (loading in workers, normalising, encoding,
-writing shards), timed from its first batch to its end. Their ratio is the cost of everything around the model. On an
-accelerator the bare loop moves each decoded batch to it inside the timed loop, as predict does.
+writing shards), timed from its first batch to its end. Their ratio is the cost of everything
+around the model. On an accelerator the bare loop moves each decoded batch to it inside the
+timed loop, as predict does.
 """
 
 from __future__ import annotations

@@ -134,8 +134,8 @@ class BatchedPreprocess:
     uint8 batch to [0, 1] and normalises it on the model's device. ``batch(stack(image(x)))``
     equals ``stack(preprocess(x))`` bit for bit: the same elementwise float32 operations
     (torchvision's ``to_tensor`` divides by 255, ``Normalize`` subtracts the mean and divides by
-    the std). A preprocessing that does not end in ToTensor and Normalize runs whole in ``image``
-    and ``batch`` passes float batches through.
+    the std). A preprocessing that does not end in ToTensor and Normalize runs whole in ``image``,
+    and ``batch`` passes its batches through.
     """
 
     def __init__(self, preprocess: Compose):
@@ -149,7 +149,7 @@ class BatchedPreprocess:
 
     def batch(self, images: torch.Tensor) -> torch.Tensor:
         """A batch from ``image`` as the network's input (float32, normalised)."""
-        if images.dtype != torch.uint8:
+        if self.normalize is None or images.dtype != torch.uint8:
             return images
         return self.normalize(images.float().div(255))
 
