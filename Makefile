@@ -62,24 +62,12 @@ DEMO_PROMPTS ?= "a red circle" "a blue square on a yellow background" "two green
 STAGE_OVERLAY ?=
 overlay = $(if $(strip $(STAGE_OVERLAY)),--config $(STAGE_OVERLAY)/$(1).yaml,)
 TRAINER_FLAGS = --trainer.accelerator $(ACCELERATOR) --trainer.devices $(DEVICES)
-# Every stage `make demo` trains but the translator does so with bf16 autocast on CPUs that compute
-# bf16 natively (AVX-512 BF16 or AMX): e.g. the decoder 1.8x the steps per second at the same
-# validation loss and reconstruction colours, the CLIP 1.6x at the same zero-shot accuracy, the
-# upsampler at the same PSNR and sharpness (each stage's speed-up is a row of `make bench`); and the
-# decoder's and the upsampler's U-Nets sample in bf16 there (SAMPLE_PRECISION: `t2i sample`,
-# `evaluate-decoder`, `evaluate-upsampler`, `evaluate`), the decoder's 2.3x faster with the same
-# reconstruction scores (README, Performance). Elsewhere, and on accelerators, full precision unless
-# set here.
-BF16_CPU     := $(shell grep -qsE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo yes)
-ON_CPU       := $(or $(filter cpu,$(ACCELERATOR)),$(and $(filter auto,$(ACCELERATOR)),$(if $(shell command -v nvidia-smi),,yes)))
-CPU_PRECISION := $(if $(and $(BF16_CPU),$(ON_CPU)),bf16-mixed,32-true)
-DECODER_PRECISION ?= $(CPU_PRECISION)
-CLIP_PRECISION    ?= $(CPU_PRECISION)
-SAMPLE_PRECISION  ?= $(CPU_PRECISION)
-JUDGE_PRECISION   ?= $(CPU_PRECISION)
-UPSAMPLER_PRECISION ?= $(CPU_PRECISION)
-SCORE_PRECISION     ?= $(CPU_PRECISION)
-CAPTIONER_PRECISION ?= $(CPU_PRECISION)
+# Numeric precision of the stages `make demo` trains in bf16 where it pays (the decoder, CLIP, upsampler,
+# score model, captioner, judge) and of every command that samples with a U-Net. `auto` is decided in
+# Python from the accelerator actually used (t2i_lightning/accelerator.py: bf16-mixed on a GPU or CPU that
+# computes bfloat16 natively, else 32-true); set PRECISION=32-true or bf16-mixed to choose. The
+# translator, the text decoder and embedding extraction keep their configs' float32.
+PRECISION    ?= auto
 
 .PHONY: help install data inspect clip embed probe-layout train-translator embed-text train-decoder evaluate-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo demo-quick test test-all bench bench-gpu lint tensorboard clean
 
@@ -88,11 +76,11 @@ help: ## list the targets (this message)
 	@echo
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
+	@PYTHONPATH=. $(PYTHON_SYS) -m t2i_lightning.registry
+	@echo
 	@echo "Variables (override as VAR=value): DATA=$(DATA) RUNS=$(RUNS) ACCELERATOR=$(ACCELERATOR) DEVICES=$(DEVICES)"
 	@echo "  WORKERS=$(WORKERS) SEED=$(SEED) SIZE=$(SIZE) TRAIN_N=$(TRAIN_N) VAL_N=$(VAL_N) TEST_N=$(TEST_N) POSITION_PROB=$(POSITION_PROB)"
-	@echo "  DECODER_PRECISION=$(DECODER_PRECISION) CLIP_PRECISION=$(CLIP_PRECISION) JUDGE_PRECISION=$(JUDGE_PRECISION)"
-	@echo "  UPSAMPLER_PRECISION=$(UPSAMPLER_PRECISION) SCORE_PRECISION=$(SCORE_PRECISION) CAPTIONER_PRECISION=$(CAPTIONER_PRECISION)"
-	@echo "  SAMPLE_PRECISION=$(SAMPLE_PRECISION) (bf16-mixed on a CPU with native bf16, else 32-true)"
+	@echo "  PRECISION=$(PRECISION) (auto: bf16-mixed where the accelerator computes bf16 natively, else 32-true)"
 	@echo "  STAGE_OVERLAY=$(STAGE_OVERLAY) (config files layered over each stage's own, e.g. stages/quick; make demo-quick sets it)"
 
 install: $(STAMP) ## create .venv (if missing) and install the package with dev extras
@@ -129,7 +117,7 @@ clip: $(if $(strip $(CLIP)),,$(CLIP_DONE)) ## train the project's CLIP on $(DATA
 	@$(if $(strip $(CLIP)),echo "CLIP=$(CLIP) names pretrained $(CLIP_MODEL) weights: nothing to train",true)
 
 $(CLIP_DONE): $(DATA)/index.json | $(STAMP)
-	$(T2I) fit --config stages/clip.yaml $(call overlay,clip) $(TRAINER_FLAGS) --trainer.precision $(CLIP_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
+	$(T2I) fit --config stages/clip.yaml $(call overlay,clip) $(TRAINER_FLAGS) --trainer.precision $(PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --model.init_args.model_name $(CLIP_MODEL) --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 
@@ -159,13 +147,13 @@ train-decoder: $(DECODER_DONE) ## train the 64px decoder on $(DATA) + $(EMB) -> 
 
 # The decoder's prompt grids go through the translator, so it is trained first.
 $(DECODER_DONE): $(EMB)/stats.json $(TRANSLATOR_DONE) | $(STAMP)
-	$(T2I) fit --config stages/decoder.yaml $(call overlay,decoder) $(TRAINER_FLAGS) --trainer.precision $(DECODER_PRECISION) \
+	$(T2I) fit --config stages/decoder.yaml $(call overlay,decoder) $(TRAINER_FLAGS) --trainer.precision $(PRECISION) \
 	    --trainer.logger.init_args.save_dir $(RUNS) --model.init_args.stats $(EMB)/stats.json --model.init_args.samples.init_args.translator $(TRANSLATOR_CKPT) \
 	    --data.init_args.embeddings $(EMB) --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 
 evaluate-decoder: $(DECODER_DONE) ## colour/object scores of the decoder's reconstructions of validation images -> $(RUNS)/decoder/reconstructions.json
-	$(T2I) evaluate-decoder --decoder $(DECODER_CKPT) --embeddings $(EMB) --data $(DATA) --precision $(SAMPLE_PRECISION) $(EVAL_DECODER_FLAGS)
+	$(T2I) evaluate-decoder --decoder $(DECODER_CKPT) --embeddings $(EMB) --data $(DATA) --precision $(PRECISION) $(EVAL_DECODER_FLAGS)
 
 train-decoder-text: $(DECODER_TEXT_DONE) ## train the Imagen-like decoder (text tokens of the CLIP) on $(DATA) -> $(DECODER_TEXT_CKPT)
 
@@ -181,31 +169,31 @@ train-upsampler: $(UPSAMPLER_DONE) ## train the 64->256 upsampler on $(DATA) -> 
 
 # Conditioned on the low-resolution image only (by default): needs the image shards, nothing else.
 $(UPSAMPLER_DONE): $(DATA)/index.json | $(STAMP)
-	$(T2I) fit --config stages/upsampler.yaml $(call overlay,upsampler) $(TRAINER_FLAGS) --trainer.precision $(UPSAMPLER_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
+	$(T2I) fit --config stages/upsampler.yaml $(call overlay,upsampler) $(TRAINER_FLAGS) --trainer.precision $(PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 
 evaluate-upsampler: $(UPSAMPLER_DONE) ## PSNR/SSIM/sharpness/time of the upsampler vs bicubic on validation images -> $(RUNS)/upsampler/report.json
-	$(T2I) evaluate-upsampler --upsampler $(UPSAMPLER_CKPT) --data $(DATA) --precision $(SAMPLE_PRECISION) --out $(RUNS)/upsampler/report.json
+	$(T2I) evaluate-upsampler --upsampler $(UPSAMPLER_CKPT) --data $(DATA) --precision $(PRECISION) --out $(RUNS)/upsampler/report.json
 
 train-score: $(SCORE_DONE) ## train the NCSN score model (32px, unconditional) on $(DATA) -> $(SCORE_CKPT)
 
 $(SCORE_DONE): $(DATA)/index.json | $(STAMP)
-	$(T2I) fit --config stages/score.yaml $(call overlay,score) $(TRAINER_FLAGS) --trainer.precision $(SCORE_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
+	$(T2I) fit --config stages/score.yaml $(call overlay,score) $(TRAINER_FLAGS) --trainer.precision $(PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 
 train-captioner: $(CAPTIONER_DONE) ## train the noise-conditioned captioner on $(DATA) -> $(CAPTIONER_CKPT)
 
 $(CAPTIONER_DONE): $(DATA)/index.json | $(STAMP)
-	$(T2I) fit --config stages/captioner.yaml $(call overlay,captioner) $(TRAINER_FLAGS) --trainer.precision $(CAPTIONER_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
+	$(T2I) fit --config stages/captioner.yaml $(call overlay,captioner) $(TRAINER_FLAGS) --trainer.precision $(PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 
 judge: $(JUDGE_DONE) ## train the evaluation's judge on $(DATA) -> $(JUDGE_CKPT), then print its per-attribute validation accuracy
 
 $(JUDGE_DONE): $(DATA)/index.json | $(STAMP)
-	$(T2I) fit --config stages/judge.yaml $(call overlay,judge) $(TRAINER_FLAGS) --trainer.precision $(JUDGE_PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
+	$(T2I) fit --config stages/judge.yaml $(call overlay,judge) $(TRAINER_FLAGS) --trainer.precision $(PRECISION) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	$(T2I) validate --config stages/judge.yaml $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
 	    --data.init_args.val $(DATA) --ckpt_path $(JUDGE_CKPT)
@@ -215,7 +203,7 @@ evaluate: $(JUDGE_DONE) $(EMB)/stats.json | $(STAMP) ## the evaluation table of 
 	$(T2I) evaluate --config stages/evaluate.yaml --data $(DATA) --embeddings $(EMB) --clip $(CLIP_WEIGHTS) \
 	    --clip-model $(CLIP_MODEL) --translator $(TRANSLATOR_CKPT) --decoder $(DECODER_CKPT) \
 	    --upsampler $(UPSAMPLER_CKPT) --decoder-text $(DECODER_TEXT_CKPT) --score $(SCORE_CKPT) \
-	    --captioner $(CAPTIONER_CKPT) --judge $(JUDGE_CKPT) --precision $(SAMPLE_PRECISION) --out $(RUNS)/eval $(EVAL_FLAGS)
+	    --captioner $(CAPTIONER_CKPT) --judge $(JUDGE_CKPT) --precision $(PRECISION) --out $(RUNS)/eval $(EVAL_FLAGS)
 
 sample-score: $(SCORE_DONE) $(CAPTIONER_DONE) ## unguided and captioner-guided (GUIDANCE) score-model samples of DEMO_PROMPTS -> $(RUNS)/demo/score-*.png
 	$(T2I) sample --method score --prompt "$(PROMPT)" --guidance 0 --n $(N) --score $(SCORE_CKPT) \
@@ -231,12 +219,12 @@ evaluate-guidance: $(SCORE_DONE) $(CAPTIONER_DONE) ## prompt-colour match of sco
 UPSAMPLE_FLAGS = $(if $(wildcard $(UPSAMPLER_CKPT)),--upsampler $(UPSAMPLER_CKPT),--no-upsample)
 
 sample: $(DECODER_DONE) ## draw N images for PROMPT (SAMPLER, STEPS, CFG) -> $(SAMPLE_OUT), upsampled when an upsampler exists
-	$(T2I) sample --prompt "$(PROMPT)" --n $(N) --sampler $(SAMPLER) --steps $(STEPS) --cfg $(CFG) --precision $(SAMPLE_PRECISION) \
+	$(T2I) sample --prompt "$(PROMPT)" --n $(N) --sampler $(SAMPLER) --steps $(STEPS) --cfg $(CFG) --precision $(PRECISION) \
 	    --decoder $(DECODER_CKPT) --translator $(TRANSLATOR_CKPT) $(UPSAMPLE_FLAGS) --out $(SAMPLE_OUT)
 
 demo-samples: $(DECODER_DONE) $(UPSAMPLER_DONE) ## N samples of each DEMO_PROMPTS caption, 256px -> $(RUNS)/demo/prompt-K.png
 	@i=0; for prompt in $(DEMO_PROMPTS); do i=$$((i+1)); \
-	    $(T2I) sample --prompt "$$prompt" --n $(N) --steps $(STEPS) --cfg $(CFG) --precision $(SAMPLE_PRECISION) --decoder $(DECODER_CKPT) \
+	    $(T2I) sample --prompt "$$prompt" --n $(N) --steps $(STEPS) --cfg $(CFG) --precision $(PRECISION) --decoder $(DECODER_CKPT) \
 	        --translator $(TRANSLATOR_CKPT) --upsampler $(UPSAMPLER_CKPT) --out $(RUNS)/demo/prompt-$$i.png || exit 1; done
 
 demo: data inspect clip embed probe-layout train-translator embed-text train-decoder train-upsampler demo-samples train-score train-captioner sample-score judge evaluate ## the whole pipeline that exists so far, on the embedded data

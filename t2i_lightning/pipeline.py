@@ -16,9 +16,10 @@ import lightning.pytorch as pl
 import torch
 from PIL import Image
 
-from .checkpoint_io import error_summary, read_checkpoint, stage_name
 from .data.image_io import open_image, to_rgb
 from .nn.clip import create_clip, file_digest, preprocess_for, tokenizer_for, warn_if_truncated
+from .registry import default_checkpoint, missing_checkpoint_message
+from .registry import stage as registry_stage
 from .stages.captioner import CaptionerStage
 from .stages.decoder import DecoderStage
 from .stages.judge import JudgeStage
@@ -26,26 +27,29 @@ from .stages.score import ScoreStage
 from .stages.text_decoder import TextDecoderStage
 from .stages.translator import TranslatorStage
 from .stages.upsampler import UpsamplerStage
+from .training.checkpoint_io import error_summary, read_checkpoint, stage_name
 
-DEFAULT_CLIP = "runs/clip/checkpoints/last.ckpt"
-DEFAULT_TRANSLATOR = "runs/translator/checkpoints/last.ckpt"
-DEFAULT_DECODER = "runs/decoder/checkpoints/last.ckpt"
-DEFAULT_UPSAMPLER = "runs/upsampler/checkpoints/last.ckpt"
-DEFAULT_SCORE = "runs/score/checkpoints/last.ckpt"
-DEFAULT_CAPTIONER = "runs/captioner/checkpoints/last.ckpt"
-DEFAULT_JUDGE = "runs/judge/checkpoints/last.ckpt"
+DEFAULT_CLIP = default_checkpoint("clip")
+DEFAULT_TRANSLATOR = default_checkpoint("translator")
+DEFAULT_DECODER = default_checkpoint("decoder")
+DEFAULT_UPSAMPLER = default_checkpoint("upsampler")
+DEFAULT_SCORE = default_checkpoint("score")
+DEFAULT_CAPTIONER = default_checkpoint("captioner")
+DEFAULT_JUDGE = default_checkpoint("judge")
+NOISE_LEVEL_KEYS = ("sigma_max", "sigma_min", "num_levels")
 
 
-def require_checkpoint(path: str, target: str) -> None:
-    """Fail with the path and the make target that produces it when a checkpoint is missing."""
+def require_checkpoint(path: str, stage: str) -> None:
+    """Fail with the path and the make target that produces it (from the registry) when the named
+    stage's checkpoint is missing."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint not found: {path} (produce it with `make {target}`)")
+        raise FileNotFoundError(missing_checkpoint_message(path, stage))
 
 
-def checkpoint_hparams(path: str, target: str) -> dict:
+def checkpoint_hparams(path: str, stage: str) -> dict:
     """The hyperparameters a stage checkpoint saved (memory-mapped: its weights are not read); a file that
     is not a checkpoint is refused naming it."""
-    require_checkpoint(path, target)
+    require_checkpoint(path, stage)
     try:
         checkpoint = read_checkpoint(path)
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
@@ -55,23 +59,23 @@ def checkpoint_hparams(path: str, target: str) -> dict:
 
 def is_text_decoder(path: str) -> bool:
     """Whether a decoder checkpoint is text-conditioned (its hyperparameters name a text encoder)."""
-    return "text_encoder" in checkpoint_hparams(path, "train-decoder")
+    return "text_encoder" in checkpoint_hparams(path, "decoder")
 
 
 def load_frozen_stage(
-    stage_class: type[pl.LightningModule], path: str, target: str, marker: str | None
+    stage_class: type[pl.LightningModule], path: str, stage: str, marker: str | None
 ) -> pl.LightningModule:
     """A stage from its checkpoint (EMA weights where it has them), frozen for inference. ``marker``, a
     hyperparameter only that stage has, tells another stage's checkpoint apart (None: the class path the
-    CLI recorded must name ``stage_class``); ``target`` makes it."""
-    hparams = checkpoint_hparams(path, target)
+    CLI recorded must name ``stage_class``); ``stage`` is its name in the registry."""
+    hparams = checkpoint_hparams(path, stage)
     class_path = f"{stage_class.__module__}.{stage_class.__name__}"
     recognised = marker in hparams if marker else hparams.get("_class_path") == class_path
     if not recognised:
         found = stage_name(hparams)
         raise ValueError(
             f"{path} is not a checkpoint of {stage_class.__name__}" + (f" but of {found}" if found else "")
-            + f" (`make {target}` writes one)"
+            + f" (`make {registry_stage(stage).make_target}` writes one)"
         )
     stage = stage_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     return stage.eval().requires_grad_(False)
@@ -79,17 +83,25 @@ def load_frozen_stage(
 
 def load_upsampler(path: str = DEFAULT_UPSAMPLER) -> UpsamplerStage:
     """The upsampler of a checkpoint (EMA weights), frozen."""
-    return load_frozen_stage(UpsamplerStage, path, "train-upsampler", "aug_level")
+    return load_frozen_stage(UpsamplerStage, path, "upsampler", "aug_level")
 
 
 def load_score_model(path: str = DEFAULT_SCORE) -> ScoreStage:
     """The score model of a checkpoint (EMA weights), frozen."""
-    return load_frozen_stage(ScoreStage, path, "train-score", "steps_per_level")
+    return load_frozen_stage(ScoreStage, path, "score", "steps_per_level")
 
 
 def load_captioner(path: str = DEFAULT_CAPTIONER) -> CaptionerStage:
     """The noise-conditioned captioner of a checkpoint, frozen."""
-    return load_frozen_stage(CaptionerStage, path, "train-captioner", "all_captions")
+    return load_frozen_stage(CaptionerStage, path, "captioner", "all_captions")
+
+
+def check_same_noise_levels(score: ScoreStage, captioner: CaptionerStage) -> None:
+    """Refuse a captioner trained at other noise levels than the score model it is to guide."""
+    ours = {k: score.hparams[k] for k in NOISE_LEVEL_KEYS}
+    theirs = {k: captioner.hparams[k] for k in NOISE_LEVEL_KEYS}
+    if ours != theirs:
+        raise ValueError(f"The captioner was trained at other noise levels ({theirs}) than the score model ({ours})")
 
 
 def load_judge(path: str = DEFAULT_JUDGE) -> JudgeStage:
@@ -101,7 +113,7 @@ def load_decoder(path: str = DEFAULT_DECODER) -> DecoderStage:
     """The decoder stage of a checkpoint (EMA weights), frozen, as its own class: a :class:`DecoderStage`
     conditioned on CLIP image embeddings or a :class:`TextDecoderStage` conditioned on captions."""
     stage_class = TextDecoderStage if is_text_decoder(path) else DecoderStage
-    return load_frozen_stage(stage_class, path, "train-decoder", "cond_drop_prob")
+    return load_frozen_stage(stage_class, path, "decoder", "cond_drop_prob")
 
 
 def load_recorded_clip(
@@ -153,7 +165,7 @@ class TextToImageEmbedding:
         its embeddings' ``stats.json``; a CLIP checkpoint whose hash differs from the recorded
         one is refused (its embeddings would not be the ones the translator learnt).
         """
-        stage = load_frozen_stage(TranslatorStage, translator, "train-translator", "patience")
+        stage = load_frozen_stage(TranslatorStage, translator, "translator", "patience")
         model_name = model_name or stage.clip_identity.get("model")
         return cls(load_recorded_clip(stage.clip_identity, "translator", clip, model_name), tokenizer_for(model_name), stage)
 

@@ -28,44 +28,43 @@ def make_dry_run(*targets_and_variables: str) -> list[str]:
     return out.replace("\\\n", " ").splitlines()
 
 
-def clip_fit_args(runs: Path, data: Path, steps: int) -> list[str]:
-    """`t2i fit --config stages/clip.yaml` for a micro CLIP on ``data``, its run under ``runs/clip/``."""
+def step_args(steps: int | None) -> list[str]:
+    """Train for ``steps`` and validate at the last one; none: the tiny overlay's own step count."""
+    if steps is None:
+        return []
+    return ["--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps)]
+
+
+def clip_fit_args(runs: Path, data: Path, steps: int | None = None) -> list[str]:
+    """`t2i fit --config stages/clip.yaml` for a micro CLIP on ``data``, its run under ``runs/clip/``:
+    stages/tiny/clip.yaml's 40 steps, or ``steps``."""
     return [
-        T2I, "fit", "--config", "stages/clip.yaml",
-        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", str(steps),
-        "--trainer.val_check_interval", str(steps), "--trainer.log_every_n_steps", "1",
-        "--model.init_args.model_name", MICRO, "--model.init_args.warmup_steps", "5",
+        T2I, "fit", "--config", "stages/clip.yaml", "--config", "stages/tiny/clip.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs), *step_args(steps),
         "--data.init_args.train", str(data), "--data.init_args.val", str(data),
-        "--data.init_args.image_size", "32", "--data.init_args.batch_size", "32",
-        "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "320",
     ]  # fmt: skip
 
 
-def judge_fit_args(runs: Path, data: Path, steps: int) -> list[str]:
-    """`t2i fit --config stages/judge.yaml` for a micro judge on ``data``, its run under ``runs/judge/``."""
+def judge_fit_args(runs: Path, data: Path, steps: int | None = None) -> list[str]:
+    """`t2i fit --config stages/judge.yaml` for a micro judge on ``data``, its run under ``runs/judge/``:
+    stages/tiny/judge.yaml's 30 steps, or ``steps``."""
     return [
-        T2I, "fit", "--config", "stages/judge.yaml",
-        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", str(steps),
-        "--trainer.val_check_interval", str(steps), "--trainer.log_every_n_steps", "1",
-        "--model.init_args.net.init_args.channels", "[16, 32]", "--model.init_args.net.init_args.groups", "8",
-        "--model.init_args.warmup_steps", "3",
+        T2I, "fit", "--config", "stages/judge.yaml", "--config", "stages/tiny/judge.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs), *step_args(steps),
         "--data.init_args.train", str(data), "--data.init_args.val", str(data),
-        "--data.init_args.batch_size", "16", "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "96",
     ]  # fmt: skip
 
 
-def fit_clip(runs: Path, data: Path, steps: int = 40) -> Path:
+def fit_clip(runs: Path, data: Path, steps: int | None = None) -> Path:
     run(*clip_fit_args(runs, data, steps))
     return runs / "clip" / "checkpoints" / "last.ckpt"
 
 
 def extract(clip_ckpt: Path, data: Path, out: Path, *extra: str, check: bool = True, popen: bool = False):
     args = [
-        T2I, "predict", "--config", "stages/embed.yaml",
-        "--model.init_args.model_name", MICRO, "--model.init_args.pretrained", str(clip_ckpt),
-        "--model.init_args.out", str(out), "--data.init_args.predict", str(data),
-        "--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0",
-        "--trainer.default_root_dir", str(out.parent), *extra,
+        T2I, "predict", "--config", "stages/embed.yaml", "--config", "stages/tiny/embed.yaml",
+        "--model.init_args.pretrained", str(clip_ckpt), "--model.init_args.out", str(out),
+        "--data.init_args.predict", str(data), "--trainer.default_root_dir", str(out.parent), *extra,
     ]  # fmt: skip
     if popen:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -102,23 +101,13 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
 
 
 def decoder_args(pipeline: dict, runs: Path, command: str = T2I) -> list[str]:
-    """`t2i fit --config stages/decoder.yaml` for a micro decoder on the micro CLIP space's embeddings."""
-    net = "--model.init_args.net.init_args."
+    """`t2i fit --config stages/decoder.yaml` for a micro decoder on the micro CLIP space's embeddings
+    (stages/tiny/decoder.yaml: 6 steps, a grid every 3)."""
     return [
-        command, "fit", "--config", "stages/decoder.yaml",
-        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", "6",
-        "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
-        f"{net}image_size", "32", f"{net}base_channels", "16", f"{net}channel_mult", "[1, 2]",
-        f"{net}attention_resolutions", "[16]", f"{net}head_channels", "16", f"{net}groups", "8",
-        f"{net}cond_dim", "32",
+        command, "fit", "--config", "stages/decoder.yaml", "--config", "stages/tiny/decoder.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs),
         "--model.init_args.stats", str(pipeline["emb"] / "stats.json"),
-        "--model.init_args.warmup_steps", "2", "--model.init_args.ema_decay", "0.9", "--model.init_args.ema_start_step", "2",
-        "--model.init_args.samples.init_args.n_reconstructions", "4",
-        "--model.init_args.samples.init_args.prompts", '["a red circle", "two blue squares"]',
         "--model.init_args.samples.init_args.translator", str(pipeline["translator"]),
-        "--model.init_args.samples.init_args.steps", "3",
         "--data.init_args.embeddings", str(pipeline["emb"]),
         "--data.init_args.train", str(pipeline["data"]), "--data.init_args.val", str(pipeline["data"]),
-        "--data.init_args.image_size", "32", "--data.init_args.batch_size", "8",
-        "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "48",
     ]  # fmt: skip

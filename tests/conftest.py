@@ -45,15 +45,9 @@ def pipeline(micro_clip, shapes_dir):
     emb = root / "emb"
     extract(clip_ckpt, shapes_dir, emb)
     run(
-        T2I, "fit", "--config", "stages/translator.yaml",
-        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_epochs", "6",
-        "--trainer.log_every_n_steps", "1",
-        "--model.init_args.net.init_args.in_dim", "32", "--model.init_args.net.init_args.out_dim", "32",
-        "--model.init_args.net.init_args.width", "64", "--model.init_args.net.init_args.depth", "2",
-        "--model.init_args.stats", str(emb / "stats.json"),
+        T2I, "fit", "--config", "stages/translator.yaml", "--config", "stages/tiny/translator.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs), "--model.init_args.stats", str(emb / "stats.json"),
         "--data.init_args.train", str(emb), "--data.init_args.val", str(emb),
-        "--data.init_args.batch_size", "32", "--data.init_args.num_workers", "0",
-        "--data.init_args.epoch_size", "96",
     )  # fmt: skip
     return {"runs": runs, "clip": clip_ckpt, "emb": emb, "data": shapes_dir,
             "translator": runs / "translator" / "checkpoints" / "last.ckpt"}  # fmt: skip
@@ -69,40 +63,24 @@ def decoder(pipeline, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def judge_run(shapes_dir, tmp_path_factory):
-    """A micro judge fitted through the CLI for 30 steps: its runs directory (``<runs>/judge/``)."""
+    """A micro judge fitted through the CLI for stages/tiny/judge.yaml's 30 steps: its runs directory
+    (``<runs>/judge/``)."""
     runs = tmp_path_factory.mktemp("judge") / "runs"
-    run(*judge_fit_args(runs, shapes_dir, 30))
+    run(*judge_fit_args(runs, shapes_dir))
     return runs
-
-
-SCORE_NET = "--model.init_args.net.init_args."
-SCORE_COMMON = [
-    "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
-    "--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "32",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def score_runs(shapes_dir, tmp_path_factory):
-    """A micro score model and a micro captioner fitted through `t2i fit --config stages/{score,captioner}.yaml`
-    in bf16-mixed, as `make train-score train-captioner` fit them on CPUs with native bf16."""
+    """A micro score model and a micro captioner fitted through `t2i fit --config stages/{score,captioner}.yaml
+    --config stages/tiny/{score,captioner}.yaml` (8 steps each) in bf16-mixed, as `make train-score
+    train-captioner` fit them on CPUs with native bf16."""
     runs = tmp_path_factory.mktemp("score_runs")
-    data = ["--data.init_args.train", str(shapes_dir), "--data.init_args.val", str(shapes_dir),
-            "--trainer.precision", "bf16-mixed"]  # fmt: skip
-    run(
-        T2I, "fit", "--config", "stages/score.yaml", "--trainer.logger.init_args.save_dir", str(runs),
-        "--trainer.max_steps", "8", *SCORE_COMMON, *data,
-        f"{SCORE_NET}base_channels", "16", f"{SCORE_NET}channel_mult", "[1, 2]", f"{SCORE_NET}attention_resolutions", "[16]",
-        f"{SCORE_NET}head_channels", "16", f"{SCORE_NET}groups", "8", "--model.init_args.steps_per_level", "2",
-        "--model.init_args.ema_decay", "0.9", "--model.init_args.ema_start_step", "2",
-        "--model.init_args.samples.init_args.n", "2",
-    )  # fmt: skip
-    run(
-        T2I, "fit", "--config", "stages/captioner.yaml", "--trainer.logger.init_args.save_dir", str(runs),
-        "--trainer.max_steps", "8", *SCORE_COMMON, *data,
-        f"{SCORE_NET}channels", "[16, 32]", f"{SCORE_NET}width", "32", f"{SCORE_NET}layers", "1", f"{SCORE_NET}heads", "2", f"{SCORE_NET}groups", "8",
-        "--model.init_args.warmup_steps", "2", "--model.init_args.samples.init_args.n", "3",
-    )  # fmt: skip
+    common = ["--trainer.logger.init_args.save_dir", str(runs),
+              "--data.init_args.train", str(shapes_dir), "--data.init_args.val", str(shapes_dir),
+              "--trainer.precision", "bf16-mixed"]  # fmt: skip
+    run(T2I, "fit", "--config", "stages/score.yaml", "--config", "stages/tiny/score.yaml", *common)
+    run(T2I, "fit", "--config", "stages/captioner.yaml", "--config", "stages/tiny/captioner.yaml", *common)
     return {
         "runs": runs,
         "score": runs / "score" / "checkpoints" / "last.ckpt",

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import torch
 
-from t2i_lightning.checkpoint_io import AtomicCheckpointIO
 from t2i_lightning.cli import main
 from t2i_lightning.data.embedding_datamodule import EmbeddingDataModule
 from t2i_lightning.data.embeddings import npy_bytes
@@ -33,6 +32,7 @@ from t2i_lightning.nn.clip import create_clip, tokenizer_for, warn_if_truncated
 from t2i_lightning.nn.translator import ResidualMLP
 from t2i_lightning.pipeline import TextToImageEmbedding
 from t2i_lightning.stages.translator import TranslatorStage
+from t2i_lightning.training.checkpoint_io import AtomicCheckpointIO
 
 from .cli_runs import MICRO, ROOT, T2I, clip_fit_args, run
 
@@ -155,7 +155,7 @@ def test_wrong_stage_checkpoints_through_the_installed_command(clip_checkpoint, 
         (["sample", "--prompt", "a red circle", "--size", "0"], "--size must be positive"),
         (["sample", "--prompt", "a red circle", "--size", "-8"], "--size must be positive"),
         (["sample", "--prompt", "a red circle", "--ig-scale", "-0.1"], "must be >= 0"),
-        (["evaluate", "--cfg", "-1"], "--cfg must be >= 0"),
+        (["evaluate", "--cfg", "-1"], "argument --cfg: must be >= 0"),
         (["evaluate-guidance", "--guidance", "0", "-1"], "--guidance must be >= 0"),
         (["evaluate", "--n", "0"], "--n must be positive"),
         (["evaluate-guidance", "--n", "0"], "--n must be positive"),

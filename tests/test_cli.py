@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from t2i_lightning.lightning_cli import trainer_defaults_for, with_trainer_defaults
+from t2i_lightning.training.lightning_cli import trainer_defaults_for, with_trainer_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -113,7 +113,7 @@ def test_makefile_and_stage_configs_name_the_demo_clip_of_the_python_defaults():
 
     import yaml
 
-    from t2i_lightning.demo_defaults import DEMO_CLIP, DEMO_EMBEDDINGS
+    from t2i_lightning.registry import DEMO_CLIP, DEMO_EMBEDDINGS
 
     root = Path(__file__).resolve().parents[1]
     assert re.search(r"^CLIP_MODEL\s*\?=\s*(\S+)", (root / "Makefile").read_text(), re.M).group(1) == DEMO_CLIP
@@ -134,7 +134,7 @@ def printed_config(*configs: Path) -> dict:
 
     import yaml
 
-    from t2i_lightning.lightning_cli import run_lightning
+    from t2i_lightning.training.lightning_cli import run_lightning
 
     argv = ["fit"] + [arg for config in configs for arg in ("--config", str(config))] + ["--print_config"]
     out = io.StringIO()

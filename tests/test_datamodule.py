@@ -113,7 +113,7 @@ def test_truncated_shard_is_skipped_with_a_count(tmp_path, shapes_dir):
 
 
 def test_a_skip_rate_over_the_limit_stops_training_naming_the_bad_shards():
-    from t2i_lightning.callbacks.data_health import SkippedSamplesLogger, SkipRateError
+    from t2i_lightning.training.data_health import SkippedSamplesLogger, SkipRateError
 
     class Module:
         def log(self, *args, **kwargs):

@@ -12,13 +12,13 @@ from t2i_lightning.data.decode import image_to_tensor
 from t2i_lightning.data.image_io import open_image, tensor_to_images
 from t2i_lightning.data.shapes.generate import ShapesConfig, make_sample
 from t2i_lightning.data.shapes.scene import COLOURS
-from t2i_lightning.eval.alignment import alignment_report
 from t2i_lightning.eval.clip_space import ClipInstrument
-from t2i_lightning.eval.colour import object_colour_report
-from t2i_lightning.eval.distances import feature_distances
 from t2i_lightning.eval.layout_probe import probe_layout
-from t2i_lightning.eval.scene_labels import scene_targets
-from t2i_lightning.eval.superres import edge_sharpness, gradient_magnitude
+from t2i_lightning.metrics.alignment import alignment_report
+from t2i_lightning.metrics.colour import object_colour_report
+from t2i_lightning.metrics.distances import feature_distances
+from t2i_lightning.metrics.scene_labels import scene_targets
+from t2i_lightning.metrics.superres import edge_sharpness, gradient_magnitude
 from t2i_lightning.nn.clip import create_clip, preprocess_for, tokenizer_for
 
 from .cli_runs import MICRO

@@ -151,20 +151,19 @@ def test_evaluate_rejects_bad_configs_clearly(evaluation, tmp_path):
 
 def test_sample_quality_callback_logs_the_judge_distance_during_a_score_fit(shapes_dir, judge_run, tmp_path):
     runs = tmp_path / "runs"
-    net = "--model.init_args.net.init_args."
     run(
-        T2I, "fit", "--config", "stages/score.yaml", "--trainer.logger.init_args.save_dir", str(runs),
-        "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+        T2I, "fit", "--config", "stages/score.yaml", "--config", "stages/tiny/score.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs),
+        "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",  # two validations, each scored
+        # the stage's own logging interval and EMA here, not the tiny overlay's shorter ones
+        "--trainer.log_every_n_steps", "10",
+        "--model.init_args.ema_decay", "0.995", "--model.init_args.ema_start_step", "200",
         "--trainer.callbacks+=t2i_lightning.callbacks.sample_quality.SampleQuality",
         "--trainer.callbacks.judge", str(judge_run / "judge" / "checkpoints" / "last.ckpt"),
         "--trainer.callbacks.n", "8",
         "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitor", "val/judge_fd",
         "--trainer.callbacks.mode", "min", "--trainer.callbacks.filename", "best-judge-fd",
-        f"{net}base_channels", "16", f"{net}channel_mult", "[1, 2]", f"{net}attention_resolutions", "[16]",
-        f"{net}head_channels", "16", f"{net}groups", "8", "--model.init_args.steps_per_level", "2",
-        "--model.init_args.samples.init_args.n", "2",
         "--data.init_args.train", str(shapes_dir), "--data.init_args.val", str(shapes_dir),
-        "--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "32",
     )  # fmt: skip
     logged = scalars(runs / "score")
     assert len(logged["val/judge_fd"]) == 2 and all(v > 0 for v in logged["val/judge_fd"])

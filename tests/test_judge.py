@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from t2i_lightning.data.shapes.captions import caption_matches, parse_caption
 from t2i_lightning.data.shapes.generate import ShapesConfig, make_sample
 from t2i_lightning.eval.judging import judge_images
-from t2i_lightning.eval.scene_labels import (
+from t2i_lightning.metrics.scene_labels import (
     COLOUR_NAMES,
     IGNORE,
     SLOT_CLASSES,
@@ -119,7 +119,7 @@ def test_bf16_mixed_judge_training_keeps_float32_weights_and_make_validates_in_f
     assert all(w.dtype == torch.float32 for w in checkpoint["state_dict"].values() if w.is_floating_point())
     logged = scalars(runs / "judge")
     assert all(torch.isfinite(torch.tensor(logged[tag])).all() for tag in ("train/loss", "val/loss", "val/acc_scene"))
-    out = make_dry_run("judge", "RUNS=/nonexistent", "DATA=/nonexistent", "JUDGE_PRECISION=bf16-mixed")
+    out = make_dry_run("judge", "RUNS=/nonexistent", "DATA=/nonexistent", "PRECISION=bf16-mixed")
     fit = next(line for line in out if " fit --config stages/judge.yaml" in line)
     validate = next(line for line in out if " validate --config stages/judge.yaml" in line)
     assert re.search(r"--trainer.precision bf16-mixed\b", fit) and "precision" not in validate

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from t2i_lightning.callbacks.finite_guard import NonFiniteGuard
-from t2i_lightning.checkpoint_io import AtomicCheckpointIO
-from t2i_lightning.resume import ResumeError, find_resume_point, move_aside
+from t2i_lightning.training.checkpoint_io import AtomicCheckpointIO
+from t2i_lightning.training.finite_guard import NonFiniteGuard
+from t2i_lightning.training.resume import ResumeError, find_resume_point, move_aside
 
 from .cli_runs import ROOT, T2I, assert_stats_equal_numpy, extract, run
 
@@ -158,7 +158,7 @@ def test_skip_mode_leaves_the_weights_of_a_nan_step_untouched_and_counts_it():
 
 
 def test_skip_mode_gives_up_after_too_many_consecutive_non_finite_steps():
-    from t2i_lightning.callbacks.finite_guard import NonFiniteLossError
+    from t2i_lightning.training.finite_guard import NonFiniteLossError
     from tests.tiny_modules import MeanColourRegressor
 
     class AlwaysNaN(MeanColourRegressor):

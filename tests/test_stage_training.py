@@ -1,4 +1,4 @@
-"""The training plumbing every generative stage shares (t2i_lightning.stages.training): the weights' EMA
+"""The training plumbing every generative stage shares (t2i_lightning.training.stage_training): the weights' EMA
 and the gradient norm that is both logged and clipped by, on a tiny regressor through a real Trainer."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from t2i_lightning.callbacks.ema import FusedEMA
-from t2i_lightning.stages.training import StageTraining
+from t2i_lightning.training.ema import FusedEMA
+from t2i_lightning.training.stage_training import StageTraining
 
 from .tiny_modules import MeanColourRegressor
 

@@ -28,25 +28,14 @@ CAPTIONS = ["a red circle", "two blue squares on a yellow background", "a small 
 
 @pytest.fixture(scope="module")
 def text_decoder(micro_clip, shapes_dir, tmp_path_factory):
-    """A micro Imagen-like decoder fitted through `t2i fit --config stages/decoder_text.yaml`."""
+    """A micro Imagen-like decoder fitted through `t2i fit --config stages/decoder_text.yaml --config
+    stages/tiny/decoder_text.yaml` (4 steps, on the micro CLIP's text tokens)."""
     runs = tmp_path_factory.mktemp("decoder_text_runs")
-    net = "--model.init_args.net.init_args."
     run(
-        T2I, "fit", "--config", "stages/decoder_text.yaml",
-        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.max_steps", "4",
-        "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
-        "--trainer.log_every_n_steps", "1",
-        f"{net}image_size", "32", f"{net}base_channels", "16", f"{net}channel_mult", "[1, 2]",
-        f"{net}attention_resolutions", "[16]", f"{net}head_channels", "16", f"{net}groups", "8",
-        f"{net}token_dim", "32", f"{net}pooled_dim", "32",
-        "--model.init_args.text_encoder.init_args.model_name", MICRO,
+        T2I, "fit", "--config", "stages/decoder_text.yaml", "--config", "stages/tiny/decoder_text.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs),
         "--model.init_args.text_encoder.init_args.pretrained", str(micro_clip),
-        "--model.init_args.warmup_steps", "2", "--model.init_args.ema_decay", "0.9", "--model.init_args.ema_start_step", "2",
-        "--model.init_args.samples.init_args.prompts", '["a red circle", "two blue squares"]',
-        "--model.init_args.samples.init_args.steps", "2",
         "--data.init_args.train", str(shapes_dir), "--data.init_args.val", str(shapes_dir),
-        "--data.init_args.image_size", "32", "--data.init_args.batch_size", "8",
-        "--data.init_args.num_workers", "0", "--data.init_args.epoch_size", "32",
     )  # fmt: skip
     return {"runs": runs, "decoder": runs / "decoder_text" / "checkpoints" / "last.ckpt"}
 

@@ -28,7 +28,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..demo_defaults import DEMO_CLIP
+from ..registry import DEMO_CLIP
 from ..stages.decoder import DecoderStage
 from .clock import synchronize
 from .extraction import bench_extraction

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..demo_defaults import DEMO_CLIP
+from ..registry import DEMO_CLIP
 from .extraction import bench_extraction
 from .input_pipeline import bench_input
 from .sampling import bench_sampling

@@ -7,7 +7,7 @@ guidance settings (dynamic thresholding, scale 3). The decoder is a checkpoint, 
 given, the U-Net of a stage config with random weights (timing does not depend on the weights).
 With a checkpoint the conditions are the true CLIP image embeddings of validation images, and each
 sampler's quality is the coarse colour error of its reconstructions against their sources, relative
-to random pairs (:func:`t2i_lightning.eval.colour.reconstruction_colour_report`: lower is better).
+to random pairs (:func:`t2i_lightning.metrics.colour.reconstruction_colour_report`: lower is better).
 On an accelerator (``device``) the clock is read after the device has finished.
 """
 
@@ -17,8 +17,9 @@ import time
 
 import torch
 
-from ..eval.colour import reconstruction_colour_report
+from ..diffusion import DEFAULT_CFG_SCALE
 from ..eval.decoder_report import validation_references
+from ..metrics.colour import reconstruction_colour_report
 from ..nn.unet import ConditionalUNet
 from ..stages.decoder import DecoderStage
 from .clock import synchronize
@@ -44,7 +45,7 @@ def _timed(sample, device: torch.device) -> tuple[torch.Tensor, float]:
 
 
 def bench_sampling(
-    checkpoint: str | None = None, n: int = 4, ddim_steps: int = 50, ddpm_steps: str = "all", cfg_scale: float = 3.0,
+    checkpoint: str | None = None, n: int = 4, ddim_steps: int = 50, ddpm_steps: str = "all", cfg_scale: float = DEFAULT_CFG_SCALE,
     config: str = "stages/decoder.yaml", references: tuple[str, str] | None = None, device: torch.device | str = "cpu",
 ) -> dict:  # fmt: skip
     """Seconds per image of DDIM-``ddim_steps`` and DDPM-``ddpm_steps`` for ``n`` images and their ratio;

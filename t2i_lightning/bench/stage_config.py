@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from ..lightning_cli import trainer_defaults_for
+from ..training.lightning_cli import trainer_defaults_for
 
 
 def stage_config_section(config: str | Path, *keys: str) -> Any:
@@ -24,7 +24,7 @@ def stage_config_section(config: str | Path, *keys: str) -> Any:
 
 def trainer_setting(config: str | Path, key: str, default: Any = None) -> Any:
     """``trainer.<key>`` as a run of ``config`` gets it: the stage config's own value, else the shared
-    ``_trainer.yaml``'s (:func:`t2i_lightning.lightning_cli.trainer_defaults_for`), else ``default``
+    ``_trainer.yaml``'s (:func:`t2i_lightning.training.lightning_cli.trainer_defaults_for`), else ``default``
     (pass the ``Trainer``'s own default)."""
     for source in (config, trainer_defaults_for(config)):
         if source is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import itertools
 
-from ..lightning_cli import T2ILightningCLI, trainer_defaults_for
+from ..training.lightning_cli import T2ILightningCLI, trainer_defaults_for
 from .stage_config import trainer_setting
 from .training import lightning_seconds
 

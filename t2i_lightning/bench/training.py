@@ -25,9 +25,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..callbacks.finite_guard import NonFiniteGuard
 from ..stages.decoder import DecoderStage
-from ..stages.optim import adamw_with_warmup, decay_groups
+from ..training.finite_guard import NonFiniteGuard
+from ..training.optim import adamw_with_warmup, decay_groups
 from .clock import synchronize
 from .sampling import decoder_for_bench
 from .stage_config import stage_config_section, trainer_setting

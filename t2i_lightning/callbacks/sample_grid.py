@@ -4,7 +4,7 @@ At the end of every validation run (with the EMA weights, which the EMA callback
 validation), rank 0 draws:
 - reconstructions: the first validation images' CLIP image embeddings decoded, beside the
   originals (the study's reconstruction experiment), with their coarse colour error against a
-  random-pair baseline (:mod:`t2i_lightning.eval.colour`);
+  random-pair baseline (:mod:`t2i_lightning.metrics.colour`);
 - prompts: fixed captions through CLIP and the translator, when a translator checkpoint exists;
   a text-conditioned stage (``conditions_on_text``, the Imagen-like decoder) takes the captions
   themselves, and its batches carry no image embeddings, so its grid is the prompt row only.
@@ -27,7 +27,9 @@ from PIL import Image
 
 from ..data.image_io import save_png_atomic, tensor_to_images
 from ..data.inspect import captioned_grid
+from ..diffusion import DEFAULT_CFG_SCALE
 from ..eval.decoder_report import reconstruction_scores
+from ..registry import default_checkpoint
 
 DEFAULT_PROMPTS = (
     "a red circle",
@@ -52,10 +54,10 @@ class DecoderSampleGrid(pl.Callback):
         self,
         n_reconstructions: int = 8,
         prompts: list[str] | None = None,
-        translator: str | None = "runs/translator/checkpoints/last.ckpt",
+        translator: str | None = default_checkpoint("translator"),
         sampler: str = "ddim",
         steps: int = 25,
-        cfg_scale: float = 3.0,
+        cfg_scale: float = DEFAULT_CFG_SCALE,
         threshold: float | None = 0.995,
         seed: int = 0,
     ):

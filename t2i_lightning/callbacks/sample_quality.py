@@ -4,10 +4,10 @@ At the end of every validation run (with the EMA weights, which the EMA callback
 validation), rank 0 draws ``n`` samples with the stage being trained and the frozen judge scores them
 against the first ``n`` validation images:
 
-- ``val/judge_fd``: the Fréchet distance of the judge's features (:mod:`t2i_lightning.eval.distances`);
+- ``val/judge_fd``: the Fréchet distance of the judge's features (:mod:`t2i_lightning.metrics.distances`);
   at small N it is biased upwards, so read it as a curve over training, not as the table's number;
 - ``val/judge_aligned``: for a conditional stage, the share of samples whose judge reading satisfies
-  its caption exactly (:mod:`t2i_lightning.eval.alignment`).
+  its caption exactly (:mod:`t2i_lightning.metrics.alignment`).
 
 What the samples are conditioned on follows the stage: a decoder on the validation images' CLIP image
 embeddings (reconstructions), a text-conditioned decoder on their captions, the score model on nothing.
@@ -22,9 +22,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ..eval.alignment import alignment_report
-from ..eval.distances import feature_distances
 from ..eval.judging import judge_images
+from ..metrics.alignment import alignment_report
+from ..metrics.distances import feature_distances
+from ..registry import default_checkpoint
 
 
 class SampleQuality(pl.Callback):
@@ -35,7 +36,7 @@ class SampleQuality(pl.Callback):
     seed: noise seed, the same at every validation.
     """
 
-    def __init__(self, judge: str = "runs/judge/checkpoints/last.ckpt", n: int = 32, steps: int = 25, seed: int = 0):
+    def __init__(self, judge: str = default_checkpoint("judge"), n: int = 32, steps: int = 25, seed: int = 0):
         super().__init__()
         if n <= 3:
             raise ValueError(f"n must be more than 3 (k-NN precision/recall and a covariance), got {n}")

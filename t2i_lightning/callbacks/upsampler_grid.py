@@ -4,7 +4,7 @@ At the end of every validation run (with the EMA weights), rank 0 upsamples the 
 validation images (the first of the validation shards, downsampled by the stage's factor), draws
 one row per image (the low-resolution input shown with nearest-neighbour pixels, bicubic
 upsampling, the upsampler's sample, the ground truth), and logs PSNR, SSIM and edge sharpness of
-bicubic and of the upsampler against the ground truth (:mod:`t2i_lightning.eval.superres`) as
+bicubic and of the upsampler against the ground truth (:mod:`t2i_lightning.metrics.superres`) as
 ``val/psnr_bicubic``, ``val/psnr_upsampler`` ... The grid goes to TensorBoard (``samples/grid``)
 and to ``<run dir>/samples/step-XXXXXXX.png``.
 """
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..data.image_io import tensor_to_images
 from ..data.inspect import captioned_grid
-from ..eval.superres import superres_scores
+from ..metrics.superres import superres_scores
 from ..nn.sr_unet import upsample_bicubic
 from .sample_grid import publish_grid
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..demo_defaults import DEMO_EMBEDDINGS
+from ..registry import DEMO_EMBEDDINGS
 from .datamodule import ShardDataModule
 from .decode import SampleError, sample_where
 from .embeddings import IMAGE_MEMBER, TEXT_MEMBER, load_npy

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..demo_defaults import DEMO_EMBEDDINGS
+from ..registry import DEMO_EMBEDDINGS
 from .datamodule import ShardDataModule
 from .decode import ShardMismatchError, decode_image_caption
 from .embeddings import IMAGE_MEMBER, TEXT_MEMBER, load_npy, read_stats

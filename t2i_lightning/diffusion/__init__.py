@@ -8,6 +8,7 @@ the conditioning augmentation of cascaded models (noise level, blur).
 
 from .augmentation import gaussian_blur, noise_augment
 from .guidance import (
+    DEFAULT_CFG_SCALE,
     GUIDANCE_SCHEDULES,
     GuidanceNorms,
     ImageGuidance,
@@ -51,6 +52,7 @@ from .schedules import (
 from .variance import learned_range_log_variance, split_learned_variance
 
 __all__ = [
+    "DEFAULT_CFG_SCALE",
     "GUIDANCE_SCHEDULES",
     "PARAMETERIZATIONS",
     "SAMPLERS",

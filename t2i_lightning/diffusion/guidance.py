@@ -26,6 +26,10 @@ def _concat_conditioning(cond: Conditioning, null_cond: Conditioning) -> Conditi
     return torch.cat([cond, null_cond])
 
 
+DEFAULT_CFG_SCALE = 3.0
+"""The classifier-free guidance scale every command, grid and evaluation row uses unless told otherwise."""
+
+
 def classifier_free_guidance(
     model: Callable[[Tensor, Tensor, Conditioning], Tensor],
     cond: Conditioning,

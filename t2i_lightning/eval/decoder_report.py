@@ -5,7 +5,7 @@ reconstruction experiment), scored without any learned judge.
 image embeddings are decoded at each requested guidance scale with the same seed, and each
 reconstruction is compared with its source by :func:`reconstruction_scores`: the coarse colour
 error against random pairs and, on shapes, whether each object comes back in its colour, in its
-place, near it and anywhere (:mod:`t2i_lightning.eval.colour`). Beside them, the same scores for the
+place, near it and anywhere (:mod:`t2i_lightning.metrics.colour`). Beside them, the same scores for the
 training image whose embedding is nearest to each source's (:func:`~t2i_lightning.eval.nearest.nearest_training_images`):
 a real image drawn perfectly, as far as the embedding tells it apart. The rows are printed as a
 table and written as JSON (atomically), beside one grid per scale (sources above, reconstructions below).
@@ -20,7 +20,7 @@ import torch
 
 from ..data.joined import ImageEmbeddingDataModule
 from ..data.shapes.scene import COLOURS
-from .colour import object_colour_report, reconstruction_colour_report
+from ..metrics.colour import object_colour_report, reconstruction_colour_report
 
 if TYPE_CHECKING:
     from ..stages.decoder import DecoderStage

@@ -5,7 +5,7 @@ with a fingerprint of the settings and checkpoints: a re-run reuses them unless 
 scored against the reference set:
 
 - in the judge's feature space (shapes): Fréchet distance, KID, precision and recall (k = 3), and
-  exact alignment of the judge's readings with the captions (:mod:`t2i_lightning.eval.alignment`);
+  exact alignment of the judge's readings with the captions (:mod:`t2i_lightning.metrics.alignment`);
 - in a CLIP's image-embedding space: the same distances and the CLIP score with the caption;
 - Inception FID and IS when Inception weights are present locally, else the cells say so;
 - PSNR/SSIM against the reference image where a row corresponds to it one to one;
@@ -30,13 +30,13 @@ import torch
 
 from ..data.image_io import grid_image, save_png_atomic, tensor_to_images
 from ..data.shards import atomic_path, write_json_atomic
-from .alignment import alignment_report
+from ..metrics.alignment import alignment_report
+from ..metrics.distances import feature_distances
+from ..metrics.superres import superres_scores
 from .clip_space import ClipInstrument
-from .distances import feature_distances
 from .inception import InceptionInstrument
 from .judging import judge_images
 from .reference import ReferenceSet, images_at_size
-from .superres import superres_scores
 from .table import format_table
 from .variants import EvalModels, SamplingOptions, Variant
 from .variants import variant as named_variant

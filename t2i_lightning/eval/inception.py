@@ -15,7 +15,7 @@ import os
 import torch
 from torch_fidelity.metric_isc import isc_features_to_metric
 
-from .distances import feature_distances
+from ..metrics.distances import feature_distances
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 MISSING = "no Inception weights"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ..metrics.scene_labels import attribute_hits, decode_scenes, scene_targets
 from ..nn.judge import SceneJudge
-from .scene_labels import attribute_hits, decode_scenes, scene_targets
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@
 A decoder conditioned only on the CLIP image embedding can put back what the embedding holds and
 nothing more (Ramesh et al. 2022, sec. 3.1 and fig. 7: unCLIP's reconstructions keep what CLIP
 encodes, and lose what it does not). A linear probe (Alain & Bengio 2016) trained on the embeddings
-of the training split to read the judge's targets (:func:`~t2i_lightning.eval.scene_labels.scene_targets`:
+of the training split to read the judge's targets (:func:`~t2i_lightning.metrics.scene_labels.scene_targets`:
 per cell of the 3x3 grid, empty or the object's kind; the object's colour; the background colour)
 and scored on the validation split says how much of the layout is there to decode. Each score sits
 beside the baseline that reads nothing (the most frequent class), so "above the baseline" is what
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.embeddings import read_stats
+from ..metrics.scene_labels import CELLS, COLOUR_NAMES, EMPTY, IGNORE, SLOT_CLASSES, scene_targets
 from .nearest import source_fields, split_image_embeddings
-from .scene_labels import CELLS, COLOUR_NAMES, EMPTY, IGNORE, SLOT_CLASSES, scene_targets
 
 HEADS = {"slot": CELLS * len(SLOT_CLASSES), "colour": CELLS * len(COLOUR_NAMES), "background": len(COLOUR_NAMES)}
 

@@ -15,9 +15,9 @@ import time
 import torch
 
 from ..data.superres import SuperResDataModule
+from ..metrics.superres import superres_scores
 from ..nn.sr_unet import upsample_bicubic
 from ..stages.upsampler import UpsamplerStage
-from .superres import superres_scores
 
 
 def _timed(upsample, *args, **kwargs) -> tuple[torch.Tensor, float]:

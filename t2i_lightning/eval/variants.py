@@ -31,14 +31,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..diffusion import ImageGuidance
-from ..pipeline import TextToImage, load_captioner, load_decoder, load_score_model, load_upsampler
+from ..diffusion import DEFAULT_CFG_SCALE, ImageGuidance
+from ..pipeline import (
+    TextToImage,
+    check_same_noise_levels,
+    load_captioner,
+    load_decoder,
+    load_score_model,
+    load_upsampler,
+)
+from ..registry import stage
 from .reference import ReferenceSet, images_at_size
-
-TARGETS = {
-    "clip": "clip", "translator": "train-translator", "decoder": "train-decoder", "upsampler": "train-upsampler",
-    "decoder_text": "train-decoder-text", "judge": "judge", "score": "train-score", "captioner": "train-captioner",
-}  # fmt: skip
 
 
 @dataclass
@@ -47,7 +50,7 @@ class SamplingOptions:
 
     sampler: str = "ddim"
     steps: int | str = 50
-    cfg_scale: float = 3.0
+    cfg_scale: float = DEFAULT_CFG_SCALE
     threshold: float | None = 0.995
     batch_size: int = 50
     precision: str = "32-true"  # the U-Nets' (decoder, upsampler) while sampling: "32-true" or "bf16-mixed"
@@ -72,7 +75,7 @@ class EvalModels:
             if not path:
                 return f"no {key} checkpoint configured"
             if not os.path.isfile(path):
-                return f"{key} checkpoint {path} not found (`make {TARGETS.get(key, key)}`)"
+                return f"{key} checkpoint {path} not found (`make {stage(key).make_target}`)"
         return None
 
     def _get(self, name: str, load: Callable[[], object]):
@@ -98,8 +101,6 @@ class EvalModels:
         """The captioner, refused when its noise levels are not the score model's."""
 
         def load():
-            from ..score_command import check_same_noise_levels
-
             captioner = load_captioner(self.paths["captioner"])
             check_same_noise_levels(self.score, captioner)
             return captioner

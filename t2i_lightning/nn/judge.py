@@ -4,7 +4,7 @@ The evaluation's measuring instrument (exact alignment, and a feature space for 
 and precision/recall on shapes). It is trained from scratch on the shapes images and their scene
 metadata and shares no weights or training with the generator's CLIP. A residual CNN
 (:class:`~t2i_lightning.nn.residual_cnn.ResidualFeatureMap`) turns the image into a feature map that is average-pooled onto the 3x3 grid of
-cells the scenes are built on (:mod:`t2i_lightning.eval.scene_labels`); shared heads read each
+cells the scenes are built on (:mod:`t2i_lightning.metrics.scene_labels`); shared heads read each
 cell's features (plus a learned embedding of the cell) as empty or one of the kinds, a colour and a
 size, and the whole image's pooled features as the background colour.
 """
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.shapes.scene import SIZES
-from ..eval.scene_labels import CELLS, COLOUR_NAMES, SLOT_CLASSES
+from ..metrics.scene_labels import CELLS, COLOUR_NAMES, SLOT_CLASSES
 from .residual_cnn import ResidualFeatureMap
 
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..demo_defaults import DEMO_CLIP
+from ..registry import DEMO_CLIP, default_checkpoint
 from .clip import clip_id, create_clip, file_digest, tokenizer_for
 
 
@@ -105,7 +105,7 @@ class OpenClipTextTokens(TextEncoder):
     """
 
     def __init__(
-        self, model_name: str = DEMO_CLIP, pretrained: str | None = "runs/clip/checkpoints/last.ckpt"
+        self, model_name: str = DEMO_CLIP, pretrained: str | None = default_checkpoint("clip")
     ):
         super().__init__()
         self.init_args = {"model_name": model_name, "pretrained": pretrained}

@@ -5,7 +5,7 @@ Each training image is corrupted at a level drawn uniformly from the score model
 is trained by teacher-forced cross-entropy on one of the image's captions (any of the captions in
 its metadata with ``all_captions``, so that it learns p(y | x) over the phrasings a user may
 type). Validation reports, at σ = 0, the middle level and σ_1: the loss, the token accuracy, and
-the share of greedy captions that describe the image exactly (:mod:`t2i_lightning.eval.captions`).
+the share of greedy captions that describe the image exactly (:mod:`t2i_lightning.metrics.captions`).
 The noise levels must be the score model's (``t2i sample --method score`` checks).
 """
 
@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ..diffusion import geometric_sigmas
-from ..eval.captions import caption_is_exact
-from .training import StageTraining
+from ..metrics.captions import caption_is_exact
+from ..training.stage_training import StageTraining
 
 
 def level_name(sigma: float) -> str:

@@ -17,12 +17,12 @@ import open_clip
 import torch
 import torch.distributed as dist
 
-from ..demo_defaults import DEMO_CLIP
-from ..eval.retrieval import retrieval_metrics
-from ..eval.zeroshot import zero_shot_accuracy
+from ..metrics.retrieval import retrieval_metrics
+from ..metrics.zeroshot import zero_shot_accuracy
 from ..nn.caption_words import CaptionWordHead
 from ..nn.clip import batched_preprocess_for, create_clip, tokenizer_for
-from .optim import adamw_with_warmup, decay_groups
+from ..registry import DEMO_CLIP
+from ..training.optim import adamw_with_warmup, decay_groups
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the learned inverse temperature at 100
 

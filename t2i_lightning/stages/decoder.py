@@ -4,8 +4,8 @@ Training (the study; Nichol & Dhariwal 2021): x_0 from the image shards, the sta
 image embedding of the same key from the mirrored embedding shards as the condition, replaced by
 the null condition with probability ``cond_drop_prob`` for classifier-free guidance (Ho &
 Salimans 2021); t uniform; the hybrid loss L_simple + λ·L_vlb with learned variance, optionally P2
-weighted (Choi et al. 2022). EMA weights come from Lightning's ``EMAWeightAveraging``: the
-checkpoint's ``state_dict`` and every validation (hence every sample grid) use them.
+weighted (Choi et al. 2022). EMA weights come from :class:`~t2i_lightning.training.ema.FusedEMA`
+(Lightning's ``WeightAveraging`` with torch's fused update): the checkpoint's ``state_dict`` and every validation (hence every sample grid) use them.
 
 All the diffusion math is in :mod:`t2i_lightning.diffusion`; this file unpacks batches, calls it
 and logs.
@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..diffusion import (
+    DEFAULT_CFG_SCALE,
     SAMPLERS,
     ImageGuidance,
     NoiseSchedule,
@@ -33,8 +34,8 @@ from ..diffusion import (
     q_sample,
     static_threshold,
 )
+from ..training.stage_training import GENERATIVE, StageTraining, fixed_seed
 from .embedding_stats import EmbeddingStatsMixin
-from .training import StageTraining, fixed_seed
 
 NULL_CONDITIONS = ("learned", "zeros")
 
@@ -71,12 +72,12 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
         p2_k: float = 1.0,
         cond_drop_prob: float = 0.2,
         null_cond: str = "learned",
-        lr: float = 3e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 200,
-        lr_decay: str = "linear",
-        ema_decay: float = 0.9999,
-        ema_start_step: int = 0,
+        lr: float = GENERATIVE.lr,
+        weight_decay: float = GENERATIVE.weight_decay,
+        warmup_steps: int = GENERATIVE.warmup_steps,
+        lr_decay: str = GENERATIVE.lr_decay,
+        ema_decay: float = GENERATIVE.ema_decay,
+        ema_start_step: int = GENERATIVE.ema_start_step,
         samples: pl.Callback | None = None,
     ):
         super().__init__()
@@ -194,7 +195,7 @@ class DecoderStage(EmbeddingStatsMixin, StageTraining, pl.LightningModule):
         image_size: int | None = None,
         sampler: str = "ddim",
         steps: int | str = 50,
-        cfg_scale: float = 3.0,
+        cfg_scale: float = DEFAULT_CFG_SCALE,
         cfg_batched: bool = True,
         threshold: float | None = 0.995,
         eta: float = 0.0,

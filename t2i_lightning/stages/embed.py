@@ -1,7 +1,7 @@
 """Embedding extraction stage (``t2i predict --config stages/embed.yaml``, ``make embed``).
 
 A frozen CLIP encodes every image (with CLIP's own preprocessing) and its ``.txt`` caption;
-:class:`~t2i_lightning.callbacks.embedding_writer.EmbeddingShardWriter` writes the results as
+:class:`~t2i_lightning.data.embedding_writer.EmbeddingShardWriter` writes the results as
 embedding shards that mirror the image shards. Lightning's predict loop splits the shards
 across ranks (``devices=N``, several nodes), and each shard is written by the one rank that read it.
 """
@@ -15,11 +15,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ..callbacks.embedding_writer import EmbeddingShardWriter
-from ..demo_defaults import DEMO_CLIP
+from ..data.embedding_writer import EmbeddingShardWriter
 from ..nn.clip import batched_preprocess_for, clip_id, create_clip, file_digest, tokenizer_for
+from ..registry import DEMO_CLIP, default_checkpoint
 
-DEFAULT_CLIP_CHECKPOINT = "runs/clip/checkpoints/last.ckpt"
+DEFAULT_CLIP_CHECKPOINT = default_checkpoint("clip")
 
 
 class EmbedStage(pl.LightningModule):
@@ -27,7 +27,7 @@ class EmbedStage(pl.LightningModule):
 
     Args:
         model_name: open_clip model name (``shapes-cnn-tiny`` for the project's CLIP).
-        pretrained: the CLIP stage's checkpoint (default: ``runs/clip/checkpoints/last.ckpt``,
+        pretrained: the CLIP stage's checkpoint (default: the CLIP stage's ``last.ckpt`` under ``runs/``,
             made by ``make clip``), an open_clip weights file, or an open_clip pretrained tag.
         out: output directory; default ``<dataset>/emb-<clip id>`` beside the image shards.
         clip_name: the ``<clip id>`` of the default output directory; default the model name

@@ -2,7 +2,7 @@
 
 The loss is the sum of the cross-entropies of the nine slots (empty or a kind), the occupied slots'
 colours and sizes, and the background colour. Validation reports the judge's per-attribute accuracy
-on real images (:func:`t2i_lightning.eval.scene_labels.attribute_hits`: kind, colour, size and
+on real images (:func:`t2i_lightning.metrics.scene_labels.attribute_hits`: kind, colour, size and
 position per object; count, background and the whole scene per image), the figures the evaluation
 table's header quotes to show the instrument can be trusted.
 """
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..eval.scene_labels import IGNORE, attribute_hits, scene_targets
-from .training import StageTraining
+from ..metrics.scene_labels import IGNORE, attribute_hits, scene_targets
+from ..training.stage_training import StageTraining
 
 
 def judge_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -4,8 +4,8 @@ Song & Ermon 2019 ("NCSN", sec. 4.2): noise levels σ_1 > … > σ_L geometric (
 0.01 for data in [0, 1], L = 10, is σ from 2 to 0.02 here because images are in [−1, 1]; see
 :func:`t2i_lightning.diffusion.geometric_sigmas`); each batch draws a level per image uniformly and
 minimises the DSM loss with λ(σ) = σ², ½‖σ·s(x + σz, σ) + z‖² (their eq. 6, whose expectation over
-the uniform level is the (1/L)Σ of eq. 6). EMA weights (Lightning's ``EMAWeightAveraging``) are in the
-checkpoint and used at every validation. Sampling is annealed Langevin dynamics
+the uniform level is the (1/L)Σ of eq. 6). EMA weights (:class:`~t2i_lightning.training.ema.FusedEMA`, on Lightning's ``WeightAveraging``) are in
+the checkpoint and used at every validation. Sampling is annealed Langevin dynamics
 (:func:`t2i_lightning.diffusion.annealed_langevin`), optionally guided by a frozen noise-conditioned
 captioner through Bayes' rule (:func:`t2i_lightning.diffusion.bayes_guided_score`); the captioner is
 an argument of :meth:`ScoreStage.sample`, never a submodule.
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..diffusion import GuidanceNorms, annealed_langevin, bayes_guided_score, dsm_loss, geometric_sigmas
-from .training import StageTraining, fixed_seed
+from ..training.stage_training import GENERATIVE, StageTraining, fixed_seed
 
 
 class ScoreStage(StageTraining, pl.LightningModule):
@@ -46,12 +46,12 @@ class ScoreStage(StageTraining, pl.LightningModule):
         eps: float = 8e-5,
         steps_per_level: int = 100,
         final_denoise: bool = True,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 100,
-        lr_decay: str = "linear",
-        ema_decay: float = 0.999,
-        ema_start_step: int = 0,
+        lr: float = GENERATIVE.lr,
+        weight_decay: float = GENERATIVE.weight_decay,
+        warmup_steps: int = GENERATIVE.warmup_steps,
+        lr_decay: str = GENERATIVE.lr_decay,
+        ema_decay: float = GENERATIVE.ema_decay,
+        ema_start_step: int = GENERATIVE.ema_start_step,
         samples: pl.Callback | None = None,
     ):
         super().__init__()

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..nn.text_encoder import TextEncoder
+from ..training.stage_training import GENERATIVE
 from .decoder import DecoderStage
 
 
@@ -67,12 +68,12 @@ class TextDecoderStage(DecoderStage):
         p2_k: float = 1.0,
         cond_drop_prob: float = 0.2,
         null_cond: str = "learned",
-        lr: float = 3e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 200,
-        lr_decay: str = "linear",
-        ema_decay: float = 0.9999,
-        ema_start_step: int = 0,
+        lr: float = GENERATIVE.lr,
+        weight_decay: float = GENERATIVE.weight_decay,
+        warmup_steps: int = GENERATIVE.warmup_steps,
+        lr_decay: str = GENERATIVE.lr_decay,
+        ema_decay: float = GENERATIVE.ema_decay,
+        ema_start_step: int = GENERATIVE.ema_start_step,
         samples: pl.Callback | None = None,
     ):
         encoder = TextEncoder.from_config(text_encoder) if isinstance(text_encoder, dict) else text_encoder

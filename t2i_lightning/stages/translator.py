@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping
 from torch import nn
 
-from ..eval.retrieval import recall_at_k
+from ..metrics.retrieval import recall_at_k
 from .embedding_stats import EmbeddingStatsMixin
 
 

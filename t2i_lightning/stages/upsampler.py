@@ -40,6 +40,7 @@ from torch import nn
 
 from ..diffusion import gaussian_blur, network_in_precision, noise_augment
 from ..nn.sr_unet import upsample_bicubic
+from ..training.stage_training import GENERATIVE
 from .decoder import DecoderStage
 
 MAX_BATCH_PIXELS = 2 * 256 * 256  # output pixels per forward pass when sampling (two 256px images)
@@ -82,12 +83,12 @@ class UpsamplerStage(DecoderStage):
         sampler: str = "ddpm",
         steps: int | str = 10,
         threshold: float | None = None,
-        lr: float = 3e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 200,
-        lr_decay: str = "linear",
-        ema_decay: float = 0.9999,
-        ema_start_step: int = 0,
+        lr: float = GENERATIVE.lr,
+        weight_decay: float = GENERATIVE.weight_decay,
+        warmup_steps: int = GENERATIVE.warmup_steps,
+        lr_decay: str = GENERATIVE.lr_decay,
+        ema_decay: float = GENERATIVE.ema_decay,
+        ema_start_step: int = GENERATIVE.ema_start_step,
         samples: pl.Callback | None = None,
     ):
         if not (0.0 <= aug_max <= 1.0 and 0.0 <= aug_level <= 1.0):

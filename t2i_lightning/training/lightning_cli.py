@@ -12,12 +12,13 @@ import sys
 import warnings
 from pathlib import Path
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from .data.shards import check_writable
+from ..accelerator import resolve_precision
+from ..data.shards import check_writable
 from .resume import check_explicit_checkpoint, checkpoint_directory, find_resume_point, move_aside
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -57,10 +58,21 @@ def with_trainer_defaults(argv: list[str]) -> list[str]:
     return [argv[0], "--config", str(defaults), *argv[1:]]
 
 
+class StageTrainer(Trainer):
+    """Lightning's Trainer, whose ``precision`` may also be ``auto``: decided by
+    :func:`t2i_lightning.accelerator.resolve_precision` from the accelerator this run uses (the Makefile
+    passes ``--trainer.precision auto`` unless ``PRECISION`` says otherwise)."""
+
+    def __init__(self, *args, precision: str | int | None = None, **kwargs) -> None:
+        accelerator = kwargs.get("accelerator", "auto")
+        chosen = resolve_precision(precision, accelerator if isinstance(accelerator, str) else "auto")
+        super().__init__(*args, precision=chosen, **kwargs)
+
+
 class T2ILightningCLI(LightningCLI):
     """LightningCLI in subclass mode for models and data, overwriting a previous run's config.yaml.
 
-    ``fit`` resumes from the run's newest good checkpoint when there is one (:mod:`t2i_lightning.resume`):
+    ``fit`` resumes from the run's newest good checkpoint when there is one (:mod:`t2i_lightning.training.resume`):
     ``--fresh`` starts over instead, ``--resume-changed-config`` accepts other model settings, and an
     explicit ``--ckpt_path`` is used as given.
     """
@@ -71,6 +83,7 @@ class T2ILightningCLI(LightningCLI):
         warnings.filterwarnings("ignore", message=r".*Couldn't infer the batch indices.*")
         super().__init__(
             model_class=LightningModule,
+            trainer_class=StageTrainer,
             datamodule_class=LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,

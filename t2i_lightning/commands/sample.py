@@ -7,7 +7,7 @@
     t2i sample --interpolate A B --frames 5 --out strip.png           # a strip from A to B
 
 ``--method score --prompt TEXT --guidance LAMBDA`` samples the captioner-guided score model instead
-(:mod:`t2i_lightning.score_command`).
+(:mod:`t2i_lightning.commands.score`).
 
 When an upsampler checkpoint exists (``runs/upsampler/`` by default, or ``--upsampler``), the
 decoder's 64px images go through it (256px out); ``--no-upsample`` stops at 64px.
@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .data.image_io import grid_image, open_image, save_png_atomic, tensor_to_images, to_rgb
-from .data.shards import check_writable
-from .diffusion import ImageGuidance
-from .nn.text_encoder import check_captions
-from .pipeline import (
+from ..data.image_io import grid_image, open_image, save_png_atomic, tensor_to_images, to_rgb
+from ..data.shards import check_writable
+from ..diffusion import ImageGuidance
+from ..nn.text_encoder import check_captions
+from ..pipeline import (
     DEFAULT_DECODER,
     DEFAULT_TRANSLATOR,
     DEFAULT_UPSAMPLER,
@@ -41,13 +43,60 @@ from .pipeline import (
     load_chain,
     load_upsampler,
 )
-from .precision_option import add_precision_argument
-from .score_command import add_score_options, run_score_sample
-from .stages.upsampler import UpsamplerStage
-from .upsample_command import add_upsampler_options, check_upsampler_args, upsample_tensor
+from ..stages.upsampler import UpsamplerStage
+from .options import (
+    add_cfg_argument,
+    add_precision_argument,
+    add_sampler_argument,
+    non_negative_float,
+    options_from,
+)
+from .score import add_score_options, run_score_sample
+from .upsample import add_upsampler_options, check_upsampler_args, upsample_tensor
 
 
-def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
+@dataclass(frozen=True, kw_only=True)
+class SampleOptions:
+    prompt: str | None
+    from_image: str | None
+    mix: list[str] | None
+    analogy: list[str] | None
+    interpolate: list[str] | None
+    method: str
+    guidance: float
+    n: int
+    frames: int
+    sampler: str
+    steps: str
+    eta: float
+    cfg: float
+    threshold: float
+    precision: str
+    image_guidance: str | None
+    ig_scale: float
+    seed: int
+    size: int | None
+    decoder: str
+    translator: str
+    clip: str | None
+    upsampler: str | None
+    up_sampler: str | None
+    up_steps: int | None
+    aug_level: float | None
+    score: str
+    captioner: str
+    guidance_schedule: str
+    langevin_steps: int | None
+    langevin_eps: float | None
+    no_upsample: bool
+    out: str
+
+
+if TYPE_CHECKING:
+    from .evaluate_decoder import DecoderReportOptions
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
     sample = subparsers.add_parser(
         "sample",
         help="draw images from captions through CLIP, the translator and the decoder (or a text decoder alone)",
@@ -66,17 +115,17 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--guidance", type=float, default=1.0, help="--method score: captioner guidance lambda (default: 1)")
     sample.add_argument("--n", type=int, default=8, help="images per embedding (default: 8)")
     sample.add_argument("--frames", type=int, default=5, help="frames of --interpolate (default: 5)")
-    sample.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="default: ddim")
+    add_sampler_argument(sample)
     sample.add_argument("--steps", default="50", help="sampling steps, or 'all' (default: 50)")
     sample.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default: 0)")
-    sample.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
+    add_cfg_argument(sample)
     sample.add_argument(
         "--threshold", type=float, default=0.995,
         help="dynamic-thresholding percentile; 0 for static clipping (default: 0.995)",
     )  # fmt: skip
     add_precision_argument(sample)
     sample.add_argument("--image-guidance", metavar="PATH", help="base image pulled towards (image guidance)")
-    sample.add_argument("--ig-scale", type=float, default=0.005, help="image-guidance scale w (default: 0.005)")
+    sample.add_argument("--ig-scale", type=non_negative_float, default=0.005, help="image-guidance scale w (default: 0.005)")
     sample.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     sample.add_argument("--size", type=int, default=None, help="image side (default: the decoder's)")
     sample.add_argument("--decoder", default=DEFAULT_DECODER, help=f"decoder checkpoint (default: {DEFAULT_DECODER})")
@@ -89,63 +138,62 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     add_score_options(sample)
     sample.add_argument("--no-upsample", action="store_true", help="stop at the decoder's 64px images")
     sample.add_argument("--out", required=True, help="output PNG (a borderless grid)")
+    sample.set_defaults(run=lambda args: run(options_from(SampleOptions, args)))
 
 
-def check_sample_args(args: argparse.Namespace) -> None:
+def check_sample_args(options: SampleOptions) -> None:
     """User errors before any model is loaded; the output's directory is created (and must be writable)."""
-    if args.n <= 0:
-        raise ValueError(f"--n must be positive, got {args.n}")
-    if args.size is not None and args.size <= 0:
-        raise ValueError(f"--size must be positive, got {args.size}")
-    if args.interpolate and args.frames < 2:
-        raise ValueError(f"--frames must be at least 2, got {args.frames}")
-    if args.cfg < 0 or args.ig_scale < 0:
-        raise ValueError("--cfg and --ig-scale must be >= 0")
-    check_steps_and_threshold(args)
-    texts = [args.prompt] if args.prompt is not None else (args.mix or args.analogy or args.interpolate or [])
+    if options.n <= 0:
+        raise ValueError(f"--n must be positive, got {options.n}")
+    if options.size is not None and options.size <= 0:
+        raise ValueError(f"--size must be positive, got {options.size}")
+    if options.interpolate and options.frames < 2:
+        raise ValueError(f"--frames must be at least 2, got {options.frames}")
+    check_steps_and_threshold(options)
+    texts = [options.prompt] if options.prompt is not None else (options.mix or options.analogy or options.interpolate or [])
     if texts:
         check_captions(texts)
-    check_upsampler_args(args)
-    if args.no_upsample and args.upsampler:
+    check_upsampler_args(options)
+    if options.no_upsample and options.upsampler:
         raise ValueError("--no-upsample and --upsampler contradict each other")
-    check_writable(args.out)
+    check_writable(options.out)
 
 
-def check_steps_and_threshold(args: argparse.Namespace) -> None:
+def check_steps_and_threshold(options: SampleOptions | DecoderReportOptions) -> None:
     """``--steps`` (a positive integer or 'all') and ``--threshold`` (a percentile, or 0 for static clipping)."""
-    if not 0 <= args.threshold < 1:
-        raise ValueError(f"--threshold is a percentile in (0, 1), or 0 for static clipping; got {args.threshold}")
-    if args.steps != "all" and not (args.steps.isdigit() and int(args.steps) > 0):
-        raise ValueError(f"--steps must be a positive integer or 'all', got {args.steps!r}")
+    if not 0 <= options.threshold < 1:
+        raise ValueError(f"--threshold is a percentile in (0, 1), or 0 for static clipping; got {options.threshold}")
+    if options.steps != "all" and not (options.steps.isdigit() and int(options.steps) > 0):
+        raise ValueError(f"--steps must be a positive integer or 'all', got {options.steps!r}")
 
 
-def check_decoder_args(args: argparse.Namespace) -> None:
+def check_decoder_args(options: SampleOptions) -> None:
     """Options the decoder cannot take, before any model is loaded: a text-conditioned decoder has
     no CLIP image embedding to reconstruct from or to do arithmetic on."""
-    if args.prompt is None and is_text_decoder(args.decoder):
+    if options.prompt is None and is_text_decoder(options.decoder):
         raise ValueError(
-            f"{args.decoder} is a text-conditioned decoder: it takes --prompt only (--from-image, --mix, --analogy "
+            f"{options.decoder} is a text-conditioned decoder: it takes --prompt only (--from-image, --mix, --analogy "
             "and --interpolate act on CLIP image embeddings, which it does not use)"
         )
 
 
-def check_image_files(args: argparse.Namespace) -> None:
+def check_image_files(options: SampleOptions) -> None:
     """The images named by --from-image and --image-guidance exist, before any model is loaded."""
-    for option, path in (("--from-image", args.from_image), ("--image-guidance", args.image_guidance)):
+    for option, path in (("--from-image", options.from_image), ("--image-guidance", options.image_guidance)):
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"Image not found: {path} ({option})")
 
 
-def chain_upsampler(args: argparse.Namespace, chain: TextToImage | DirectTextToImage) -> UpsamplerStage | None:
+def chain_upsampler(options: SampleOptions, chain: TextToImage | DirectTextToImage) -> UpsamplerStage | None:
     """The upsampler after the decoder: ``--upsampler``, else the default checkpoint when it exists
     (a note says when it does not), None with ``--no-upsample``. One conditioned on CLIP image
     embeddings must share the decoder's CLIP; a text-conditioned decoder has no embeddings to give it."""
-    if args.no_upsample:
+    if options.no_upsample:
         return None
-    if args.upsampler is None and not os.path.isfile(DEFAULT_UPSAMPLER):
+    if options.upsampler is None and not os.path.isfile(DEFAULT_UPSAMPLER):
         print(f"No upsampler at {DEFAULT_UPSAMPLER} (`make train-upsampler`): the images stay at the decoder's size")
         return None
-    upsampler = load_upsampler(args.upsampler or DEFAULT_UPSAMPLER)
+    upsampler = load_upsampler(options.upsampler or DEFAULT_UPSAMPLER)
     if upsampler.conditions_on_embedding:
         if chain.conditions_on_text:
             raise ValueError("This upsampler is conditioned on CLIP image embeddings, which a text-conditioned decoder does not make")
@@ -155,47 +203,47 @@ def chain_upsampler(args: argparse.Namespace, chain: TextToImage | DirectTextToI
     return upsampler
 
 
-def target_embeddings(chain: TextToImage, args: argparse.Namespace) -> torch.Tensor:
+def target_embeddings(chain: TextToImage, options: SampleOptions) -> torch.Tensor:
     """The raw CLIP image embeddings to decode, one row per image of the grid."""
     embed = chain.embedder
-    if args.prompt is not None:
-        return embed([args.prompt]).expand(args.n, -1)
-    if args.from_image:
-        return chain.embed_image_file(args.from_image).expand(args.n, -1)
-    if args.mix:
-        return embed(args.mix).mean(0, keepdim=True).expand(args.n, -1)
-    if args.analogy:
-        a, b, c = embed(args.analogy)
-        return (a - b + c)[None].expand(args.n, -1)
-    a, b = embed(args.interpolate)
-    weights = torch.linspace(0, 1, args.frames)[:, None]
+    if options.prompt is not None:
+        return embed([options.prompt]).expand(options.n, -1)
+    if options.from_image:
+        return chain.embed_image_file(options.from_image).expand(options.n, -1)
+    if options.mix:
+        return embed(options.mix).mean(0, keepdim=True).expand(options.n, -1)
+    if options.analogy:
+        a, b, c = embed(options.analogy)
+        return (a - b + c)[None].expand(options.n, -1)
+    a, b = embed(options.interpolate)
+    weights = torch.linspace(0, 1, options.frames)[:, None]
     return (1 - weights) * a + weights * b
 
 
-def run_sample(args: argparse.Namespace) -> None:
-    check_sample_args(args)
-    if args.method == "score":
-        run_score_sample(args)
+def run(options: SampleOptions) -> None:
+    check_sample_args(options)
+    if options.method == "score":
+        run_score_sample(options)
         return
-    check_decoder_args(args)
-    check_image_files(args)
-    chain = load_chain(args.decoder, args.translator, args.clip)
-    conditioning = [args.prompt] * args.n if chain.conditions_on_text else target_embeddings(chain, args)
+    check_decoder_args(options)
+    check_image_files(options)
+    chain = load_chain(options.decoder, options.translator, options.clip)
+    conditioning = [options.prompt] * options.n if chain.conditions_on_text else target_embeddings(chain, options)
     guidance = None
-    if args.image_guidance:
-        size = args.size or chain.decoder.net.image_size
-        base = to_rgb(open_image(args.image_guidance)).resize((size, size), Image.Resampling.LANCZOS)
+    if options.image_guidance:
+        size = options.size or chain.decoder.net.image_size
+        base = to_rgb(open_image(options.image_guidance)).resize((size, size), Image.Resampling.LANCZOS)
         pixels = torch.from_numpy(np.asarray(base, dtype=np.float32)).permute(2, 0, 1)
-        guidance = ImageGuidance(image=pixels[None] / 127.5 - 1.0, scale=args.ig_scale)
-    upsampler = chain_upsampler(args, chain)
+        guidance = ImageGuidance(image=pixels[None] / 127.5 - 1.0, scale=options.ig_scale)
+    upsampler = chain_upsampler(options, chain)
     images = chain.decode(
-        conditioning, image_size=args.size, sampler=args.sampler, steps=args.steps, eta=args.eta,
-        cfg_scale=args.cfg, threshold=args.threshold or None, image_guidance=guidance,
-        generator=torch.Generator().manual_seed(args.seed), precision=args.precision,
+        conditioning, image_size=options.size, sampler=options.sampler, steps=options.steps, eta=options.eta,
+        cfg_scale=options.cfg, threshold=options.threshold or None, image_guidance=guidance,
+        generator=torch.Generator().manual_seed(options.seed), precision=options.precision,
     )  # fmt: skip
     if upsampler is not None:
-        images = upsample_tensor(upsampler, images, args, None if chain.conditions_on_text else conditioning)
-    columns = len(images) if args.interpolate else min(len(images), 8)
-    path = save_png_atomic(grid_image(tensor_to_images(images), columns), args.out)
+        images = upsample_tensor(upsampler, images, options, None if chain.conditions_on_text else conditioning)
+    columns = len(images) if options.interpolate else min(len(images), 8)
+    path = save_png_atomic(grid_image(tensor_to_images(images), columns), options.out)
     side = images.shape[-1]
     print(f"{len(images)} images of {side}x{side} ({columns} per row) -> {path}")

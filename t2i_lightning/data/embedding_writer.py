@@ -13,8 +13,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from tqdm.auto import tqdm
 
-from ..data.embeddings import IMAGE_MEMBER, STATS_NAME, TEXT_MEMBER, Moments, load_npy, npy_bytes
-from ..data.shards import check_writable, read_index, remove_stale_temporaries, write_json_atomic, write_shard
+from .embeddings import IMAGE_MEMBER, STATS_NAME, TEXT_MEMBER, Moments, load_npy, npy_bytes
+from .shards import check_writable, read_index, remove_stale_temporaries, write_json_atomic, write_shard
 
 log = logging.getLogger(__name__)
 IN_PROGRESS_NAME = ".extracting.json"  # the CLIP identity of an unfinished extraction
@@ -172,7 +172,7 @@ class EmbeddingShardWriter(BasePredictionWriter):
     @staticmethod
     def _read_moments(path: Path) -> tuple[Moments, Moments]:
         """The moments of an embedding shard on disk (one an earlier, interrupted run wrote)."""
-        from ..data.inspect import read_samples
+        from .inspect import read_samples
 
         samples = read_samples(str(path))
         if not samples:

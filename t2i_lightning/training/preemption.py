@@ -2,7 +2,7 @@
 
 Lightning turns SIGTERM into a ``SIGTERMException`` raised at the next batch boundary (all ranks
 together under DDP) and calls every callback's ``on_exception``. This callback then writes the
-run's ``last.ckpt`` (the file :mod:`t2i_lightning.resume` resumes from) with the current step,
+run's ``last.ckpt`` (the file :mod:`t2i_lightning.training.resume` resumes from) with the current step,
 optimizer and EMA state. Other exceptions write nothing: after a crash the last good checkpoint
 stays as it was.
 

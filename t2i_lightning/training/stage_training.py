@@ -4,7 +4,7 @@
 ``warmup_steps``, ``lr_decay`` and, when it has them, ``ema_decay`` and ``ema_start_step``:
 AdamW with weight decay on matrices only and a per-step warmup-then-decay schedule, the global
 gradient norm logged before each optimizer step (``train/grad_norm``, the norm the clipping uses), and
-its callbacks: its ``samples`` grid (if any) and the weights' EMA (:class:`~t2i_lightning.callbacks.ema.FusedEMA`),
+its callbacks: its ``samples`` grid (if any) and the weights' EMA (:class:`~t2i_lightning.training.ema.FusedEMA`),
 in that order, because the EMA callback swaps the raw weights back at the end of validation, after the
 grid has been drawn with the EMA weights.
 """
@@ -13,12 +13,30 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
 
-from ..callbacks.ema import FusedEMA
+from .ema import FusedEMA
 from .optim import adamw_with_warmup, decay_groups
+
+
+@dataclass(frozen=True)
+class OptimizerDefaults:
+    """The optimizer, schedule and EMA settings of the generative stages (decoder, text decoder, upsampler,
+    score model), written once: their constructors default to these, and the stage configs set only what
+    differs (``stages/paper/`` sets the study's lr 3e-4, warmup 1000, EMA 0.9999)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    lr_decay: str = "linear"
+    ema_decay: float = 0.995
+    ema_start_step: int = 200
+
+
+GENERATIVE = OptimizerDefaults()
 
 
 class StageTraining:

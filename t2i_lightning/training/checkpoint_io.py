@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .data.shards import atomic_path
+from ..data.shards import atomic_path
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

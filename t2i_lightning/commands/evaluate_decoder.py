@@ -14,26 +14,40 @@ the embedding tells apart, drawn perfectly) and its grid (``<run>/reconstruction
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .data.image_io import save_png_atomic, tensor_to_images
-from .data.inspect import captioned_grid
-from .data.shards import check_writable, write_json_atomic
-from .pipeline import DEFAULT_DECODER, load_decoder
-from .precision_option import add_precision_argument
-from .sample_command import check_steps_and_threshold
+from ..data.image_io import save_png_atomic, tensor_to_images
+from ..data.inspect import captioned_grid
+from ..data.shards import check_writable, write_json_atomic
+from ..pipeline import DEFAULT_DECODER, load_decoder
+from .options import add_cfg_argument, add_command, add_precision_argument, add_sampler_argument, options_from
+from .sample import check_steps_and_threshold
 
 if TYPE_CHECKING:
     import torch
 
 
-def add_evaluate_decoder_parser(subparsers: argparse._SubParsersAction) -> None:
-    report = subparsers.add_parser(
-        "evaluate-decoder",
-        help="colour and object scores of the decoder's reconstructions of validation images, per guidance scale",
-        description=__doc__.split("\n\n")[0],
-    )
+@dataclass(frozen=True, kw_only=True)
+class DecoderReportOptions:
+    decoder: str
+    embeddings: str | None
+    data: str | None
+    n: int
+    cfg: list[float]
+    sampler: str
+    steps: str
+    threshold: float
+    precision: str
+    seed: int
+    batch_size: int
+    out: str | None
+    no_nearest: bool
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    report = add_command(subparsers, "evaluate-decoder", __doc__, help="colour and object scores of the decoder's reconstructions of validation images, per guidance scale")
     report.add_argument("--decoder", default=DEFAULT_DECODER, help=f"decoder checkpoint (default: {DEFAULT_DECODER})")
     report.add_argument(
         "--embeddings", default=None,
@@ -41,8 +55,8 @@ def add_evaluate_decoder_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     report.add_argument("--data", default=None, help="dataset with val shards (default: the one holding --embeddings)")
     report.add_argument("--n", type=int, default=64, help="validation images (default: 64)")
-    report.add_argument("--cfg", type=float, nargs="+", default=[3.0], help="guidance scales to sweep (default: 3)")
-    report.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="default: ddim")
+    add_cfg_argument(report, sweep=True)
+    add_sampler_argument(report)
     report.add_argument("--steps", default="25", help="sampling steps, or 'all' (default: 25, as the training grids)")
     report.add_argument(
         "--threshold", type=float, default=0.995,
@@ -56,6 +70,7 @@ def add_evaluate_decoder_parser(subparsers: argparse._SubParsersAction) -> None:
         "--no-nearest", action="store_true",
         help="leave out the reference row of each source's nearest training image by embedding (it reads the train split)",
     )  # fmt: skip
+    report.set_defaults(run=lambda args: run(options_from(DecoderReportOptions, args)))
 
 
 def default_report_path(checkpoint: str) -> Path:
@@ -69,7 +84,7 @@ def default_report_path(checkpoint: str) -> Path:
 def nearest_reference(embeddings: str, references: dict, image_size: int) -> tuple[torch.Tensor, list[str]] | None:
     """Each source's nearest training image and its key (:func:`nearest_training_images`), or None,
     said on stdout, when ``embeddings`` has no train split."""
-    from .eval.nearest import has_train_split, nearest_training_images
+    from ..eval.nearest import has_train_split, nearest_training_images
 
     if not has_train_split(embeddings):
         print(f"No train split in {embeddings}: the nearest-training-image row is left out")
@@ -77,34 +92,34 @@ def nearest_reference(embeddings: str, references: dict, image_size: int) -> tup
     return nearest_training_images(embeddings, references["img_emb"], image_size)
 
 
-def run_evaluate_decoder(args: argparse.Namespace) -> None:
-    from .eval.decoder_report import decoder_report, format_report, validation_references
+def run(options: DecoderReportOptions) -> None:
+    from ..eval.decoder_report import decoder_report, format_report, validation_references
 
-    if args.n < 2:
-        raise ValueError(f"--n must be at least 2 (the baseline pairs each image with another), got {args.n}")
-    if args.batch_size <= 0 or any(scale < 0 for scale in args.cfg):
-        raise ValueError("--batch-size must be positive and --cfg scales >= 0")
-    check_steps_and_threshold(args)
-    out = Path(args.out) if args.out else default_report_path(args.decoder)
+    if options.n < 2:
+        raise ValueError(f"--n must be at least 2 (the baseline pairs each image with another), got {options.n}")
+    if options.batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {options.batch_size}")
+    check_steps_and_threshold(options)
+    out = Path(options.out) if options.out else default_report_path(options.decoder)
     check_writable(out)
-    stage = load_decoder(args.decoder)
+    stage = load_decoder(options.decoder)
     if getattr(stage, "conditions_on_text", False):
-        raise ValueError(f"{args.decoder} is a text-conditioned decoder: it has no image embeddings to reconstruct from")
-    embeddings = args.embeddings or (str(Path(stage.hparams.stats).parent) if stage.hparams.get("stats") else None)
+        raise ValueError(f"{options.decoder} is a text-conditioned decoder: it has no image embeddings to reconstruct from")
+    embeddings = options.embeddings or (str(Path(stage.hparams.stats).parent) if stage.hparams.get("stats") else None)
     if embeddings is None:
-        raise ValueError(f"{args.decoder} recorded no embedding directory: pass --embeddings (and --data)")
-    data = args.data or str(Path(embeddings).parent)
-    references = validation_references(data, embeddings, stage.net.image_size, args.n)
-    if len(references["image"]) < args.n:
-        print(f"Only {len(references['image'])} validation images in {data} (asked for {args.n})")
-    nearest = None if args.no_nearest else nearest_reference(embeddings, references, stage.net.image_size)
-    steps = args.steps if args.steps == "all" else int(args.steps)
+        raise ValueError(f"{options.decoder} recorded no embedding directory: pass --embeddings (and --data)")
+    data = options.data or str(Path(embeddings).parent)
+    references = validation_references(data, embeddings, stage.net.image_size, options.n)
+    if len(references["image"]) < options.n:
+        print(f"Only {len(references['image'])} validation images in {data} (asked for {options.n})")
+    nearest = None if options.no_nearest else nearest_reference(embeddings, references, stage.net.image_size)
+    steps = options.steps if options.steps == "all" else int(options.steps)
     report, drawn = decoder_report(
-        stage, references, args.cfg, sampler=args.sampler, steps=steps, threshold=args.threshold or None,
-        seed=args.seed, batch_size=args.batch_size, precision=args.precision,
+        stage, references, options.cfg, sampler=options.sampler, steps=steps, threshold=options.threshold or None,
+        seed=options.seed, batch_size=options.batch_size, precision=options.precision,
         nearest=nearest,
     )  # fmt: skip
-    report |= {"decoder": args.decoder, "data": data, "embeddings": embeddings}
+    report |= {"decoder": options.decoder, "data": data, "embeddings": embeddings}
     sources = tensor_to_images(references["image"])
     columns = min(len(sources), 16)
     grids = {f"cfg{scale:g}": (images, f"cfg {scale:g}") for scale, images in drawn.items()}

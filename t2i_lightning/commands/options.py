@@ -1,0 +1,71 @@
+"""Options several ``t2i`` commands share, each declared once: the sampler (its choices are
+:data:`t2i_lightning.diffusion.SAMPLERS`), the classifier-free guidance scale, the sampling precision,
+and the conversion of parsed arguments into a command's typed options object."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from typing import TypeVar
+
+from ..accelerator import PRECISION_CHOICES, resolve_precision
+from ..diffusion import DEFAULT_CFG_SCALE, SAMPLERS, SAMPLING_PRECISIONS
+
+Options = TypeVar("Options")
+
+
+def options_from(cls: type[Options], args: argparse.Namespace) -> Options:
+    """The dataclass ``cls`` with each field taken from the parsed argument of the same name: what the
+    command passes on, so no ``argparse.Namespace`` leaves ``commands/``."""
+    return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, doc: str, help: str) -> argparse.ArgumentParser:
+    """The subcommand ``name``: ``help`` in ``t2i --help``, its module docstring's first paragraph (``doc``,
+    less its leading ````t2i name````) as its description."""
+    description = re.sub(r"^``[^`]+``:\s*", "", doc.split("\n\n")[0])
+    return subparsers.add_parser(name, help=help, description=description[:1].upper() + description[1:])
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a float >= 0, refused with the value otherwise."""
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_sampler_argument(parser: argparse.ArgumentParser, flag: str = "--sampler", default: str | None = "ddim",
+                         help: str = "diffusion sampler") -> None:  # fmt: skip
+    """``--sampler`` (or ``flag``) with every sampler in :data:`SAMPLERS` as its choices."""
+    note = f"default: {default}" if default else "default: the checkpoint's own"
+    parser.add_argument(flag, choices=sorted(SAMPLERS), default=default, help=f"{help} ({note})")
+
+
+def add_cfg_argument(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
+    """``--cfg``: the classifier-free guidance scale (several, to sweep, with ``sweep``)."""
+    if sweep:
+        parser.add_argument("--cfg", type=non_negative_float, nargs="+", default=[DEFAULT_CFG_SCALE],
+                            help=f"guidance scales to sweep (default: {DEFAULT_CFG_SCALE:g})")  # fmt: skip
+    else:
+        parser.add_argument("--cfg", type=non_negative_float, default=DEFAULT_CFG_SCALE,
+                            help=f"classifier-free guidance scale (default: {DEFAULT_CFG_SCALE:g})")  # fmt: skip
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision``: the decoder's and the upsampler's U-Nets in float32 or under bfloat16 autocast
+    while sampling; ``auto`` picks by :func:`t2i_lightning.accelerator.resolve_precision`."""
+    parser.add_argument(
+        "--precision", type=sampling_precision, choices=SAMPLING_PRECISIONS, metavar="{" + ",".join(PRECISION_CHOICES) + "}",
+        default="32-true",
+        help="the U-Nets (decoder, upsampler) while sampling: 32-true, bf16-mixed (bfloat16 autocast; the "
+        "sampler's arithmetic and guidance stay float32; faster on CPUs with native bf16 and on GPUs), or auto "
+        "(bf16-mixed where the device computes bf16 natively, else 32-true) (default: 32-true)",
+    )  # fmt: skip
+
+
+def sampling_precision(text: str) -> str:
+    """An argparse type: ``auto`` becomes the precision :func:`resolve_precision` picks for the CPU, which
+    is where the commands sample."""
+    return resolve_precision(text, "cpu")

@@ -1,0 +1,103 @@
+"""The one table of the pipeline's stages: what each is, where its config, run folder and checkpoint
+live, which make target produces it and what it needs upstream.
+
+The pipeline's default checkpoints, the evaluation's variants, the commands' defaults, ``make help``'s
+stage list and the "not found, produce it with `make ...`" messages all read this table; nothing else
+spells a stage's run folder or make target. It imports nothing from the package (the LightningModule
+is named by its class path, resolved with :func:`stage_class`), so every layer may read it.
+
+``python -m t2i_lightning.registry`` prints the table (``make help`` shows it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+RUNS = "runs"
+DEMO_CLIP = "shapes-cnn-tiny"
+"""The demo's CLIP: the Makefile's ``CLIP_MODEL`` and the ``stages/*.yaml`` name the same (tested)."""
+DEMO_EMBEDDINGS = f"data/shapes/emb-{DEMO_CLIP}"
+"""The directory ``make embed`` writes the demo's embeddings to."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline. ``name`` is its run folder under ``runs/`` (the TensorBoard logger's
+    name in its config); ``needs`` names the stages whose outputs it reads."""
+
+    name: str
+    class_path: str
+    config: str
+    make_target: str
+    needs: tuple[str, ...]
+    output: str
+    trains: bool = True
+
+    def checkpoint(self, runs: str = RUNS) -> str:
+        """The checkpoint the next stage reads: ``<runs>/<name>/checkpoints/last.ckpt``."""
+        if not self.trains:
+            raise ValueError(f"the {self.name} stage writes {self.output}, not a checkpoint")
+        return f"{runs}/{self.name}/checkpoints/last.ckpt"
+
+    def run_dir(self, runs: str = RUNS) -> str:
+        return f"{runs}/{self.name}"
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage("clip", "t2i_lightning.stages.clip.CLIPStage", "stages/clip.yaml", "clip", (),
+              "the project's CLIP (skipped with a pretrained CLIP)"),
+        Stage("embed", "t2i_lightning.stages.embed.EmbedStage", "stages/embed.yaml", "embed", ("clip",),
+              "CLIP embedding shards mirroring the image shards + stats.json", trains=False),
+        Stage("translator", "t2i_lightning.stages.translator.TranslatorStage", "stages/translator.yaml",
+              "train-translator", ("embed",), "text embedding -> image embedding MLP"),
+        Stage("decoder", "t2i_lightning.stages.decoder.DecoderStage", "stages/decoder.yaml", "train-decoder",
+              ("embed", "translator"), "64px diffusion decoder conditioned on the image embedding"),
+        Stage("decoder_text", "t2i_lightning.stages.text_decoder.TextDecoderStage", "stages/decoder_text.yaml",
+              "train-decoder-text", ("clip",), "64px decoder conditioned on text tokens (Imagen-like)"),
+        Stage("upsampler", "t2i_lightning.stages.upsampler.UpsamplerStage", "stages/upsampler.yaml",
+              "train-upsampler", (), "64 -> 256 diffusion upsampler"),
+        Stage("score", "t2i_lightning.stages.score.ScoreStage", "stages/score.yaml", "train-score", (),
+              "NCSN score model (32px, unconditional)"),
+        Stage("captioner", "t2i_lightning.stages.captioner.CaptionerStage", "stages/captioner.yaml",
+              "train-captioner", (), "noise-conditioned captioner that guides the score model"),
+        Stage("judge", "t2i_lightning.stages.judge.JudgeStage", "stages/judge.yaml", "judge", (),
+              "the evaluation's scene reader on shapes"),
+    )
+}  # fmt: skip
+
+
+def stage(name: str) -> Stage:
+    """The stage called ``name``, or an error listing the stages there are."""
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise ValueError(f"no stage {name!r}; the stages are {', '.join(STAGES)}") from None
+
+
+def default_checkpoint(name: str) -> str:
+    """Where ``make`` writes the named stage's checkpoint by default."""
+    return stage(name).checkpoint()
+
+
+def stage_class(name: str) -> type:
+    """The LightningModule class of the named stage (imported on demand)."""
+    module, _, cls = stage(name).class_path.rpartition(".")
+    return getattr(importlib.import_module(module), cls)
+
+
+def missing_checkpoint_message(path: str, name: str) -> str:
+    """What a user reads when the named stage's checkpoint is not at ``path``."""
+    return f"Checkpoint not found: {path} (produce it with `make {stage(name).make_target}`)"
+
+
+def table() -> str:
+    """The stages one a line, as ``make help`` prints them."""
+    rows = [f"  {s.name:<13}{s.config:<26}make {s.make_target:<20}{s.output}" for s in STAGES.values()]
+    return "\n".join(["Stages (config, make target, output):", *rows])
+
+
+if __name__ == "__main__":
+    print(table())

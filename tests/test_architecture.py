@@ -1,0 +1,216 @@
+"""The package's shape, checked so it cannot drift: folder-level imports form a DAG, argparse stays in the
+command layer, the registry is the one table of stages, every command offers the same samplers, and
+precision ``auto`` is decided in one Python function from the accelerator actually used."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from t2i_lightning import accelerator
+from t2i_lightning.cli import build_parser
+from t2i_lightning.diffusion import SAMPLERS
+from t2i_lightning.registry import STAGES, stage_class
+
+from .cli_runs import ROOT
+
+PACKAGE = ROOT / "t2i_lightning"
+MAX_ROOT_MODULES = 6
+MAX_MODULE_LINES = 300
+
+
+def unit_of(module: str) -> str:
+    """The folder (or root module) a dotted module name belongs to: ``t2i_lightning.nn.unet`` -> ``nn``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imported_units(path: Path) -> set[str]:
+    """The package folders/root modules that ``path`` imports, relative or absolute, lazily or not."""
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    if path.name == "__init__.py":
+        package = package[:-1]
+    units = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [target + "." + alias.name for alias in node.names] if target == "t2i_lightning" else [target]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        units |= {unit_of(name) for name in names if name.startswith("t2i_lightning.")}
+    return units
+
+
+def import_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        unit = unit_of(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        graph.setdefault(unit, set()).update(imported_units(path) - {unit})
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a path of nodes, or None for a DAG (depth-first search)."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_find_cycle_finds_a_planted_cycle_and_passes_a_dag():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_folder_level_imports_form_a_dag():
+    graph = import_graph()
+    assert {"diffusion", "data", "nn", "stages", "training", "eval", "metrics", "commands"} <= set(graph)
+    assert find_cycle(graph) is None, f"folder-level import cycle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_nothing_below_the_command_layer_imports_it():
+    graph = import_graph()
+    for unit, imports in graph.items():
+        if unit not in ("cli", "commands"):
+            assert not imports & {"cli", "commands"}, f"{unit} imports the command layer"
+    assert "eval" not in graph["nn"], "nn/ must not import eval/"
+    assert graph["diffusion"] <= set(), "diffusion/ is pure torch: it imports nothing of the package"
+
+
+def test_argparse_lives_only_in_cli_and_commands():
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] in ("cli.py", "commands"):
+            continue
+        assert not re.search(r"^\s*(import argparse|from argparse)", path.read_text(), re.M), relative
+
+
+def test_package_root_is_small_and_no_module_is_long():
+    root_modules = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(root_modules) <= MAX_ROOT_MODULES, root_modules
+    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+    for folder in (p for p in PACKAGE.rglob("*") if p.is_dir() and p.name != "__pycache__"):
+        init = folder / "__init__.py"
+        if any(folder.glob("*.py")):
+            assert init.is_file() and ast.get_docstring(ast.parse(init.read_text())), f"{folder} needs a docstring"
+
+
+def sampler_options(parser: argparse.ArgumentParser, path: str = "t2i") -> dict[str, set[str]]:
+    """Every option of every (sub)command that chooses a diffusion sampler, with its choices."""
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found |= sampler_options(sub, f"{path} {name}")
+        elif any(re.fullmatch(r"--(\w+-)?sampler", flag) for flag in action.option_strings):
+            found[f"{path} {action.option_strings[0]}"] = set(action.choices or ())
+    return found
+
+
+def test_every_command_accepts_the_same_samplers():
+    options = sampler_options(build_parser())
+    assert {"t2i sample --sampler", "t2i sample --up-sampler", "t2i evaluate --sampler",
+            "t2i evaluate-decoder --sampler", "t2i evaluate-upsampler --sampler", "t2i upsample --up-sampler"} <= set(options)  # fmt: skip
+    for option, choices in options.items():
+        assert choices == set(SAMPLERS), f"{option} accepts {sorted(choices)}, the samplers are {sorted(SAMPLERS)}"
+
+
+def leaf_parsers(parser: argparse.ArgumentParser, path: str = "t2i") -> dict[str, argparse.ArgumentParser]:
+    """Every (sub)command parser that runs something, by its command line."""
+    found = {path: parser} if parser.get_default("run") else {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found |= leaf_parsers(sub, f"{path} {name}")
+    return found
+
+
+def test_each_command_passes_on_exactly_its_options_as_a_dataclass():
+    """The typed options object of each command has a field for each of its options, no more, no fewer."""
+    leaves = leaf_parsers(build_parser())
+    assert {"t2i sample", "t2i evaluate", "t2i data coco", "t2i bench extraction", "t2i evaluate-upsampler"} <= set(leaves)
+    for command, parser in leaves.items():
+        run = parser.get_default("run")
+        names = [name for name in run.__code__.co_names if name.endswith("Options")]
+        assert len(names) == 1, command
+        options = run.__globals__[names[0]]
+        dests = {a.dest for a in parser._actions if a.dest != "help" and not isinstance(a, argparse._SubParsersAction)}
+        dests |= {key for key in parser._defaults if key != "run"}
+        assert {f.name for f in dataclasses.fields(options)} == dests, command
+
+
+def test_the_registry_names_each_stage_once_and_everything_it_names_exists():
+    makefile = (ROOT / "Makefile").read_text()
+    for name, stage in STAGES.items():
+        config = yaml.safe_load((ROOT / stage.config).read_text())
+        assert config["model"]["class_path"] == stage.class_path, name
+        assert stage_class(name).__name__ == stage.class_path.rsplit(".", 1)[1]
+        assert re.search(rf"^{re.escape(stage.make_target)}:", makefile, re.M), f"no make target {stage.make_target}"
+        assert set(stage.needs) <= set(STAGES), name
+        if stage.trains:
+            assert config["trainer"]["logger"]["init_args"]["name"] == name
+            assert stage.checkpoint("r") == f"r/{name}/checkpoints/last.ckpt"
+    # no Python file outside the registry spells a run's checkpoint path
+    spelled = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")
+               if p.name != "registry.py" and re.search(r"runs/\w+/checkpoints/last\.ckpt", p.read_text())]  # fmt: skip
+    assert not spelled, spelled
+
+
+@pytest.mark.parametrize(
+    ("accel", "cuda", "bf16_gpu", "bf16_cpu", "expected"),
+    [
+        ("cpu", False, False, True, "bf16-mixed"),
+        ("cpu", False, False, False, "32-true"),
+        ("auto", False, False, True, "bf16-mixed"),
+        ("auto", True, True, False, "bf16-mixed"),
+        ("gpu", True, True, True, "bf16-mixed"),
+        ("gpu", True, False, True, "32-true"),
+        ("auto", True, False, True, "32-true"),
+    ],
+)
+def test_precision_auto_follows_the_accelerator_actually_used(monkeypatch, accel, cuda, bf16_gpu, bf16_cpu, expected):
+    monkeypatch.setattr(accelerator.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(accelerator.torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
+    monkeypatch.setattr(accelerator, "cpu_has_native_bf16", lambda: bf16_cpu)
+    assert accelerator.resolve_precision("auto", accel) == expected
+    assert accelerator.resolve_precision("32-true", accel) == "32-true"  # a choice is kept as given
+
+
+def test_auto_reaches_the_trainer_and_the_sampling_commands(monkeypatch):
+    from t2i_lightning.training.lightning_cli import StageTrainer
+
+    for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(accelerator, "cpu_has_native_bf16", lambda native=native: native)
+        trainer = StageTrainer(precision="auto", accelerator="cpu", logger=False, enable_checkpointing=False)
+        assert trainer.precision == expected
+        args = build_parser().parse_args(["sample", "--prompt", "a red circle", "--out", "x.png", "--precision", "auto"])
+        assert args.precision == expected
