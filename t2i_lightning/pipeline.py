@@ -132,7 +132,7 @@ def load_recorded_clip(
     if recorded and os.path.isfile(clip) and file_digest(clip, 64) != recorded:
         raise ValueError(
             f"CLIP checkpoint {clip} is not the one the {owner}'s embeddings were extracted with "
-            f"(sha256 {recorded[:12]}...); re-run `make embed` and the stages after it, or pass the matching --clip"
+            f"(sha256 {recorded[:12]}...); re-run `make {registry_stage('embed').make_target}` and the stages after it, or pass the matching --clip"
         )
     return create_clip(model_name, clip).eval().requires_grad_(False)
 
@@ -214,7 +214,8 @@ class TextToImage:
         if ours and theirs and ours != theirs:
             raise ValueError(
                 f"The decoder was trained on {ours} embeddings but the translator on {theirs}: "
-                "re-run `make train-translator train-decoder` on one embedding directory"
+                f"re-run `make {registry_stage('translator').make_target} {registry_stage('decoder').make_target}` "
+                "on one embedding directory"
             )
         return cls(embedder, stage)
 
