@@ -148,7 +148,7 @@ train-decoder: $(DECODER_DONE) ## train the 64px decoder on $(DATA) + $(EMB) -> 
 # The decoder's prompt grids go through the translator, so it is trained first.
 $(DECODER_DONE): $(EMB)/stats.json $(TRANSLATOR_DONE) | $(STAMP)
 	$(T2I) fit --config stages/decoder.yaml $(call overlay,decoder) $(TRAINER_FLAGS) --trainer.precision $(PRECISION) \
-	    --trainer.logger.init_args.save_dir $(RUNS) --model.init_args.stats $(EMB)/stats.json --model.init_args.samples.init_args.translator $(TRANSLATOR_CKPT) \
+	    --trainer.logger.init_args.save_dir $(RUNS) --model.init_args.conditioning.init_args.stats $(EMB)/stats.json --model.init_args.samples.init_args.translator $(TRANSLATOR_CKPT) \
 	    --data.init_args.embeddings $(EMB) --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 
@@ -160,8 +160,8 @@ train-decoder-text: $(DECODER_TEXT_DONE) ## train the Imagen-like decoder (text 
 # Conditioned on the CLIP's text tower directly: needs the CLIP and the image shards, no embeddings.
 $(DECODER_TEXT_DONE): $(DATA)/index.json $(if $(strip $(CLIP)),,$(CLIP_DONE)) | $(STAMP)
 	$(T2I) fit --config stages/decoder_text.yaml $(call overlay,decoder_text) $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
-	    --model.init_args.text_encoder.init_args.model_name $(CLIP_MODEL) \
-	    --model.init_args.text_encoder.init_args.pretrained $(CLIP_WEIGHTS) \
+	    --model.init_args.conditioning.init_args.text_encoder.init_args.model_name $(CLIP_MODEL) \
+	    --model.init_args.conditioning.init_args.text_encoder.init_args.pretrained $(CLIP_WEIGHTS) \
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 
@@ -205,12 +205,11 @@ evaluate: $(JUDGE_DONE) $(EMB)/stats.json | $(STAMP) ## the evaluation table of 
 	    --upsampler $(UPSAMPLER_CKPT) --decoder-text $(DECODER_TEXT_CKPT) --score $(SCORE_CKPT) \
 	    --captioner $(CAPTIONER_CKPT) --judge $(JUDGE_CKPT) --precision $(PRECISION) --out $(RUNS)/eval $(EVAL_FLAGS)
 
-sample-score: $(SCORE_DONE) $(CAPTIONER_DONE) ## unguided and captioner-guided (GUIDANCE) score-model samples of DEMO_PROMPTS -> $(RUNS)/demo/score-*.png
+sample-score: $(SCORE_DONE) $(CAPTIONER_DONE) ## unguided and captioner-guided (GUIDANCE) score-model samples of DEMO_PROMPTS (a row each) -> $(RUNS)/demo/score-*.png
 	$(T2I) sample --method score --prompt "$(PROMPT)" --guidance 0 --n $(N) --score $(SCORE_CKPT) \
 	    --out $(RUNS)/demo/score-unguided.png
-	@i=0; for prompt in $(DEMO_PROMPTS); do i=$$((i+1)); \
-	    $(T2I) sample --method score --prompt "$$prompt" --guidance $(GUIDANCE) --n $(N) --score $(SCORE_CKPT) \
-	        --captioner $(CAPTIONER_CKPT) --out $(RUNS)/demo/score-guided-$$i.png || exit 1; done
+	$(T2I) sample --method score --prompt $(DEMO_PROMPTS) --guidance $(GUIDANCE) --n $(N) --score $(SCORE_CKPT) \
+	    --captioner $(CAPTIONER_CKPT) --out $(RUNS)/demo/score-guided.png
 
 evaluate-guidance: $(SCORE_DONE) $(CAPTIONER_DONE) ## prompt-colour match of score samples, unguided vs guided -> $(RUNS)/score/guidance.json
 	$(T2I) evaluate-guidance --score $(SCORE_CKPT) --captioner $(CAPTIONER_CKPT) --out $(RUNS)/score/guidance.json
@@ -222,10 +221,9 @@ sample: $(DECODER_DONE) ## draw N images for PROMPT (SAMPLER, STEPS, CFG) -> $(S
 	$(T2I) sample --prompt "$(PROMPT)" --n $(N) --sampler $(SAMPLER) --steps $(STEPS) --cfg $(CFG) --precision $(PRECISION) \
 	    --decoder $(DECODER_CKPT) --translator $(TRANSLATOR_CKPT) $(UPSAMPLE_FLAGS) --out $(SAMPLE_OUT)
 
-demo-samples: $(DECODER_DONE) $(UPSAMPLER_DONE) ## N samples of each DEMO_PROMPTS caption, 256px -> $(RUNS)/demo/prompt-K.png
-	@i=0; for prompt in $(DEMO_PROMPTS); do i=$$((i+1)); \
-	    $(T2I) sample --prompt "$$prompt" --n $(N) --steps $(STEPS) --cfg $(CFG) --precision $(PRECISION) --decoder $(DECODER_CKPT) \
-	        --translator $(TRANSLATOR_CKPT) --upsampler $(UPSAMPLER_CKPT) --out $(RUNS)/demo/prompt-$$i.png || exit 1; done
+demo-samples: $(DECODER_DONE) $(UPSAMPLER_DONE) ## N samples of each DEMO_PROMPTS caption (a row each), 256px -> $(RUNS)/demo/prompts.png
+	$(T2I) sample --prompt $(DEMO_PROMPTS) --n $(N) --steps $(STEPS) --cfg $(CFG) --precision $(PRECISION) --decoder $(DECODER_CKPT) \
+	    --translator $(TRANSLATOR_CKPT) --upsampler $(UPSAMPLER_CKPT) --out $(RUNS)/demo/prompts.png
 
 demo: data inspect clip embed probe-layout train-translator embed-text train-decoder train-upsampler demo-samples train-score train-captioner sample-score judge evaluate ## the whole pipeline that exists so far, on the embedded data
 

@@ -34,13 +34,14 @@ from .commands import (
     evaluate_upsampler,
     probe_layout,
     sample,
+    upgrade_checkpoint,
     upsample,
 )
 from .training.finite_guard import NonFiniteLossError
 from .training.lightning_cli import SUBCOMMANDS
 
 COMMANDS = (data, embed_text, probe_layout, sample, upsample, evaluate_upsampler, evaluate_decoder,
-            evaluate_guidance, evaluate, bench)  # fmt: skip
+            evaluate_guidance, evaluate, bench, upgrade_checkpoint)  # fmt: skip
 """The ``commands/`` modules, in the order ``t2i --help`` lists them."""
 
 

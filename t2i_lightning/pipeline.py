@@ -18,16 +18,16 @@ from PIL import Image
 
 from .data.image_io import open_image, to_rgb
 from .nn.clip import create_clip, file_digest, preprocess_for, tokenizer_for, warn_if_truncated
-from .registry import default_checkpoint, missing_checkpoint_message
+from .registry import default_checkpoint, made_by, missing_checkpoint_message
 from .registry import stage as registry_stage
+from .registry import stage_class as registry_class
 from .stages.captioner import CaptionerStage
-from .stages.decoder import DecoderStage
+from .stages.diffusion import DiffusionStage
 from .stages.judge import JudgeStage
 from .stages.score import ScoreStage
-from .stages.text_decoder import TextDecoderStage
 from .stages.translator import TranslatorStage
-from .stages.upsampler import UpsamplerStage
 from .training.checkpoint_io import error_summary, read_checkpoint, stage_name
+from .training.checkpoint_upgrade import is_legacy, legacy_message
 
 DEFAULT_CLIP = default_checkpoint("clip")
 DEFAULT_TRANSLATOR = default_checkpoint("translator")
@@ -58,42 +58,42 @@ def checkpoint_hparams(path: str, stage: str) -> dict:
 
 
 def is_text_decoder(path: str) -> bool:
-    """Whether a decoder checkpoint is text-conditioned (its hyperparameters name a text encoder)."""
-    return "text_encoder" in checkpoint_hparams(path, "decoder")
+    """Whether a decoder checkpoint is text-conditioned (the text decoder's, in the registry's terms)."""
+    return registry_stage("decoder_text").made(checkpoint_hparams(path, "decoder"))
 
 
-def load_frozen_stage(
-    stage_class: type[pl.LightningModule], path: str, stage: str, marker: str | None
-) -> pl.LightningModule:
-    """A stage from its checkpoint (EMA weights where it has them), frozen for inference. ``marker``, a
-    hyperparameter only that stage has, tells another stage's checkpoint apart (None: the class path the
-    CLI recorded must name ``stage_class``); ``stage`` is its name in the registry."""
+def load_frozen_stage(path: str, stage: str, *others: str) -> pl.LightningModule:
+    """A stage from its checkpoint (EMA weights where it has them), frozen for inference. ``stage`` is its
+    name in the registry; the checkpoint must be that stage's (or one of ``others``'), as the registry
+    tells them apart (class path and, for a diffusion stage, conditioning), else the error names whose it is."""
     hparams = checkpoint_hparams(path, stage)
-    class_path = f"{stage_class.__module__}.{stage_class.__name__}"
-    recognised = marker in hparams if marker else hparams.get("_class_path") == class_path
-    if not recognised:
-        found = stage_name(hparams)
+    written_by = next((name for name in (stage, *others) if registry_stage(name).made(hparams)), None)
+    if written_by is None and is_legacy(hparams):
+        raise ValueError(legacy_message(path))
+    if written_by is None:
+        found = made_by(hparams)
+        found = f"the {found} stage" if found else stage_name(hparams)
         raise ValueError(
-            f"{path} is not a checkpoint of {stage_class.__name__}" + (f" but of {found}" if found else "")
+            f"{path} is not a checkpoint of the {stage} stage" + (f" but of {found}" if found else "")
             + f" (`make {registry_stage(stage).make_target}` writes one)"
         )
-    stage = stage_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    return stage.eval().requires_grad_(False)
+    loaded = registry_class(written_by).load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    return loaded.eval().requires_grad_(False)
 
 
-def load_upsampler(path: str = DEFAULT_UPSAMPLER) -> UpsamplerStage:
+def load_upsampler(path: str = DEFAULT_UPSAMPLER) -> DiffusionStage:
     """The upsampler of a checkpoint (EMA weights), frozen."""
-    return load_frozen_stage(UpsamplerStage, path, "upsampler", "aug_level")
+    return load_frozen_stage(path, "upsampler")
 
 
 def load_score_model(path: str = DEFAULT_SCORE) -> ScoreStage:
     """The score model of a checkpoint (EMA weights), frozen."""
-    return load_frozen_stage(ScoreStage, path, "score", "steps_per_level")
+    return load_frozen_stage(path, "score")
 
 
 def load_captioner(path: str = DEFAULT_CAPTIONER) -> CaptionerStage:
     """The noise-conditioned captioner of a checkpoint, frozen."""
-    return load_frozen_stage(CaptionerStage, path, "captioner", "all_captions")
+    return load_frozen_stage(path, "captioner")
 
 
 def check_same_noise_levels(score: ScoreStage, captioner: CaptionerStage) -> None:
@@ -106,14 +106,13 @@ def check_same_noise_levels(score: ScoreStage, captioner: CaptionerStage) -> Non
 
 def load_judge(path: str = DEFAULT_JUDGE) -> JudgeStage:
     """The shapes judge of a checkpoint, frozen (the evaluation's instrument)."""
-    return load_frozen_stage(JudgeStage, path, "judge", None)
+    return load_frozen_stage(path, "judge")
 
 
-def load_decoder(path: str = DEFAULT_DECODER) -> DecoderStage:
-    """The decoder stage of a checkpoint (EMA weights), frozen, as its own class: a :class:`DecoderStage`
-    conditioned on CLIP image embeddings or a :class:`TextDecoderStage` conditioned on captions."""
-    stage_class = TextDecoderStage if is_text_decoder(path) else DecoderStage
-    return load_frozen_stage(stage_class, path, "decoder", "cond_drop_prob")
+def load_decoder(path: str = DEFAULT_DECODER) -> DiffusionStage:
+    """A 64px decoder of a checkpoint (EMA weights), frozen: conditioned on CLIP image embeddings (the
+    decoder stage) or on captions (the text decoder)."""
+    return load_frozen_stage(path, "decoder", "decoder_text")
 
 
 def load_recorded_clip(
@@ -165,7 +164,7 @@ class TextToImageEmbedding:
         its embeddings' ``stats.json``; a CLIP checkpoint whose hash differs from the recorded
         one is refused (its embeddings would not be the ones the translator learnt).
         """
-        stage = load_frozen_stage(TranslatorStage, translator, "translator", "patience")
+        stage = load_frozen_stage(translator, "translator")
         model_name = model_name or stage.clip_identity.get("model")
         return cls(load_recorded_clip(stage.clip_identity, "translator", clip, model_name), tokenizer_for(model_name), stage)
 
@@ -196,7 +195,7 @@ class TextToImage:
 
     conditions_on_text = False
 
-    def __init__(self, embedder: TextToImageEmbedding, decoder: DecoderStage):
+    def __init__(self, embedder: TextToImageEmbedding, decoder: DiffusionStage):
         self.embedder = embedder
         self.decoder = decoder.eval().requires_grad_(False)
 
@@ -220,7 +219,7 @@ class TextToImage:
         return cls(embedder, stage)
 
     def decode(self, image_embeddings: torch.Tensor, **options) -> torch.Tensor:
-        """Images in [-1, 1] for raw CLIP image embeddings; ``options`` go to :meth:`DecoderStage.sample`."""
+        """Images in [-1, 1] for raw CLIP image embeddings; ``options`` go to :meth:`DiffusionStage.sample`."""
         return self.decoder.sample(image_embeddings, **options)
 
     def __call__(self, captions: Sequence[str], **options) -> torch.Tensor:
@@ -240,12 +239,12 @@ class DirectTextToImage:
 
     conditions_on_text = True
 
-    def __init__(self, decoder: TextDecoderStage):
+    def __init__(self, decoder: DiffusionStage):
         self.decoder = decoder.eval().requires_grad_(False)
 
     def decode(self, captions: Sequence[str], **options) -> torch.Tensor:
-        """Images in [-1, 1], one per caption; ``options`` go to :meth:`DecoderStage.sample`."""
-        warn_if_truncated(getattr(self.decoder.text_encoder, "tokenizer", None), captions)
+        """Images in [-1, 1], one per caption; ``options`` go to :meth:`DiffusionStage.sample`."""
+        warn_if_truncated(getattr(self.decoder.conditioning.text_encoder, "tokenizer", None), captions)
         return self.decoder.sample(list(captions), **options)
 
     __call__ = decode

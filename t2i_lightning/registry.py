@@ -19,12 +19,15 @@ DEMO_CLIP = "shapes-cnn-tiny"
 """The demo's CLIP: the Makefile's ``CLIP_MODEL`` and the ``stages/*.yaml`` name the same (tested)."""
 DEMO_EMBEDDINGS = f"data/shapes/emb-{DEMO_CLIP}"
 """The directory ``make embed`` writes the demo's embeddings to."""
+DIFFUSION = "t2i_lightning.stages.diffusion.DiffusionStage"
+"""The one LightningModule of the diffusion stages (decoder, text decoder, upsampler); they differ by conditioning."""
 
 
 @dataclass(frozen=True)
 class Stage:
     """One stage of the pipeline. ``name`` is its run folder under ``runs/`` (the TensorBoard logger's
-    name in its config); ``needs`` names the stages whose outputs it reads."""
+    name in its config); ``needs`` names the stages whose outputs it reads; ``conditioning`` is the class
+    path of a diffusion stage's injected conditioning (None: unconditional, or not a diffusion stage)."""
 
     name: str
     class_path: str
@@ -33,6 +36,13 @@ class Stage:
     needs: tuple[str, ...]
     output: str
     trains: bool = True
+    conditioning: str | None = None
+
+    def made(self, hparams: dict) -> bool:
+        """Whether a checkpoint's hyperparameters (as the CLI recorded them) are this stage's."""
+        recorded = hparams.get("conditioning")
+        recorded = recorded.get("class_path") if isinstance(recorded, dict) else None
+        return hparams.get("_class_path") == self.class_path and recorded == self.conditioning
 
     def checkpoint(self, runs: str = RUNS) -> str:
         """The checkpoint the next stage reads: ``<runs>/<name>/checkpoints/last.ckpt``."""
@@ -53,12 +63,14 @@ STAGES: dict[str, Stage] = {
               "CLIP embedding shards mirroring the image shards + stats.json", trains=False),
         Stage("translator", "t2i_lightning.stages.translator.TranslatorStage", "stages/translator.yaml",
               "train-translator", ("embed",), "text embedding -> image embedding MLP"),
-        Stage("decoder", "t2i_lightning.stages.decoder.DecoderStage", "stages/decoder.yaml", "train-decoder",
-              ("embed", "translator"), "64px diffusion decoder conditioned on the image embedding"),
-        Stage("decoder_text", "t2i_lightning.stages.text_decoder.TextDecoderStage", "stages/decoder_text.yaml",
-              "train-decoder-text", ("clip",), "64px decoder conditioned on text tokens (Imagen-like)"),
-        Stage("upsampler", "t2i_lightning.stages.upsampler.UpsamplerStage", "stages/upsampler.yaml",
-              "train-upsampler", (), "64 -> 256 diffusion upsampler"),
+        Stage("decoder", DIFFUSION, "stages/decoder.yaml", "train-decoder", ("embed", "translator"),
+              "64px diffusion decoder conditioned on the image embedding",
+              conditioning="t2i_lightning.stages.conditioning.ImageEmbedding"),
+        Stage("decoder_text", DIFFUSION, "stages/decoder_text.yaml", "train-decoder-text", ("clip",),
+              "64px decoder conditioned on text tokens (Imagen-like)",
+              conditioning="t2i_lightning.stages.text_tokens.TextTokens"),
+        Stage("upsampler", DIFFUSION, "stages/upsampler.yaml", "train-upsampler", (),
+              "64 -> 256 diffusion upsampler", conditioning="t2i_lightning.stages.low_res_image.LowResImage"),
         Stage("score", "t2i_lightning.stages.score.ScoreStage", "stages/score.yaml", "train-score", (),
               "NCSN score model (32px, unconditional)"),
         Stage("captioner", "t2i_lightning.stages.captioner.CaptionerStage", "stages/captioner.yaml",
@@ -86,6 +98,11 @@ def stage_class(name: str) -> type:
     """The LightningModule class of the named stage (imported on demand)."""
     module, _, cls = stage(name).class_path.rpartition(".")
     return getattr(importlib.import_module(module), cls)
+
+
+def made_by(hparams: dict) -> str | None:
+    """The name of the stage whose checkpoint has these hyperparameters, or None."""
+    return next((s.name for s in STAGES.values() if s.made(hparams)), None)
 
 
 def missing_checkpoint_message(path: str, name: str) -> str:

@@ -106,7 +106,7 @@ def decoder_args(pipeline: dict, runs: Path, command: str = T2I) -> list[str]:
     return [
         command, "fit", "--config", "stages/decoder.yaml", "--config", "stages/tiny/decoder.yaml",
         "--trainer.logger.init_args.save_dir", str(runs),
-        "--model.init_args.stats", str(pipeline["emb"] / "stats.json"),
+        "--model.init_args.conditioning.init_args.stats", str(pipeline["emb"] / "stats.json"),
         "--model.init_args.samples.init_args.translator", str(pipeline["translator"]),
         "--data.init_args.embeddings", str(pipeline["emb"]),
         "--data.init_args.train", str(pipeline["data"]), "--data.init_args.val", str(pipeline["data"]),

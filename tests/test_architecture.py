@@ -173,6 +173,8 @@ def test_the_registry_names_each_stage_once_and_everything_it_names_exists():
     for name, stage in STAGES.items():
         config = yaml.safe_load((ROOT / stage.config).read_text())
         assert config["model"]["class_path"] == stage.class_path, name
+        conditioning = config["model"]["init_args"].get("conditioning") or {}
+        assert conditioning.get("class_path") == stage.conditioning, name
         assert stage_class(name).__name__ == stage.class_path.rsplit(".", 1)[1]
         assert re.search(rf"^{re.escape(stage.make_target)}:", makefile, re.M), f"no make target {stage.make_target}"
         assert set(stage.needs) <= set(STAGES), name
@@ -183,6 +185,27 @@ def test_the_registry_names_each_stage_once_and_everything_it_names_exists():
     spelled = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")
                if p.name != "registry.py" and re.search(r"runs/\w+/checkpoints/last\.ckpt", p.read_text())]  # fmt: skip
     assert not spelled, spelled
+
+
+def test_the_diffusion_stages_differ_by_their_conditioning_not_by_subclass():
+    """The decoder, the text decoder and the upsampler are one LightningModule with an injected conditioning;
+    no module of the package subclasses it, and every stage config (the paper's too) names its conditioning."""
+    from t2i_lightning.stages.conditioning import Conditioning
+    from t2i_lightning.stages.diffusion import DiffusionStage
+
+    diffusion = {name: s for name, s in STAGES.items() if s.class_path.endswith(".DiffusionStage")}
+    assert set(diffusion) == {"decoder", "decoder_text", "upsampler"}
+    assert len({s.conditioning for s in diffusion.values()}) == 3
+    for stage in diffusion.values():
+        module, _, cls = stage.conditioning.rpartition(".")
+        assert issubclass(getattr(__import__(module, fromlist=[cls]), cls), Conditioning)
+    subclassing = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if re.search(r"class \w+\(DiffusionStage", p.read_text())]
+    assert not subclassing and not DiffusionStage.__subclasses__(), subclassing
+    for config in (ROOT / "stages" / "paper").glob("*.yaml"):
+        model = yaml.safe_load(config.read_text()).get("model", {})
+        if model.get("class_path") == DiffusionStage.__module__ + ".DiffusionStage":
+            stage = next(s for s in diffusion.values() if s.config == f"stages/{config.name}")
+            assert model["init_args"]["conditioning"]["class_path"] == stage.conditioning, config.name
 
 
 @pytest.mark.parametrize(

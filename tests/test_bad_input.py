@@ -112,12 +112,12 @@ def test_a_file_that_is_not_an_image_or_not_a_checkpoint_is_named(blocked, tmp_p
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["sample", "--prompt", "a red circle", "--decoder", "{clip}"], "not a checkpoint of DecoderStage but of CLIPStage"),
-        (["sample", "--method", "score", "--prompt", "a red circle", "--score", "{clip}"], "not a checkpoint of ScoreStage but of CLIPStage"),
-        (["evaluate-guidance", "--prompts", "a red circle", "--score", "{clip}"], "not a checkpoint of ScoreStage but of CLIPStage"),
-        (["embed-text", "a red circle", "--translator", "{clip}"], "not a checkpoint of TranslatorStage but of CLIPStage"),
-        (["evaluate-upsampler", "--upsampler", "{clip}"], "not a checkpoint of UpsamplerStage but of CLIPStage"),
-        (["evaluate", "--judge", "{clip}"], "not a checkpoint of JudgeStage but of CLIPStage"),
+        (["sample", "--prompt", "a red circle", "--decoder", "{clip}"], "not a checkpoint of the decoder stage but of the clip stage"),
+        (["sample", "--method", "score", "--prompt", "a red circle", "--score", "{clip}"], "not a checkpoint of the score stage but of the clip stage"),
+        (["evaluate-guidance", "--prompts", "a red circle", "--score", "{clip}"], "not a checkpoint of the score stage but of the clip stage"),
+        (["embed-text", "a red circle", "--translator", "{clip}"], "not a checkpoint of the translator stage but of the clip stage"),
+        (["evaluate-upsampler", "--upsampler", "{clip}"], "not a checkpoint of the upsampler stage but of the clip stage"),
+        (["evaluate", "--judge", "{clip}"], "not a checkpoint of the judge stage but of the clip stage"),
     ],
 )  # fmt: skip
 def test_a_checkpoint_of_another_stage_names_both_stages(argv, expected, clip_checkpoint, tmp_path, capsys):
@@ -133,7 +133,7 @@ def test_wrong_stage_checkpoints_through_the_installed_command(clip_checkpoint, 
                  "--out", str(tmp_path / "x.png"), check=False)  # fmt: skip
     fit = run(T2I, "fit", "--config", "stages/translator.yaml", "--ckpt_path", str(clip_checkpoint),
               "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), check=False)  # fmt: skip
-    for result, message in [(sample, "is not a checkpoint of DecoderStage but of CLIPStage"),
+    for result, message in [(sample, "is not a checkpoint of the decoder stage but of the clip stage"),
                             (fit, "was written by t2i_lightning.stages.clip.CLIPStage, but this config trains "
                                   "t2i_lightning.stages.translator.TranslatorStage")]:  # fmt: skip
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
@@ -243,7 +243,7 @@ class RunsCode:
 def test_a_checkpoint_holding_pickled_code_is_refused_without_running_it(tmp_path, capsys):
     marker = tmp_path / "code-ran"
     evil = tmp_path / "evil.ckpt"
-    torch.save({"hyper_parameters": {"cond_drop_prob": 0.2}, "state_dict": {}, "x": RunsCode(marker)}, evil)
+    torch.save({"hyper_parameters": {"_class_path": "t2i_lightning.stages.diffusion.DiffusionStage"}, "state_dict": {}, "x": RunsCode(marker)}, evil)
     message = fails(["sample", "--prompt", "a red circle", "--decoder", evil, "--out", tmp_path / "x.png"], capsys)
     assert f"{evil} is not a readable checkpoint (UnpicklingError" in message
     with pytest.raises(Exception, match="Weights only load failed"):

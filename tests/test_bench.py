@@ -94,10 +94,11 @@ def test_step_flops_are_counted_on_the_real_step_and_scale_with_the_batch():
     from t2i_lightning.bench.gpu import training_step_flops
     from t2i_lightning.bench.training import random_batches
     from t2i_lightning.nn.unet import ConditionalUNet
-    from t2i_lightning.stages.decoder import DecoderStage
+    from t2i_lightning.stages.conditioning import ImageEmbedding
+    from t2i_lightning.stages.diffusion import DiffusionStage
 
-    stage = DecoderStage(ConditionalUNet(**MICRO_UNET, learn_variance=True))
-    stage.stats_loaded = True
+    stage = DiffusionStage(ConditionalUNet(**MICRO_UNET, learn_variance=True), ImageEmbedding())
+    stage.conditioning.stats_loaded = True
     two, four = (training_step_flops(stage, random_batches(stage, 1, n)[0], "cpu") for n in (2, 4))
     assert two > 0 and four == 2 * two
     assert all(p.grad is None for p in stage.parameters())  # the count leaves no gradients behind

@@ -19,7 +19,8 @@ from t2i_lightning.data.shards import resolve_shards, write_shard
 from t2i_lightning.eval.nearest import nearest_training_images, split_image_embeddings
 from t2i_lightning.nn.embedding_token_unet import EmbeddingTokenUNet
 from t2i_lightning.nn.unet import ConditionalUNet
-from t2i_lightning.stages.decoder import DecoderStage
+from t2i_lightning.stages.conditioning import ImageEmbedding
+from t2i_lightning.stages.diffusion import DiffusionStage
 
 from .cli_runs import MICRO, T2I, decoder_args, make_dry_run, run, scalars
 
@@ -40,7 +41,7 @@ def test_fit_writes_an_ema_checkpoint_losses_and_sample_grids(decoder):
     # stages/decoder.yaml's U-Net works on 2x2 patches of the image and its layout picture (24 channels
     # in), and the checkpoint rebuilds it so
     assert ema[name].shape[1] == 24
-    net = DecoderStage.load_from_checkpoint(decoder["decoder"], weights_only=True).net
+    net = DiffusionStage.load_from_checkpoint(decoder["decoder"], weights_only=True).net
     assert (net.patch_size, net.layout_size) == (2, 8)
     logged = scalars(decoder["decoder_runs"] / "decoder")
     for tag in ("train/loss", "train/simple", "train/vlb", "train/layout", "train/grad_norm", "val/loss", "val/layout",
@@ -72,6 +73,17 @@ def test_sample_writes_the_requested_count_and_size(decoder, tmp_path):
     )  # fmt: skip
     with Image.open(strip) as image:
         assert image.size == (4 * 32, 32)
+
+
+def test_several_prompts_give_one_row_each_equal_to_that_prompt_sampled_alone(decoder, tmp_path):
+    common = ["--no-upsample", "--n", "2", "--steps", "3", "--decoder", str(decoder["decoder"]),
+              "--translator", str(decoder["translator"])]  # fmt: skip
+    run(T2I, "sample", *common, "--prompt", "a red circle", "two blue squares", "--out", str(tmp_path / "rows.png"))
+    run(T2I, "sample", *common, "--prompt", "two blue squares", "--out", str(tmp_path / "alone.png"))
+    with Image.open(tmp_path / "rows.png") as rows, Image.open(tmp_path / "alone.png") as alone:
+        assert rows.size == (2 * 32, 2 * 32) and alone.size == (2 * 32, 32)
+        second = np.asarray(rows)[32:]
+        assert np.array_equal(second, np.asarray(alone)) and not np.array_equal(second, np.asarray(rows)[:32])
 
 
 def test_sample_from_an_image_with_image_guidance(decoder, tmp_path):
@@ -202,15 +214,15 @@ def test_layout_head_picture_reaches_the_unet_detached_and_trains_on_the_images_
         net.layout_head[-1].bias.add_(1.0)
         assert not torch.allclose(net(x, t, cond), out)
 
-    stage = DecoderStage(net)
+    stage = DiffusionStage(net, ImageEmbedding())
     image = torch.rand(2, 3, 32, 32) * 2 - 1
-    target, extra = stage.diffusion_target({"image": image}, cond)
+    target, extra = stage.conditioning.target({"image": image}, cond, net)
     assert target is image
     cells = image.reshape(2, 3, 4, 8, 4, 8).mean(dim=(3, 5))
     torch.testing.assert_close(extra["layout"], (net.layout(cond) - cells).pow(2).mean(dim=(1, 2, 3)))
     net.zero_grad()
-    stage.stats_loaded = True
-    stage.mean_img.zero_(), stage.std_img.fill_(1.0)
+    stage.conditioning.stats_loaded = True
+    stage.conditioning.mean_img.zero_(), stage.conditioning.std_img.fill_(1.0)
     losses = stage._losses({"image": image, "img_emb": cond}, 0.0)
     losses["loss"].mean().backward()
     assert net.layout_head[0].weight.grad.abs().sum() > 0, "the layout loss must be part of the total"
@@ -221,8 +233,8 @@ def test_layout_head_picture_reaches_the_unet_detached_and_trains_on_the_images_
 def test_sampling_with_a_bf16_network_stays_close_to_float32_and_is_not_the_same_run():
     """``precision="bf16-mixed"`` really runs the U-Net in bfloat16 (the images differ from float32's
     by rounding) and changes no more than rounding does (same seed, deterministic DDIM, guidance)."""
-    stage = DecoderStage(ConditionalUNet(**MICRO_UNET, learn_variance=True)).eval()
-    stage.stats_loaded = True
+    stage = DiffusionStage(ConditionalUNet(**MICRO_UNET, learn_variance=True), ImageEmbedding()).eval()
+    stage.conditioning.stats_loaded = True
     conditioning = torch.randn(3, 32)
 
     def draw(precision):

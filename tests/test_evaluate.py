@@ -176,7 +176,7 @@ def test_sample_quality_refuses_a_missing_judge(micro_clip, tmp_path):
 
     with pytest.raises(FileNotFoundError, match="make judge"):
         SampleQuality(judge=str(tmp_path / "none.ckpt")).setup(None, None, "fit")
-    with pytest.raises(ValueError, match="is not a checkpoint of JudgeStage"):
+    with pytest.raises(ValueError, match="is not a checkpoint of the judge stage"):
         SampleQuality(judge=str(micro_clip)).setup(None, None, "fit")
 
 

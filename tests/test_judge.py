@@ -95,7 +95,7 @@ def test_judge_fit_lowers_the_loss_and_logs_every_attribute_accuracy(judge_run):
 
 
 def test_load_judge_refuses_another_stages_checkpoint(micro_clip):
-    with pytest.raises(ValueError, match="is not a checkpoint of JudgeStage .*make judge"):
+    with pytest.raises(ValueError, match="is not a checkpoint of the judge stage .*make judge"):
         load_judge(str(micro_clip))
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -133,6 +134,13 @@ def test_sample_method_score_writes_the_grid_and_prints_norms_per_level(score_ru
                    "--score", str(score_runs["score"]), "--captioner", str(tmp_path / "none.ckpt"),
                    "--langevin-steps", "2", "--out", str(tmp_path / "u.png"))  # fmt: skip
     assert "unguided" in unguided.stdout  # no captioner needed
+    both = run(T2I, "sample", "--method", "score", "--prompt", "a blue square", "a red circle", "--guidance", "2", "--n", "3",
+               "--score", str(score_runs["score"]), "--captioner", str(score_runs["captioner"]),
+               "--langevin-steps", "2", "--out", str(tmp_path / "both.png"))  # fmt: skip
+    assert "6 images of 32x32" in both.stdout and "'a red circle':" in both.stdout
+    with Image.open(tmp_path / "both.png") as grid, Image.open(out) as alone:
+        assert grid.size == (3 * 32, 2 * 32)  # a row per prompt; the second is the first run's (same seed)
+        assert np.array_equal(np.asarray(grid)[32:], np.asarray(alone))
 
 
 @pytest.mark.parametrize(

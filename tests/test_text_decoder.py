@@ -15,7 +15,8 @@ from PIL import Image
 from t2i_lightning.cli import main
 from t2i_lightning.nn.text_encoder import OpenClipTextTokens, T5TokenEncoder
 from t2i_lightning.nn.text_unet import TextConditionalUNet
-from t2i_lightning.stages.text_decoder import TextDecoderStage
+from t2i_lightning.stages.diffusion import DiffusionStage
+from t2i_lightning.stages.text_tokens import TextTokens
 
 from .cli_runs import MICRO, T2I, run
 
@@ -34,27 +35,31 @@ def text_decoder(micro_clip, shapes_dir, tmp_path_factory):
     run(
         T2I, "fit", "--config", "stages/decoder_text.yaml", "--config", "stages/tiny/decoder_text.yaml",
         "--trainer.logger.init_args.save_dir", str(runs),
-        "--model.init_args.text_encoder.init_args.pretrained", str(micro_clip),
+        "--model.init_args.conditioning.init_args.text_encoder.init_args.pretrained", str(micro_clip),
         "--data.init_args.train", str(shapes_dir), "--data.init_args.val", str(shapes_dir),
     )  # fmt: skip
     return {"runs": runs, "decoder": runs / "decoder_text" / "checkpoints" / "last.ckpt"}
 
 
 @pytest.fixture(scope="module")
-def stage(text_decoder) -> TextDecoderStage:
-    return TextDecoderStage.load_from_checkpoint(text_decoder["decoder"], map_location="cpu", weights_only=False)
+def stage(text_decoder) -> DiffusionStage:
+    return DiffusionStage.load_from_checkpoint(text_decoder["decoder"], map_location="cpu", weights_only=False)
 
 
 def test_fit_writes_a_checkpoint_without_the_text_encoder_that_loads_and_samples(text_decoder, stage):
     checkpoint = torch.load(text_decoder["decoder"], map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 4
     for state in (checkpoint["state_dict"], checkpoint["current_model_state"]):  # EMA and raw weights
-        assert {key.split(".")[0] for key in state} == {"net", "null_token", "null_pooled"}
-    assert checkpoint["hyper_parameters"]["text_encoder"]["init_args"]["model_name"] == MICRO
+        names = {key if key.startswith("conditioning.") else key.split(".")[0] for key in state}
+        assert names == {"net", "conditioning.null_token", "conditioning.null_pooled"}
+    conditioning = checkpoint["hyper_parameters"]["conditioning"]
+    assert conditioning["class_path"] == "t2i_lightning.stages.text_tokens.TextTokens"
+    assert conditioning["init_args"]["text_encoder"]["init_args"]["model_name"] == MICRO
     assert checkpoint["text_encoder_identity"]["checkpoint_sha256"]
-    assert all(not p.requires_grad for p in stage.text_encoder.parameters())
+    encoder = stage.conditioning.text_encoder
+    assert all(not p.requires_grad for p in encoder.parameters())
     assert not any(isinstance(m, OpenClipTextTokens) for m in stage.modules())
-    assert copy.deepcopy(stage).text_encoder is stage.text_encoder  # the EMA copy shares it
+    assert copy.deepcopy(stage).conditioning.text_encoder is encoder  # the EMA copy shares it
     images = stage.sample(CAPTIONS[:2], steps=3, progress=False, generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
     grids = sorted((text_decoder["runs"] / "decoder_text" / "samples").glob("step-*.png"))
@@ -69,7 +74,10 @@ def test_loading_with_other_clip_weights_is_refused(text_decoder, micro_clip, tm
     encoder = {"class_path": "t2i_lightning.nn.text_encoder.OpenClipTextTokens",
                "init_args": {"model_name": MICRO, "pretrained": str(other)}}  # fmt: skip
     with pytest.raises(ValueError, match="not the one the decoder was trained with"):
-        TextDecoderStage.load_from_checkpoint(text_decoder["decoder"], text_encoder=encoder, weights_only=False)
+        DiffusionStage.load_from_checkpoint(
+            text_decoder["decoder"], weights_only=False,
+            conditioning={"class_path": "t2i_lightning.stages.text_tokens.TextTokens", "init_args": {"text_encoder": encoder}},
+        )  # fmt: skip
 
 
 def test_t2i_sample_takes_the_caption_straight_to_a_text_decoder(text_decoder, tmp_path):
@@ -96,15 +104,16 @@ def test_t2i_sample_refuses_image_embedding_options_for_a_text_decoder(text_deco
 
 
 def test_null_condition_stacks_with_real_conditions(stage):
-    real, null = stage.condition(CAPTIONS), stage.null_condition(3)
+    conditioning = stage.conditioning
+    real, null = conditioning.encode(CAPTIONS, device=stage.device), conditioning.null(3)
     assert real.keys() == null.keys() == {"tokens", "mask", "pooled"}
     for key in real:
         assert null[key].shape == real[key].shape and null[key].dtype == real[key].dtype, key
     assert null["mask"][:, 0].all() and not null["mask"][:, 1:].any()
-    mixed = stage.drop_condition(real, torch.tensor([False, True, False]))
+    mixed = conditioning.drop(real, torch.tensor([False, True, False]))
     for key in real:
         assert torch.equal(mixed[key][1], null[key][1]) and torch.equal(mixed[key][0], real[key][0])
-    with_empty = stage.batch_condition({"caption": ["a red circle", " "]})  # an empty caption: unconditional
+    with_empty = conditioning.from_batch({"caption": ["a red circle", " "]}, stage.device)  # empty: unconditional
     assert torch.equal(with_empty["mask"][1], null["mask"][0])
 
 
@@ -174,14 +183,14 @@ def test_t5_encoder_from_a_local_directory(tiny_t5):
         encoder([""])
     # A stage built in Python records how to rebuild its encoder, not its weights.
     net = TextConditionalUNet(**{**MICRO_TEXT_UNET, "token_dim": 16, "pooled_dim": 16})
-    stage = TextDecoderStage(net, encoder)
-    assert stage.hparams["text_encoder"] == {"class_path": "t2i_lightning.nn.text_encoder.T5TokenEncoder",
-                                             "init_args": {"path": str(tiny_t5), "max_length": 6}}  # fmt: skip
-    rebuilt = TextDecoderStage(net, stage.hparams["text_encoder"])
-    assert isinstance(rebuilt.text_encoder, T5TokenEncoder)
-    assert rebuilt.null_condition(2)["tokens"].shape == (2, 6, 16)
+    stage = DiffusionStage(net, TextTokens(encoder))
+    assert stage.conditioning.encoder_config == {"class_path": "t2i_lightning.nn.text_encoder.T5TokenEncoder",
+                                                 "init_args": {"path": str(tiny_t5), "max_length": 6}}  # fmt: skip
+    rebuilt = DiffusionStage(net, TextTokens(stage.conditioning.encoder_config))
+    assert isinstance(rebuilt.conditioning.text_encoder, T5TokenEncoder)
+    assert rebuilt.conditioning.null(2)["tokens"].shape == (2, 6, 16)
     with pytest.raises(ValueError, match="token_dim 32"):
-        TextDecoderStage(TextConditionalUNet(**MICRO_TEXT_UNET), encoder)
+        DiffusionStage(TextConditionalUNet(**MICRO_TEXT_UNET), TextTokens(encoder))
 
 
 def test_a_missing_t5_directory_is_named(tmp_path):

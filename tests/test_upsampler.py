@@ -18,11 +18,19 @@ from t2i_lightning.data.inspect import read_samples
 from t2i_lightning.data.superres import SuperResDataModule, downsample
 from t2i_lightning.nn.sr_unet import SuperResUNet
 from t2i_lightning.pipeline import load_upsampler
-from t2i_lightning.stages.upsampler import UpsamplerStage
+from t2i_lightning.stages.diffusion import DiffusionStage
+from t2i_lightning.stages.low_res_image import LowResImage
 
 from .cli_runs import T2I, make_dry_run, run, scalars
 
 MICRO_SR = dict(image_size=64, base_channels=16, channel_mult=(1, 2), groups=8)  # downsampling factor 2
+
+
+def upsampler_stage(net: SuperResUNet, parameterization: str = "eps", **conditioning) -> DiffusionStage:
+    """An upsampler built in Python: a diffusion stage on a :class:`LowResImage` conditioning (with
+    ``conditioning``'s arguments), sampling DDPM-10 with static clipping unless told otherwise."""
+    return DiffusionStage(net, LowResImage(**conditioning), parameterization=parameterization, sampler="ddpm",
+                          steps=10, threshold=None)  # fmt: skip
 
 
 def upsampler_args(data, runs) -> list[str]:
@@ -49,7 +57,7 @@ def test_fit_writes_an_ema_checkpoint_grids_and_superres_metrics(upsampler):
     assert checkpoint["global_step"] == 6 and "averaging_state" in checkpoint
     name = "net.unet.conv_in.weight"
     assert checkpoint["state_dict"][name].shape[1] == 6  # the noisy image and the upsampled low-res input
-    assert checkpoint["state_dict"]["predictor.unet.conv_in.weight"].shape[1] == 3  # the upsampled input alone
+    assert checkpoint["state_dict"]["conditioning.predictor.unet.conv_in.weight"].shape[1] == 3  # the upsampled input alone
     assert not torch.equal(checkpoint["state_dict"][name], checkpoint["current_model_state"][name])  # EMA weights
     logged = scalars(upsampler["runs"])
     for metric in ("psnr", "ssim", "sharpness"):
@@ -112,7 +120,7 @@ def test_embedding_conditioned_batches_join_the_embeddings(pipeline):
     data.setup("validate")
     batch = next(iter(data.val_dataloader()))
     assert batch["img_emb"].shape == (len(batch["key"]), 32)
-    stage = UpsamplerStage(SuperResUNet(**MICRO_SR, cond_dim=32), stats=str(pipeline["emb"] / "stats.json"))
+    stage = upsampler_stage(SuperResUNet(**MICRO_SR, cond_dim=32), stats=str(pipeline["emb"] / "stats.json"))
     losses = stage._losses(batch, 0.0)
     assert losses["loss"].shape == (len(batch["key"]),) and torch.isfinite(losses["loss"]).all()
     with pytest.raises(ValueError, match="image_embeddings"):
@@ -179,7 +187,7 @@ def test_a_decoder_checkpoint_is_not_taken_for_an_upsampler(decoder, tmp_path):
     Image.new("RGB", (16, 16)).save(tmp_path / "small.png")
     result = run(T2I, "upsample", "--in", str(tmp_path / "small.png"), "--out", str(tmp_path / "x.png"),
                  "--upsampler", str(decoder["decoder"]), check=False)  # fmt: skip
-    assert result.returncode != 0 and "is not a checkpoint of UpsamplerStage" in result.stderr
+    assert result.returncode != 0 and "is not a checkpoint of the upsampler stage but of the decoder stage" in result.stderr
 
 
 def test_sample_chains_the_upsampler_after_the_decoder(decoder, upsampler, tmp_path):
@@ -201,7 +209,7 @@ def test_sample_chains_the_upsampler_after_the_decoder(decoder, upsampler, tmp_p
 
 
 def test_sampling_is_reproducible_for_a_seed(upsampler):
-    stage = UpsamplerStage.load_from_checkpoint(upsampler["checkpoint"], map_location="cpu", weights_only=False)
+    stage = DiffusionStage.load_from_checkpoint(upsampler["checkpoint"], map_location="cpu", weights_only=False)
     low_res = torch.rand(1, 3, 8, 8) * 2 - 1
     first, second, other = (
         stage.sample(low_res, steps=2, progress=False, generator=torch.Generator().manual_seed(seed)) for seed in (0, 0, 1)
@@ -216,7 +224,7 @@ def test_sampling_with_a_bf16_unet_stays_close_to_float32_and_is_not_the_same_ru
     low_res = torch.rand(2, 3, 16, 16) * 2 - 1
     seen = []
     hook = lambda module, args, out: seen.append((module, torch.is_autocast_enabled("cpu")))  # noqa: E731
-    for unet in (stage.predictor.unet, stage.net.unet):
+    for unet in (stage.conditioning.predictor.unet, stage.net.unet):
         unet.register_forward_hook(hook)
 
     def draw(precision):
@@ -271,17 +279,18 @@ class _ZeroNet(SuperResUNet):
 
 
 def test_residual_mode_diffuses_the_detail_over_bicubic_and_adds_the_bicubic_back():
-    stage = UpsamplerStage(_ZeroNet(**MICRO_SR, learn_variance=False), parameterization="x0", residual=True)
+    stage = upsampler_stage(_ZeroNet(**MICRO_SR, learn_variance=False), parameterization="x0", residual=True)
     image = torch.rand(2, 3, 64, 64) * 2 - 1
     low_res = downsample(image, 4)
     bicubic = torch.nn.functional.interpolate(low_res, scale_factor=4, mode="bicubic").clamp(-1, 1)
-    cond = stage.condition(low_res, 0.0)
-    torch.testing.assert_close(stage.diffusion_target({"image": image, "low_res": low_res}, cond), (image - bicubic, {}))
+    cond = stage.conditioning.encode(low_res, device=stage.device, aug_level=0.0)
+    batch = {"image": image, "low_res": low_res}
+    torch.testing.assert_close(stage.conditioning.target(batch, cond, stage.net), (image - bicubic, {}))
     # a network predicting no detail gives back exactly the bicubic image (DDIM with η = 0 ends at x̂_0)
     drawn = stage.sample(low_res, aug_level=0.0, sampler="ddim", steps=3, progress=False)
     torch.testing.assert_close(drawn, bicubic)
-    plain = UpsamplerStage(_ZeroNet(**MICRO_SR, learn_variance=False), parameterization="x0")
-    torch.testing.assert_close(plain.diffusion_target({"image": image, "low_res": low_res}, cond), (image, {}))
+    plain = upsampler_stage(_ZeroNet(**MICRO_SR, learn_variance=False), parameterization="x0")
+    torch.testing.assert_close(plain.conditioning.target(batch, cond, plain.net), (image, {}))
     assert plain.sample(low_res, aug_level=0.0, sampler="ddim", steps=3, progress=False).abs().max() < 1e-5
 
 
@@ -299,15 +308,16 @@ def test_a_scaled_residual_is_diffused_scaled_and_sampled_back_to_the_image():
     low_res = downsample(image, 4)
     bicubic = torch.nn.functional.interpolate(low_res, scale_factor=4, mode="bicubic").clamp(-1, 1)
     net = _OracleNet(**MICRO_SR, learn_variance=False)
-    stage = UpsamplerStage(net, parameterization="x0", residual=True, residual_scale=10.0)
-    target, extra = stage.diffusion_target({"image": image, "low_res": low_res}, stage.condition(low_res, 0.0))
+    stage = upsampler_stage(net, parameterization="x0", residual=True, residual_scale=10.0)
+    cond = stage.conditioning.encode(low_res, device=stage.device, aug_level=0.0)
+    target, extra = stage.conditioning.target({"image": image, "low_res": low_res}, cond, stage.net)
     torch.testing.assert_close(target, 10.0 * (image - bicubic))
     assert extra == {}
     net.target = target  # a network that knows the scaled residual exactly draws the image itself
     drawn = stage.sample(low_res, aug_level=0.0, sampler="ddim", steps=3, progress=False)
     torch.testing.assert_close(drawn, image, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="residual_scale"):
-        UpsamplerStage(net, residual=True, residual_scale=0.0)
+        upsampler_stage(net, residual=True, residual_scale=0.0)
 
 
 class _OracleRegressor(SuperResUNet):
@@ -324,28 +334,28 @@ def test_a_predictor_gives_the_residual_base_and_a_zero_refiner_returns_its_esti
     low_res = downsample(image, 4)
     bicubic = torch.nn.functional.interpolate(low_res, scale_factor=4, mode="bicubic").clamp(-1, 1)
     predictor = _OracleRegressor(**MICRO_SR, learn_variance=False, noisy_input=False)
-    stage = UpsamplerStage(
+    stage = upsampler_stage(
         _ZeroNet(**MICRO_SR, learn_variance=False), parameterization="x0", residual=True, residual_scale=10.0,
         predictor=predictor,
     )  # fmt: skip
-    batch, cond = {"image": image, "low_res": low_res}, stage.condition(low_res, 0.0)
+    batch, cond = {"image": image, "low_res": low_res}, stage.conditioning.encode(low_res, device=stage.device, aug_level=0.0)
     half_way = 5.0 * (image - bicubic)  # the predictor has half of the scaled residual
     predictor.estimate = half_way
-    target, extra = stage.diffusion_target(batch, cond)
+    target, extra = stage.conditioning.target(batch, cond, stage.net)
     torch.testing.assert_close(target, 10.0 * (image - bicubic) - half_way)  # the refiner's share: the other half
     torch.testing.assert_close(extra["predictor"], half_way.pow(2).mean(dim=(1, 2, 3)))
     # sampled from pure noise, a refiner that adds nothing leaves the predictor's estimate
     drawn = stage.sample(low_res, aug_level=0.0, sampler="ddim", steps=3, progress=False)
     torch.testing.assert_close(drawn, (bicubic + half_way / 10.0).clamp(-1, 1), atol=1e-5, rtol=0)
     predictor.estimate = 10.0 * (image - bicubic)  # an exact predictor: nothing left to refine, no loss
-    target, extra = stage.diffusion_target(batch, cond)
+    target, extra = stage.conditioning.target(batch, cond, stage.net)
     assert target.abs().max() < 1e-5 and extra["predictor"].max() < 1e-9
 
 
 def test_the_predictor_learns_from_its_own_loss_only():
     torch.manual_seed(0)
     predictor = SuperResUNet(**MICRO_SR, learn_variance=False, noisy_input=False)
-    stage = UpsamplerStage(SuperResUNet(**MICRO_SR), parameterization="v", residual=True, residual_scale=10.0,
+    stage = upsampler_stage(SuperResUNet(**MICRO_SR), parameterization="v", residual=True, residual_scale=10.0,
                            predictor=predictor)  # fmt: skip
     image = torch.rand(4, 3, 32, 32) * 2 - 1
     batch = {"image": image, "low_res": downsample(image, 4), "key": list("abcd")}
@@ -371,20 +381,72 @@ def test_a_regressor_reads_the_condition_alone_and_refuses_misuse():
     with pytest.raises(ValueError, match="no variance to learn"):
         SuperResUNet(**MICRO_SR, noisy_input=False)
     with pytest.raises(ValueError, match="set residual true"):
-        UpsamplerStage(SuperResUNet(**MICRO_SR), predictor=regressor)
+        upsampler_stage(SuperResUNet(**MICRO_SR), predictor=regressor)
     with pytest.raises(ValueError, match="noisy_input false"):
-        UpsamplerStage(SuperResUNet(**MICRO_SR), residual=True, predictor=SuperResUNet(**MICRO_SR))
+        upsampler_stage(SuperResUNet(**MICRO_SR), residual=True, predictor=SuperResUNet(**MICRO_SR))
 
 
 def test_the_predictor_reads_the_clean_low_res_image_not_the_augmented_condition():
     torch.manual_seed(0)
     predictor = SuperResUNet(**MICRO_SR, learn_variance=False, noisy_input=False).eval()
-    stage = UpsamplerStage(SuperResUNet(**MICRO_SR), residual=True, residual_scale=10.0, predictor=predictor)
+    stage = upsampler_stage(SuperResUNet(**MICRO_SR), residual=True, residual_scale=10.0, predictor=predictor)
     low_res = torch.rand(2, 3, 8, 8) * 2 - 1
-    noisy = stage.condition(low_res, 0.5, generator=torch.Generator().manual_seed(1))
+    noisy = stage.conditioning.encode(low_res, device=stage.device, aug_level=0.5, generator=torch.Generator().manual_seed(1))
     assert (noisy["low_res"] - low_res).abs().max() > 0.1  # the diffusion network's condition is corrupted
     with torch.no_grad():
-        base, predicted = stage.residual_base(low_res, noisy)
+        base, predicted = stage.conditioning.residual_base(low_res, noisy)
         expected = predictor.regress({"low_res": low_res, "aug_level": torch.zeros(2)})
     torch.testing.assert_close(predicted, expected)
-    torch.testing.assert_close(base, stage.bicubic(low_res) + expected / 10.0)
+    torch.testing.assert_close(base, stage.conditioning.bicubic(low_res) + expected / 10.0)
+
+
+def as_legacy(checkpoint: dict, class_path: str) -> dict:
+    """The layout the three old diffusion classes wrote (conditioning settings as the stage's own
+    hyperparameters, conditioning tensors at the top of the state dict, none of the arguments they lacked).
+    Checked against checkpoints the old code wrote, sampled by both codes: docs/experiments.md."""
+    hparams = dict(checkpoint["hyper_parameters"])
+    arguments = dict(hparams.pop("conditioning")["init_args"])
+    if "drop_prob" in arguments:
+        arguments["cond_drop_prob"] = arguments.pop("drop_prob")
+    lacked = ("threshold", "schedule_shift", "p2_gamma", "p2_k") if class_path.endswith("UpsamplerStage") else ("sampler", "steps", "threshold")
+    hparams = {k: v for k, v in hparams.items() if k not in lacked} | arguments | {"_class_path": class_path}
+    states = {key: {k.removeprefix("conditioning."): v for k, v in checkpoint[key].items()} for key in ("state_dict", "current_model_state")}
+    return {**checkpoint, "hyper_parameters": hparams, **states}
+
+
+def identical(a, b) -> bool:
+    """Equal nested containers of tensors, keys in the same order."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(identical(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(map(identical, a, b))
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def test_old_decoder_and_upsampler_checkpoints_are_refused_with_the_command_that_upgrades_them_losslessly(
+    upsampler, decoder, tmp_path
+):
+    Image.new("RGB", (8, 8)).save(tmp_path / "small.png")
+    low_res = torch.rand(2, 3, 8, 8) * 2 - 1
+    cases = [("upsampler", upsampler["checkpoint"], "t2i_lightning.stages.upsampler.UpsamplerStage"),
+             ("decoder", decoder["decoder"], "t2i_lightning.stages.decoder.DecoderStage")]  # fmt: skip
+    for name, path, old_class in cases:
+        original = torch.load(path, map_location="cpu", weights_only=True)
+        old = tmp_path / f"{name}.ckpt"
+        torch.save(as_legacy(original, old_class), old)
+        use = (["upsample", "--in", str(tmp_path / "small.png"), "--upsampler"] if name == "upsampler"
+               else ["sample", "--prompt", "a red circle", "--no-upsample", "--decoder"])  # fmt: skip
+        refused = run(T2I, *use, str(old), "--out", str(tmp_path / "x.png"), check=False)
+        assert refused.returncode != 0 and f"`t2i upgrade-checkpoint {old}` converts it" in refused.stderr, refused.stderr
+        legacy_bytes = old.read_bytes()
+        done = run(T2I, "upgrade-checkpoint", str(old))
+        assert f"{old}: {old_class.rpartition('.')[2]} -> DiffusionStage" in done.stdout
+        assert (tmp_path / f"{name}.ckpt.pre-diffusion-stage").read_bytes() == legacy_bytes  # the original is kept
+        upgraded = torch.load(old, map_location="cpu", weights_only=True)
+        assert upgraded["hyper_parameters"] == original["hyper_parameters"]
+        for key in ("state_dict", "current_model_state", "optimizer_states", "averaging_state"):
+            assert identical(upgraded[key], original[key]), key
+        assert "left alone (already a DiffusionStage" in run(T2I, "upgrade-checkpoint", str(old)).stdout
+    drawn = [load_upsampler(str(p)).sample(low_res, steps=2, progress=False, generator=torch.Generator().manual_seed(0))
+             for p in (upsampler["checkpoint"], tmp_path / "upsampler.ckpt")]  # fmt: skip
+    assert torch.equal(*drawn)

@@ -29,7 +29,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..registry import DEMO_CLIP
-from ..stages.decoder import DecoderStage
+from ..stages.diffusion import DiffusionStage
 from .clock import synchronize
 from .extraction import bench_extraction
 from .report import guarded, machine, table_row
@@ -66,7 +66,7 @@ def matmul_tflops(device: torch.device | str, n: int = 8192, repeats: int = 10) 
     return 2 * n**3 / sorted(times)[len(times) // 2] / 1e12
 
 
-def training_step_flops(stage: DecoderStage, batch: dict, device: torch.device | str) -> int:
+def training_step_flops(stage: DiffusionStage, batch: dict, device: torch.device | str) -> int:
     """FLOPs of one training step of ``stage`` on ``batch`` (the loss's forward and backward), as torch's
     ``FlopCounterMode`` counts them on ``device``. The optimizer's element-wise work is not counted
     (MFU counts the model's FLOPs only)."""
@@ -75,7 +75,7 @@ def training_step_flops(stage: DecoderStage, batch: dict, device: torch.device |
     stage = stage.to(device).train()
     batch = move_data_to_device(batch, torch.device(device))
     with FlopCounterMode(display=False) as counter:
-        loss = stage._losses(batch, stage.cond_drop_prob)["loss"].mean()
+        loss = stage._losses(batch, stage.conditioning.drop_prob)["loss"].mean()
         loss.backward()
     stage.zero_grad(set_to_none=True)
     return counter.get_total_flops()

@@ -21,18 +21,19 @@ from ..diffusion import DEFAULT_CFG_SCALE
 from ..eval.decoder_report import validation_references
 from ..metrics.colour import reconstruction_colour_report
 from ..nn.unet import ConditionalUNet
-from ..stages.decoder import DecoderStage
+from ..stages.conditioning import ImageEmbedding
+from ..stages.diffusion import DiffusionStage
 from .clock import synchronize
 from .stage_config import stage_config_section
 
 
-def decoder_for_bench(checkpoint: str | None, config: str = "stages/decoder.yaml") -> DecoderStage:
+def decoder_for_bench(checkpoint: str | None, config: str = "stages/decoder.yaml") -> DiffusionStage:
     """The decoder of ``checkpoint``, or a randomly initialised one with ``config``'s U-Net."""
     if checkpoint:
-        return DecoderStage.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+        return DiffusionStage.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     net_args = stage_config_section(config, "model", "init_args", "net", "init_args")
-    stage = DecoderStage(ConditionalUNet(**net_args))
-    stage.stats_loaded = True
+    stage = DiffusionStage(ConditionalUNet(**net_args), ImageEmbedding())
+    stage.conditioning.stats_loaded = True
     return stage
 
 
@@ -58,7 +59,8 @@ def bench_sampling(
     if batch is not None:
         conditioning = batch["img_emb"]
     else:
-        conditioning = torch.randn(n, stage.net.cond_dim, device=device) * stage.std_img + stage.mean_img
+        stats = stage.conditioning
+        conditioning = torch.randn(n, stage.net.cond_dim, device=device) * stats.std_img + stats.mean_img
     result = {"n": n, "image_size": stage.net.image_size, "threads": torch.get_num_threads(), "device": str(device),
               "weights": checkpoint or f"random ({config})", "quality_measured": batch is not None}  # fmt: skip
 

@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..stages.decoder import DecoderStage
+from ..stages.diffusion import DiffusionStage
 from ..training.finite_guard import NonFiniteGuard
 from ..training.optim import adamw_with_warmup, decay_groups
 from .clock import synchronize
@@ -33,7 +33,7 @@ from .sampling import decoder_for_bench
 from .stage_config import stage_config_section, trainer_setting
 
 
-def random_batches(stage: DecoderStage, count: int, batch_size: int, seed: int = 0) -> list[dict]:
+def random_batches(stage: DiffusionStage, count: int, batch_size: int, seed: int = 0) -> list[dict]:
     """``count`` decoder batches of random images in [-1, 1] and random embeddings (the step's cost does
     not depend on the values)."""
     generator = torch.Generator().manual_seed(seed)
@@ -49,7 +49,7 @@ def random_batches(stage: DecoderStage, count: int, batch_size: int, seed: int =
 
 
 def bare_loop_seconds(
-    stage: DecoderStage, batches: list[dict], warmup: int, gradient_clip: float | None, bf16: bool = False,
+    stage: DiffusionStage, batches: list[dict], warmup: int, gradient_clip: float | None, bf16: bool = False,
     device: torch.device | str = "cpu",
 ) -> float:  # fmt: skip
     """Seconds for the steps after the first ``warmup`` of a plain PyTorch training loop over ``batches``
@@ -72,7 +72,7 @@ def bare_loop_seconds(
             start = time.perf_counter()
         batch = move_data_to_device(batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = stage._losses(batch, stage.cond_drop_prob)["loss"].mean()
+            loss = stage._losses(batch, stage.conditioning.drop_prob)["loss"].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if gradient_clip is not None:
@@ -101,7 +101,7 @@ class _StepTimer(pl.Callback):
 
 
 def lightning_seconds(
-    stage: DecoderStage, batches: list[dict], warmup: int, gradient_clip: float | None,
+    stage: DiffusionStage, batches: list[dict], warmup: int, gradient_clip: float | None,
     device: torch.device | str = "cpu", precision: str = "32-true",
 ) -> float:  # fmt: skip
     """Seconds for the steps after the first ``warmup`` of ``Trainer.fit`` over ``batches`` on ``device``

@@ -46,7 +46,7 @@ class DecoderSampleGrid(pl.Callback):
         given straight to a text-conditioned stage.
     translator: translator checkpoint (its CLIP is found from what it recorded); not used for a
         text-conditioned stage.
-    sampler, steps, cfg_scale, threshold: as in :meth:`DecoderStage.sample`.
+    sampler, steps, cfg_scale, threshold: as in :meth:`DiffusionStage.sample`.
     seed: noise seed, the same at every validation so grids are comparable over training.
     """
 

@@ -103,9 +103,10 @@ def run(options: DecoderReportOptions) -> None:
     out = Path(options.out) if options.out else default_report_path(options.decoder)
     check_writable(out)
     stage = load_decoder(options.decoder)
-    if getattr(stage, "conditions_on_text", False):
+    if stage.conditions_on_text:
         raise ValueError(f"{options.decoder} is a text-conditioned decoder: it has no image embeddings to reconstruct from")
-    embeddings = options.embeddings or (str(Path(stage.hparams.stats).parent) if stage.hparams.get("stats") else None)
+    stats = stage.conditioning.stats_path
+    embeddings = options.embeddings or (str(Path(stats).parent) if stats else None)
     if embeddings is None:
         raise ValueError(f"{options.decoder} recorded no embedding directory: pass --embeddings (and --data)")
     data = options.data or str(Path(embeddings).parent)

@@ -1,6 +1,7 @@
 """``t2i sample``: captions, images or embedding arithmetic -> a PNG grid of decoder samples.
 
     t2i sample --prompt "a red circle" --n 8 --sampler ddim --steps 50 --cfg 3 --out red.png
+    t2i sample --prompt "a red circle" "two blue squares" --n 4 --out rows.png  # one row per caption
     t2i sample --from-image photo.png --n 4 --out recon.png          # the study's reconstructions
     t2i sample --mix "a red circle" "a blue square" --out mix.png      # average of two embeddings
     t2i sample --analogy A B C --out analogy.png                      # emb(A) - emb(B) + emb(C)
@@ -15,7 +16,8 @@ decoder's 64px images go through it (256px out); ``--no-upsample`` stops at 64px
 Embedding arithmetic (the study's sec. 5.2) acts on translated CLIP image embeddings, the
 decoder's input. A text-conditioned (Imagen-like) ``--decoder`` takes the caption itself: no
 translator or CLIP image embedding, so only ``--prompt`` applies. The grid has no borders: tile i
-of an n-image grid is image i.
+of an n-image grid is image i. With several prompts (all models loaded once) the grid has one row of
+``--n`` images per prompt, each row the images that prompt alone would give with the same seed.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from ..pipeline import (
     load_chain,
     load_upsampler,
 )
-from ..stages.upsampler import UpsamplerStage
+from ..stages.diffusion import DiffusionStage
 from .options import (
     add_cfg_argument,
     add_precision_argument,
@@ -57,7 +59,7 @@ from .upsample import add_upsampler_options, check_upsampler_args, upsample_tens
 
 @dataclass(frozen=True, kw_only=True)
 class SampleOptions:
-    prompt: str | None
+    prompt: list[str] | None
     from_image: str | None
     mix: list[str] | None
     analogy: list[str] | None
@@ -103,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     what = sample.add_mutually_exclusive_group(required=True)
-    what.add_argument("--prompt", help="a caption; --n images are drawn for it")
+    what.add_argument("--prompt", nargs="+", help="one or more captions; --n images are drawn for each (a row each)")
     what.add_argument("--from-image", metavar="PATH", help="decode the CLIP image embedding of an image")
     what.add_argument("--mix", nargs=2, metavar=("A", "B"), help="the average of two captions' embeddings")
     what.add_argument("--analogy", nargs=3, metavar=("A", "B", "C"), help="emb(A) - emb(B) + emb(C)")
@@ -150,7 +152,7 @@ def check_sample_args(options: SampleOptions) -> None:
     if options.interpolate and options.frames < 2:
         raise ValueError(f"--frames must be at least 2, got {options.frames}")
     check_steps_and_threshold(options)
-    texts = [options.prompt] if options.prompt is not None else (options.mix or options.analogy or options.interpolate or [])
+    texts = options.prompt or options.mix or options.analogy or options.interpolate or []
     if texts:
         check_captions(texts)
     check_upsampler_args(options)
@@ -184,7 +186,7 @@ def check_image_files(options: SampleOptions) -> None:
             raise FileNotFoundError(f"Image not found: {path} ({option})")
 
 
-def chain_upsampler(options: SampleOptions, chain: TextToImage | DirectTextToImage) -> UpsamplerStage | None:
+def chain_upsampler(options: SampleOptions, chain: TextToImage | DirectTextToImage) -> DiffusionStage | None:
     """The upsampler after the decoder: ``--upsampler``, else the default checkpoint when it exists
     (a note says when it does not), None with ``--no-upsample``. One conditioned on CLIP image
     embeddings must share the decoder's CLIP; a text-conditioned decoder has no embeddings to give it."""
@@ -204,10 +206,8 @@ def chain_upsampler(options: SampleOptions, chain: TextToImage | DirectTextToIma
 
 
 def target_embeddings(chain: TextToImage, options: SampleOptions) -> torch.Tensor:
-    """The raw CLIP image embeddings to decode, one row per image of the grid."""
+    """The raw CLIP image embeddings to decode, one row per image of the grid (not for --prompt)."""
     embed = chain.embedder
-    if options.prompt is not None:
-        return embed([options.prompt]).expand(options.n, -1)
     if options.from_image:
         return chain.embed_image_file(options.from_image).expand(options.n, -1)
     if options.mix:
@@ -228,7 +228,6 @@ def run(options: SampleOptions) -> None:
     check_decoder_args(options)
     check_image_files(options)
     chain = load_chain(options.decoder, options.translator, options.clip)
-    conditioning = [options.prompt] * options.n if chain.conditions_on_text else target_embeddings(chain, options)
     guidance = None
     if options.image_guidance:
         size = options.size or chain.decoder.net.image_size
@@ -236,14 +235,24 @@ def run(options: SampleOptions) -> None:
         pixels = torch.from_numpy(np.asarray(base, dtype=np.float32)).permute(2, 0, 1)
         guidance = ImageGuidance(image=pixels[None] / 127.5 - 1.0, scale=options.ig_scale)
     upsampler = chain_upsampler(options, chain)
-    images = chain.decode(
-        conditioning, image_size=options.size, sampler=options.sampler, steps=options.steps, eta=options.eta,
-        cfg_scale=options.cfg, threshold=options.threshold or None, image_guidance=guidance,
-        generator=torch.Generator().manual_seed(options.seed), precision=options.precision,
-    )  # fmt: skip
-    if upsampler is not None:
-        images = upsample_tensor(upsampler, images, options, None if chain.conditions_on_text else conditioning)
-    columns = len(images) if options.interpolate else min(len(images), 8)
+
+    def draw(conditioning: torch.Tensor | list[str]) -> torch.Tensor:
+        images = chain.decode(
+            conditioning, image_size=options.size, sampler=options.sampler, steps=options.steps, eta=options.eta,
+            cfg_scale=options.cfg, threshold=options.threshold or None, image_guidance=guidance,
+            generator=torch.Generator().manual_seed(options.seed), precision=options.precision,
+        )  # fmt: skip
+        if upsampler is None:
+            return images
+        return upsample_tensor(upsampler, images, options, None if chain.conditions_on_text else conditioning)
+
+    if options.prompt is None:
+        images = draw(target_embeddings(chain, options))
+    else:  # one row per prompt, each drawn as that prompt alone would be
+        embed = (lambda p: [p] * options.n) if chain.conditions_on_text else (lambda p: chain.embedder([p]).expand(options.n, -1))
+        images = torch.cat([draw(embed(prompt)) for prompt in options.prompt])
+    several = options.prompt is not None and len(options.prompt) > 1
+    columns = len(images) if options.interpolate else options.n if several else min(len(images), 8)
     path = save_png_atomic(grid_image(tensor_to_images(images), columns), options.out)
     side = images.shape[-1]
     print(f"{len(images)} images of {side}x{side} ({columns} per row) -> {path}")

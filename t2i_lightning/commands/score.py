@@ -89,18 +89,22 @@ def draw(score: ScoreStage, captioner: CaptionerStage | None, prompt: str, guida
 
 
 def run_score_sample(options: SampleOptions) -> None:
-    """``t2i sample --method score``: a grid of ``--n`` samples for ``--prompt``."""
+    """``t2i sample --method score``: a grid of ``--n`` samples for each ``--prompt`` (a row each)."""
     if options.prompt is None:
         raise ValueError("--method score takes --prompt (with --guidance > 0 the captioner steers towards it)")
     check_score_args(options, [options.guidance])
     score, captioner = load_score_pair(options, options.guidance > 0)
-    warn_unknown_words(captioner, [options.prompt])
-    norms = GuidanceNorms({}, {})
-    images = draw(score, captioner, options.prompt, options.guidance, options.n, options, norms)
-    if options.guidance > 0:
-        print(f"{'sigma':>8} {'|score|':>10} {'|guidance|':>11}   (mean per-sample L2 norms, lambda={options.guidance})")
-        for row in norms.summary():
-            print(f"{row['sigma']:>8.4f} {row['score_norm']:>10.4g} {row['guidance_norm']:>11.4g}")
-    path = save_png_atomic(grid_image(tensor_to_images(images), min(len(images), 8)), options.out)
+    warn_unknown_words(captioner, options.prompt)
+    rows = []
+    for prompt in options.prompt:
+        norms = GuidanceNorms({}, {})
+        rows.append(draw(score, captioner, prompt, options.guidance, options.n, options, norms))
+        if options.guidance > 0:
+            print(f"{prompt!r}:\n{'sigma':>8} {'|score|':>10} {'|guidance|':>11}   (mean per-sample L2 norms, lambda={options.guidance})")
+            for row in norms.summary():
+                print(f"{row['sigma']:>8.4f} {row['score_norm']:>10.4g} {row['guidance_norm']:>11.4g}")
+    images = torch.cat(rows)
+    columns = options.n if len(rows) > 1 else min(len(images), 8)
+    path = save_png_atomic(grid_image(tensor_to_images(images), columns), options.out)
     how = f"guided by the captioner (lambda {options.guidance})" if options.guidance > 0 else "unguided"
     print(f"{len(images)} images of {images.shape[-1]}x{images.shape[-1]}, {how} -> {path}")

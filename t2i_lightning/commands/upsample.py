@@ -21,7 +21,7 @@ import torch
 from ..data.image_io import open_image, save_png_atomic, tensor_to_images, to_rgb
 from ..data.shards import check_writable
 from ..pipeline import DEFAULT_UPSAMPLER, clip_image_embeddings, load_recorded_clip, load_upsampler
-from ..stages.upsampler import UpsamplerStage
+from ..stages.diffusion import DiffusionStage
 from .options import add_precision_argument, add_sampler_argument, options_from
 
 
@@ -67,7 +67,7 @@ def check_upsampler_args(options: UpsamplerSettings) -> None:
 
 
 def upsample_tensor(
-    upsampler: UpsamplerStage,
+    upsampler: DiffusionStage,
     images: torch.Tensor,
     options: UpsamplerSettings,
     image_embeddings: torch.Tensor | None = None,

@@ -23,7 +23,7 @@ from ..data.shapes.scene import COLOURS
 from ..metrics.colour import object_colour_report, reconstruction_colour_report
 
 if TYPE_CHECKING:
-    from ..stages.decoder import DecoderStage
+    from ..stages.diffusion import DiffusionStage
 
 
 def validation_references(data: str, embeddings: str, image_size: int, n: int) -> dict:
@@ -45,7 +45,7 @@ def reconstruction_scores(sources: torch.Tensor, reconstructions: torch.Tensor, 
 
 
 def decode_in_batches(
-    stage: DecoderStage, embeddings: torch.Tensor, batch_size: int, seed: int, image_size: int, **options
+    stage: DiffusionStage, embeddings: torch.Tensor, batch_size: int, seed: int, image_size: int, **options
 ) -> torch.Tensor:
     """``stage.sample`` over ``embeddings`` in batches of ``batch_size``, one generator seeded once, so the
     images depend on the seed and the batch size only."""
@@ -58,7 +58,7 @@ def decode_in_batches(
 
 
 def decoder_report(
-    stage: DecoderStage,
+    stage: DiffusionStage,
     references: dict,
     cfg_scales: list[float],
     sampler: str = "ddim",
@@ -70,7 +70,7 @@ def decoder_report(
     nearest: tuple[torch.Tensor, list[str]] | None = None,
 ) -> tuple[dict, dict[float, torch.Tensor]]:
     """One row of :func:`reconstruction_scores` per guidance scale, and the reconstructions of each;
-    ``precision``: the U-Net's while sampling (:meth:`DecoderStage.sample`). With ``nearest``
+    ``precision``: the U-Net's while sampling (:meth:`DiffusionStage.sample`). With ``nearest``
     (each source's nearest training image by embedding and its key) their scores and keys too, as
     ``nearest_training_image``."""
     sources, embeddings = references["image"], references["img_emb"]

@@ -17,7 +17,7 @@ import torch
 from ..data.superres import SuperResDataModule
 from ..metrics.superres import superres_scores
 from ..nn.sr_unet import upsample_bicubic
-from ..stages.upsampler import UpsamplerStage
+from ..stages.diffusion import DiffusionStage
 
 
 def _timed(upsample, *args, **kwargs) -> tuple[torch.Tensor, float]:
@@ -28,7 +28,7 @@ def _timed(upsample, *args, **kwargs) -> tuple[torch.Tensor, float]:
 
 
 def upsampler_report(
-    upsampler: UpsamplerStage,
+    upsampler: DiffusionStage,
     data: str,
     n: int = 32,
     aug_levels: list[float] | None = None,
@@ -39,11 +39,11 @@ def upsampler_report(
 ) -> dict:
     """Scores of bicubic and of the upsampler (one row per augmentation level and step count), its U-Net
     sampling at ``precision`` ("32-true" or "bf16-mixed")."""
-    hp = upsampler.hparams
-    factor = upsampler.net.factor
+    hp, conditioning = upsampler.hparams, upsampler.conditioning
+    factor, stats = upsampler.net.factor, conditioning.stats_path
     datamodule = SuperResDataModule(
         train=None, val=data, image_size=upsampler.net.image_size, factor=factor, crop=None, num_workers=0,
-        embeddings=os.path.dirname(hp.stats) if upsampler.conditions_on_embedding and hp.stats else None,
+        embeddings=os.path.dirname(stats) if upsampler.conditions_on_embedding and stats else None,
     )  # fmt: skip
     refs = datamodule.reference_pairs(n)
     truth, low_res, embeddings = refs["image"], refs["low_res"], refs.get("img_emb")
@@ -51,7 +51,7 @@ def upsampler_report(
     bicubic, seconds = _timed(upsample_bicubic, low_res, factor)
     table = [{"method": "bicubic", **superres_scores(truth, bicubic), "s_per_image": seconds / count}]
     sampler = sampler or hp.sampler
-    for level in aug_levels or [hp.aug_level]:
+    for level in aug_levels or [conditioning.aug_level]:
         for step_count in steps or [int(hp.steps)]:
             generator = torch.Generator(device=upsampler.device).manual_seed(seed)
             out, seconds = _timed(  # the stage draws in batches of equal pixels

@@ -21,7 +21,7 @@ from .text_unet import TextConditionalUNet
 
 class EmbeddingTokenUNet(nn.Module):
     """``net(x, t, cond) -> output`` with ``cond`` a B x ``cond_dim`` vector, as
-    :class:`~t2i_lightning.nn.unet.ConditionalUNet` takes, so :class:`DecoderStage` uses either.
+    :class:`~t2i_lightning.nn.unet.ConditionalUNet` takes, so :class:`DiffusionStage` uses either.
 
     Args: as :class:`~t2i_lightning.nn.unet.ConditionalUNet` (``attention_resolutions`` get self- and
     cross-attention; the middle block always has both), plus

@@ -20,15 +20,15 @@ CLIP_IDENTITY_KEYS = ("model", "pretrained", "checkpoint_sha256", "clip_id")
 
 
 class EmbeddingStatsMixin:
-    """For a LightningModule with a ``stats`` hyperparameter; call :meth:`init_embedding_stats` in
-    ``__init__`` after the buffers exist, and implement ``load_stats(stats)`` (calling
-    :meth:`copy_stats`)."""
+    """For an ``nn.Module`` (a stage or a conditioning) given a ``stats`` path; call :meth:`init_embedding_stats`
+    in ``__init__`` after the buffers exist, and implement ``load_stats(stats)`` (calling :meth:`copy_stats`)."""
 
     def init_embedding_stats(self, stats: str | None, sides: dict[str, int]) -> None:
         """Register ``mean_<side>``/``std_<side>`` buffers of the given dims and load ``stats`` if it exists."""
         for side, dim in sides.items():
             self.register_buffer(f"mean_{side}", torch.zeros(dim))
             self.register_buffer(f"std_{side}", torch.ones(dim))
+        self.stats_path = stats
         self.clip_identity: dict[str, Any] = {}
         self.stats_loaded = False
         if stats is not None and os.path.isfile(stats):
@@ -57,5 +57,5 @@ class EmbeddingStatsMixin:
     def on_fit_start(self) -> None:
         if not self.stats_loaded:
             raise FileNotFoundError(
-                f"{type(self).__name__} needs the embeddings' stats.json (model.init_args.stats = {self.hparams.stats})"
+                f"{type(self).__name__} needs the embeddings' stats.json (stats = {self.stats_path})"
             )

@@ -43,7 +43,7 @@ def error_summary(error: BaseException) -> str:
 
 
 def stage_name(hparams: dict) -> str | None:
-    """The stage class a checkpoint was written by, as the CLI recorded it (``DecoderStage``), or None."""
+    """The stage class a checkpoint was written by, as the CLI recorded it (``DiffusionStage``), or None."""
     class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
     return class_path.rpartition(".")[2] if isinstance(class_path, str) else None
 

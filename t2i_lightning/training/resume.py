@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint_io import error_summary, read_checkpoint
+from .checkpoint_upgrade import is_legacy, legacy_message
 
 
 class ResumeError(ValueError):
@@ -61,9 +62,12 @@ def check_explicit_checkpoint(path: str | Path, class_path: str) -> None:
     """Refuse a ``--ckpt_path`` file that another stage class wrote than the one the config trains:
     LightningCLI would otherwise replace the config's model with the checkpoint's."""
     try:
-        saved_class = read_checkpoint(path).get("hyper_parameters", {}).get("_class_path")
+        saved = read_checkpoint(path).get("hyper_parameters", {})
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
         raise ResumeError(f"--ckpt_path {path} is not a readable checkpoint ({error_summary(error)})") from error
+    if is_legacy(saved):
+        raise ResumeError(legacy_message(str(path)))
+    saved_class = saved.get("_class_path")
     if saved_class and saved_class != class_path:
         raise ResumeError(f"--ckpt_path {path} was written by {saved_class}, but this config trains {class_path}")
 
@@ -101,6 +105,8 @@ def find_resume_point(
             continue
         saved_class = saved_hparams.get("_class_path")
         hint = "pass --fresh to start over (the old checkpoints are moved aside)"
+        if is_legacy(saved_hparams):
+            raise ResumeError(legacy_message(str(path)))
         if saved_class and saved_class != class_path:
             raise ResumeError(
                 f"{path} was written by {saved_class}, but this config trains {class_path}; {hint}"

@@ -1,0 +1,293 @@
+"""The diffusion stage: one LightningModule for every DDPM-family model of the pipeline.
+
+Training (Ho et al. 2020; Nichol & Dhariwal 2021): x_0 from the batch (or what the conditioning makes
+of it, e.g. a residual), t uniform, the hybrid loss L_simple + λ·L_vlb with learned variance,
+optionally P2 weighted (Choi et al. 2022); the condition comes from the injected
+:class:`~t2i_lightning.stages.conditioning.Conditioning` and, for classifier-free guidance (Ho &
+Salimans 2021), is replaced by its null condition with the conditioning's ``drop_prob``. EMA weights
+come from :class:`~t2i_lightning.training.ema.FusedEMA` (Lightning's ``WeightAveraging`` with torch's
+fused update): the checkpoint's ``state_dict`` and every validation (hence every sample grid) use them.
+
+Sampling: respaced DDPM or DDIM (:data:`t2i_lightning.diffusion.SAMPLERS`), classifier-free guidance,
+dynamic or static thresholding, image guidance, in batches of at most the conditioning's
+``max_batch_pixels`` output pixels.
+
+What the stage is conditioned on is its ``conditioning`` (stages/decoder.yaml: the CLIP image
+embedding; stages/decoder_text.yaml: text tokens; stages/upsampler.yaml: the low-resolution image);
+the network is its ``net``. All the diffusion math is in :mod:`t2i_lightning.diffusion`; this file
+unpacks batches, calls it and logs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from ..diffusion import (
+    DEFAULT_CFG_SCALE,
+    SAMPLERS,
+    ImageGuidance,
+    NoiseSchedule,
+    classifier_free_guidance,
+    dynamic_threshold,
+    hybrid_loss,
+    network_in_precision,
+    p2_weights,
+    q_sample,
+    static_threshold,
+)
+from ..training.stage_training import GENERATIVE, StageTraining, fixed_seed
+from .conditioning import Conditioning
+
+STAGE_DEFAULT = "stage"
+"""``sample``'s default for settings the stage holds (``threshold``, ``max_batch_pixels``), where None means something."""
+
+
+class DiffusionStage(StageTraining, pl.LightningModule):
+    """Args:
+    net: the denoiser, ``net(x_t, t, cond)`` (``t2i_lightning.nn``: ``ConditionalUNet``,
+        ``TextConditionalUNet``, ``SuperResUNet``, ...).
+    conditioning: what ``net`` is conditioned on (:mod:`t2i_lightning.stages.conditioning`), or None
+        for an unconditional model.
+    schedule, timesteps: noise schedule ("cosine" or "linear") and its length T.
+    schedule_shift: the schedule's log-SNR moved by −2·log(shift) (simple diffusion, Hoogeboom et al.
+        2023; 1 = unshifted): more of the steps at the noise levels where an image's layout is decided.
+    parameterization: what the network predicts: "eps" (default), "x0" or "v".
+    vlb_weight: λ of the hybrid loss (0.001); only used with a learned variance.
+    p2_gamma, p2_k: P2 weighting of L_simple (γ = 0 turns it off).
+    sampler, steps, threshold: the default sampling settings (see :meth:`sample`).
+    lr, weight_decay, warmup_steps, lr_decay: AdamW, warmup then "linear" (the study) or "cosine" decay.
+    ema_decay, ema_start_step: EMA of the weights (copied from the raw weights at the start step).
+    samples: a sample-grid callback (``t2i_lightning.callbacks``), run at each validation with the EMA
+        weights; not saved in the checkpoint.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        conditioning: Conditioning | None = None,
+        schedule: str = "cosine",
+        timesteps: int = 1000,
+        schedule_shift: float = 1.0,
+        parameterization: str = "eps",
+        vlb_weight: float = 1e-3,
+        p2_gamma: float = 0.0,
+        p2_k: float = 1.0,
+        sampler: str = "ddim",
+        steps: int | str = 50,
+        threshold: float | None = 0.995,
+        lr: float = GENERATIVE.lr,
+        weight_decay: float = GENERATIVE.weight_decay,
+        warmup_steps: int = GENERATIVE.warmup_steps,
+        lr_decay: str = GENERATIVE.lr_decay,
+        ema_decay: float = GENERATIVE.ema_decay,
+        ema_start_step: int = GENERATIVE.ema_start_step,
+        samples: pl.Callback | None = None,
+    ):
+        super().__init__()
+        if sampler not in SAMPLERS:
+            raise ValueError(f"Unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+        with warnings.catch_warnings():  # the net's config is kept on purpose: load_from_checkpoint rebuilds it
+            warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters(ignore=["samples"])
+        self.net = net
+        self.conditioning = conditioning
+        if conditioning is not None:
+            conditioning.bind(net)
+        self.samples = samples
+        self.schedule = NoiseSchedule.from_name(schedule, timesteps, schedule_shift)
+
+    # --- what the stage is conditioned on (read by the pipeline, the commands and the callbacks) ------
+
+    @property
+    def conditions_on_text(self) -> bool:
+        """Whether ``sample`` takes captions (the Imagen-like decoder: no translator in front)."""
+        return self.conditioning is not None and self.conditioning.takes_text
+
+    @property
+    def conditions_on_embedding(self) -> bool:
+        """Whether the network reads CLIP image embeddings (``sample`` needs them)."""
+        return self.conditioning is not None and self.conditioning.takes_embedding
+
+    @property
+    def clip_identity(self) -> dict[str, Any]:
+        """The CLIP whose embeddings the stage was trained on ({} when none)."""
+        return self.conditioning.clip_identity if self.conditioning is not None else {}
+
+    def on_fit_start(self) -> None:
+        if self.conditioning is not None:
+            self.conditioning.on_fit_start()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.conditioning is not None:
+            self.conditioning.on_save_checkpoint(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.conditioning is not None:
+            self.conditioning.on_load_checkpoint(checkpoint)
+
+    # --- training -----------------------------------------------------------------------------
+
+    def _losses(self, batch: dict[str, Any], drop_prob: float) -> dict[str, torch.Tensor]:
+        image = batch["image"]
+        n = image.shape[0]
+        drop = torch.rand(n, device=image.device) < drop_prob
+        conditioning, cond, x0, extra = self.conditioning, None, image, {}
+        if conditioning is not None:
+            cond = conditioning.drop(conditioning.from_batch(batch, self.device), drop)
+            x0, extra = conditioning.target(batch, cond, self.net)
+        t = torch.randint(0, self.schedule.num_steps, (n,), device=x0.device)
+        noise = torch.randn_like(x0)
+        xt = q_sample(self.schedule, x0, t, noise)
+        hp = self.hparams
+        weights = p2_weights(self.schedule, t, hp.p2_gamma, hp.p2_k) if hp.p2_gamma else None
+        losses = hybrid_loss(
+            self.schedule, self.net(xt, t, cond), x0, xt, t, noise,
+            parameterization=hp.parameterization, vlb_weight=hp.vlb_weight,
+            learn_variance=self.net.learn_variance, weights=weights,
+        )  # fmt: skip
+        for name, value in extra.items():
+            losses[name], losses["loss"] = value, losses["loss"] + value
+        return losses
+
+    def _log_losses(self, losses: dict[str, torch.Tensor], name: str, n: int) -> torch.Tensor:
+        means = {key: value.mean() for key, value in losses.items()}
+        self.log(f"{name}/loss", means["loss"], prog_bar=True, batch_size=n, sync_dist=name != "train")
+        self.log_dict(
+            {f"{name}/{key}": value for key, value in means.items() if key != "loss"},
+            batch_size=n, sync_dist=name != "train",
+        )  # fmt: skip
+        return means["loss"]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        drop_prob = self.conditioning.drop_prob if self.conditioning is not None else 0.0
+        return self._log_losses(self._losses(batch, drop_prob), "train", len(batch["key"]))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        with fixed_seed(batch_idx):  # the same t and noise every validation: comparable curves
+            self._log_losses(self._losses(batch, 0.0), "val", len(batch["key"]))
+
+    # --- sampling -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self,
+        inputs: Any = None,
+        *,
+        n: int | None = None,
+        image_size: int | None = None,
+        sampler: str | None = None,
+        steps: int | str | None = None,
+        cfg_scale: float = DEFAULT_CFG_SCALE,
+        cfg_batched: bool = True,
+        threshold: float | None | str = STAGE_DEFAULT,
+        eta: float = 0.0,
+        image_guidance: ImageGuidance | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+        precision: str = "32-true",
+        max_batch_pixels: int | None | str = STAGE_DEFAULT,
+        **condition_options: Any,
+    ) -> torch.Tensor:
+        """Images in [-1, 1] (B x C x H x W), one per row of ``inputs`` (what the conditioning encodes:
+        raw CLIP image embeddings, captions, low-resolution images), or ``n`` unconditional ones when it is None.
+
+        ``sampler``, ``steps``, ``threshold`` default to the stage's. ``steps``: respacing ("50",
+        "ddim50", a list, or an int); "all" uses every training step. ``cfg_scale``: classifier-free
+        guidance scale (1 = conditional only, no guidance; a conditioning without a null condition is
+        never guided); ``cfg_batched``: its two halves in one forward (default) or two. ``threshold``: a
+        dynamic-thresholding percentile (Imagen), or None for static clipping to [-1, 1]. ``precision``:
+        "bf16-mixed" runs the network under bfloat16 autocast, the sampler and the guidance in float32
+        (:func:`t2i_lightning.diffusion.network_in_precision`); "32-true" (default) all float32.
+        ``max_batch_pixels``: the images are drawn in batches of at most that many output pixels (at least
+        one image; None: all at once), one after the other from ``generator``, so memory stays flat in
+        the number of images; defaults to the conditioning's. ``condition_options`` go to the
+        conditioning's ``encode`` (e.g. the upsampler's ``aug_level`` and ``image_embeddings``), cut
+        to each batch's rows where they hold one value per image.
+        """
+        if cfg_scale < 0:
+            raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+        if inputs is None and not n:
+            raise ValueError("Give a condition for each image or a sample count n")
+        if inputs is not None and self.conditioning is None:
+            raise ValueError("This diffusion model is unconditional: give a sample count n, not inputs")
+        conditioning, hp = self.conditioning, self.hparams
+        n = len(inputs) if inputs is not None else n
+        size = conditioning.output_size(inputs, self.net) if inputs is not None else None
+        size = size or (image_size or self.net.image_size,) * 2
+        if max_batch_pixels == STAGE_DEFAULT:
+            max_batch_pixels = conditioning.max_batch_pixels if conditioning is not None else None
+        settings = dict(
+            sampler=sampler or hp.sampler, steps=steps or hp.steps, eta=eta, image_guidance=image_guidance,
+            threshold=hp.threshold if threshold == STAGE_DEFAULT else threshold, generator=generator, progress=progress,
+        )  # fmt: skip
+        net = network_in_precision(self.net, precision)
+
+        def draw_rows(rows: slice) -> torch.Tensor:
+            count = len(range(n)[rows])
+            null = conditioning.null(count) if conditioning is not None and conditioning.guided else None
+            if inputs is None:
+                cond, offset, scale = null, None, 1.0
+            else:
+                options = per_batch(condition_options, rows, n)
+                cond = conditioning.encode(inputs[rows], device=self.device, generator=generator, **options)
+                offset, scale = conditioning.offset(inputs[rows], cond, self.net)
+            model_fn = classifier_free_guidance(
+                net, cond, null, cfg_scale, eps_channels=self.net.in_channels, batched=cfg_batched
+            ) if inputs is not None and null is not None and cfg_scale != 1.0 else (lambda x, t: net(x, t, cond))  # fmt: skip
+            return self.draw(model_fn, (count, self.net.in_channels, *size), offset=offset, scale=scale, **settings)
+
+        per = n if max_batch_pixels is None else max(1, max_batch_pixels // (size[0] * size[1]))
+        return torch.cat([draw_rows(slice(i, i + per)) for i in range(0, n, per)])
+
+    def draw(
+        self,
+        model_fn: Any,
+        shape: tuple[int, ...],
+        *,
+        sampler: str = "ddim",
+        steps: int | str = 50,
+        threshold: float | None = 0.995,
+        eta: float = 0.0,
+        image_guidance: ImageGuidance | None = None,
+        offset: torch.Tensor | None = None,
+        scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """Run ``sampler`` with ``model_fn(x_t, t)`` from Gaussian noise of ``shape`` over the respaced
+        schedule, thresholding x̂_0, and return the images clamped to [-1, 1].
+
+        ``offset``, ``scale``: when the process runs on the scaled residual scale·(image − offset)
+        (residual diffusion), the image offset + x̂_0/scale is what is thresholded and
+        offset + sample/scale what is returned."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"Unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+        schedule = self.schedule if str(steps) == "all" else self.schedule.respace(
+            f"ddim{steps}" if sampler == "ddim" and str(steps).isdigit() else steps
+        )  # fmt: skip
+        noise = torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
+        extra = {"eta": eta} if sampler == "ddim" else {}
+        to_image = (lambda x0: dynamic_threshold(x0, threshold)) if threshold else static_threshold
+        base = 0.0 if offset is None else offset.to(self.device, torch.float32)
+        sample = SAMPLERS[sampler](
+            model_fn, schedule, noise,
+            parameterization=self.hparams.parameterization, learn_variance=self.net.learn_variance,
+            x0_transform=to_image if offset is None else (lambda x0: scale * (to_image(base + x0 / scale) - base)),
+            image_guidance=image_guidance, generator=generator, progress=progress, **extra,
+        )  # fmt: skip
+        return (base + sample / scale).clamp(-1, 1)
+
+
+def per_batch(options: dict[str, Any], rows: slice, n: int) -> dict[str, Any]:
+    """``options`` with every per-image value (a tensor or sequence of ``n`` rows) cut to ``rows``."""
+    return {
+        key: value[rows] if isinstance(value, torch.Tensor | Sequence) and not isinstance(value, str)
+        and len(value) == n else value
+        for key, value in options.items()
+    }  # fmt: skip

@@ -1,0 +1,65 @@
+"""The one diffusion stage and its injected conditionings, apart from any trained stage: an unconditional
+model (no conditioning), the null condition and its dropping, batching by output pixels, and the
+upgrade of checkpoints written by the three classes it replaced (real ones, made by that code)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from t2i_lightning.nn.unet import ConditionalUNet
+from t2i_lightning.stages.conditioning import ImageEmbedding
+from t2i_lightning.stages.diffusion import DiffusionStage, per_batch
+
+MICRO_UNET = dict(
+    image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(), groups=8,
+    head_channels=16,
+)  # fmt: skip
+
+
+def test_an_unconditional_stage_trains_and_samples_without_a_conditioning():
+    torch.manual_seed(0)
+    stage = DiffusionStage(ConditionalUNet(**MICRO_UNET, cond_dim=0, learn_variance=True))
+    batch = {"image": torch.rand(3, 3, 16, 16) * 2 - 1, "key": ["a", "b", "c"]}
+    losses = stage._losses(batch, 0.0)
+    assert set(losses) == {"loss", "simple", "vlb"} and torch.isfinite(losses["loss"]).all()
+    losses["loss"].mean().backward()
+    assert all(p.grad is not None for p in stage.net.parameters() if p.requires_grad)
+    assert not stage.conditions_on_text and not stage.conditions_on_embedding and stage.clip_identity == {}
+    draw = lambda seed: stage.sample(n=2, steps=3, progress=False, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    images = draw(0)
+    assert images.shape == (2, 3, 16, 16) and images.abs().max() <= 1 and torch.equal(images, draw(0))
+    assert not torch.equal(images, draw(1))
+    with pytest.raises(ValueError, match="unconditional"):
+        stage.sample(torch.randn(2, 8), steps=3, progress=False)
+    with pytest.raises(ValueError, match="sample count"):
+        stage.sample(steps=3, progress=False)
+
+
+def test_the_image_embedding_null_is_learned_or_fixed_and_dropping_replaces_exactly_the_dropped_rows():
+    net = ConditionalUNet(**MICRO_UNET, cond_dim=8)
+    learned, zeros = DiffusionStage(net, ImageEmbedding()), DiffusionStage(net, ImageEmbedding(null_cond="zeros"))
+    assert "conditioning.null_embedding" in dict(learned.named_parameters())
+    assert "conditioning.null_embedding" not in dict(zeros.named_parameters())
+    assert "conditioning.null_embedding" in zeros.state_dict()
+    conditioning = learned.conditioning
+    with torch.no_grad():
+        conditioning.null_embedding.fill_(7.0)
+    cond = torch.randn(4, 8)
+    dropped = conditioning.drop(cond, torch.tensor([True, False, False, True]))
+    assert torch.equal(dropped[[1, 2]], cond[[1, 2]]) and (dropped[[0, 3]] == 7.0).all()
+    with pytest.raises(ValueError, match="drop_prob"):
+        ImageEmbedding(drop_prob=1.0)
+    with pytest.raises(ValueError, match="null_cond"):
+        ImageEmbedding(null_cond="random")
+    with pytest.raises(ValueError, match="cond_dim > 0"):
+        DiffusionStage(ConditionalUNet(**MICRO_UNET, cond_dim=0), ImageEmbedding())
+    with pytest.raises(ValueError, match="Unknown sampler"):
+        DiffusionStage(net, ImageEmbedding(), sampler="euler")
+
+
+def test_per_image_options_are_cut_to_each_batch_and_the_rest_passed_whole():
+    options = {"levels": torch.arange(5), "names": ["a", "b", "c", "d", "e"], "level": 0.1, "word": "abcde", "none": None}
+    cut = per_batch(options, slice(1, 3), 5)
+    assert torch.equal(cut["levels"], torch.tensor([1, 2])) and cut["names"] == ["b", "c"]
+    assert cut["level"] == 0.1 and cut["word"] == "abcde" and cut["none"] is None
