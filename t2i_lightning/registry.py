@@ -105,6 +105,11 @@ def made_by(hparams: dict) -> str | None:
     return next((s.name for s in STAGES.values() if s.made(hparams)), None)
 
 
+def make_command(name: str) -> str:
+    """The named stage's make command in backquotes, as messages quote it: ```make train-decoder```."""
+    return f"`make {stage(name).make_target}`"
+
+
 def missing_checkpoint_message(path: str, name: str) -> str:
     """What a user reads when the named stage's checkpoint is not at ``path``."""
     return f"Checkpoint not found: {path} (produce it with `make {stage(name).make_target}`)"

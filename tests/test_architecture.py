@@ -185,6 +185,23 @@ def test_the_registry_names_each_stage_once_and_everything_it_names_exists():
     spelled = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")
                if p.name != "registry.py" and re.search(r"runs/\w+/checkpoints/last\.ckpt", p.read_text())]  # fmt: skip
     assert not spelled, spelled
+    # nor a stage's make target in a message (docstrings may name them)
+    targets = "|".join(re.escape(s.make_target) for s in STAGES.values())
+    quoted = [f"{p.relative_to(ROOT)}: {text!r}" for p in PACKAGE.rglob("*.py") if p.name != "registry.py"
+              for text in message_strings(p) if re.search(rf"make ({targets})\b", text)]  # fmt: skip
+    assert not quoted, quoted
+
+
+def message_strings(path: Path) -> list[str]:
+    """The string constants of a module that are not docstrings (messages, f-string parts)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value) for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body
+        and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+    }  # fmt: skip
+    return [node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]  # fmt: skip
 
 
 def test_the_diffusion_stages_differ_by_their_conditioning_not_by_subclass():

@@ -9,8 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from t2i_lightning.training.lightning_cli import trainer_defaults_for, with_trainer_defaults
+from t2i_lightning.training.lightning_cli import (
+    SUBCOMMANDS,
+    T2ILightningCLI,
+    trainer_defaults_for,
+    trainer_defaults_kwargs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -55,15 +61,16 @@ def test_trainer_defaults_are_found_beside_or_above_a_stage_config(tmp_path):
     )
     assert trainer_defaults_for(tmp_path / "x.yaml") is None
     argv = ["fit", "--config", str(ROOT / "stages" / "clip.yaml"), "--trainer.max_steps", "3"]
-    assert with_trainer_defaults(argv) == [
-        "fit",
-        "--config",
-        str(ROOT / "stages" / "_trainer.yaml"),
-        *argv[1:],
-    ]
+    defaults = {"default_config_files": [str(ROOT / "stages" / "_trainer.yaml")]}
+    assert trainer_defaults_kwargs(argv, subcommands=True) == {name: defaults for name in SUBCOMMANDS}
+    assert trainer_defaults_kwargs(argv[1:], subcommands=False) == defaults
     explicit = ["fit", "--config", "stages/_trainer.yaml", "--config", "stages/clip.yaml"]
-    assert with_trainer_defaults(explicit) == explicit
-    assert with_trainer_defaults(["data", "shapes"]) == ["data", "shapes"]
+    assert trainer_defaults_kwargs(explicit, subcommands=True) == {}
+    assert trainer_defaults_kwargs(["fit", "--config", str(tmp_path / "x.yaml")], subcommands=True) == {}
+    # the defaults reach the config, and the stage config and the command line override them
+    config = T2ILightningCLI(args=["--config", str(ROOT / "stages" / "clip.yaml"), "--trainer.max_steps", "3"], run=False).config
+    shared = yaml.safe_load((ROOT / "stages" / "_trainer.yaml").read_text())["trainer"]
+    assert config.trainer.gradient_clip_val == shared["gradient_clip_val"] and config.trainer.max_steps == 3
 
 
 @pytest.mark.parametrize("command", ["t2i", "lightning"])

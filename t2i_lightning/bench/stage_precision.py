@@ -15,15 +15,14 @@ from __future__ import annotations
 import copy
 import itertools
 
-from ..training.lightning_cli import T2ILightningCLI, trainer_defaults_for
+from ..training.lightning_cli import T2ILightningCLI
 from .stage_config import trainer_setting
 from .training import lightning_seconds
 
 
 def stage_and_batches(config: str, data: str, steps: int, batch_size: int | None = None):
     """The stage ``config`` builds (random initial weights) and its first ``steps`` training batches of ``data``."""
-    defaults = trainer_defaults_for(config)
-    args = [*(["--config", str(defaults)] if defaults else []), "--config", config, "--trainer.logger", "false",
+    args = ["--config", config, "--trainer.logger", "false",
             "--data.init_args.train", data, "--data.init_args.val", data, "--data.init_args.num_workers", "0",
             *(["--data.init_args.batch_size", str(batch_size)] if batch_size else [])]  # fmt: skip
     try:

@@ -45,6 +45,7 @@ from ..pipeline import (
     load_chain,
     load_upsampler,
 )
+from ..registry import make_command
 from ..stages.diffusion import DiffusionStage
 from .options import (
     add_cfg_argument,
@@ -193,7 +194,7 @@ def chain_upsampler(options: SampleOptions, chain: TextToImage | DirectTextToIma
     if options.no_upsample:
         return None
     if options.upsampler is None and not os.path.isfile(DEFAULT_UPSAMPLER):
-        print(f"No upsampler at {DEFAULT_UPSAMPLER} (`make train-upsampler`): the images stay at the decoder's size")
+        print(f"No upsampler at {DEFAULT_UPSAMPLER} ({make_command('upsampler')}): the images stay at the decoder's size")
         return None
     upsampler = load_upsampler(options.upsampler or DEFAULT_UPSAMPLER)
     if upsampler.conditions_on_embedding:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..registry import DEMO_EMBEDDINGS
+from ..registry import DEMO_EMBEDDINGS, make_command
 from .datamodule import ShardDataModule
 from .decode import SampleError, sample_where
 from .embeddings import IMAGE_MEMBER, TEXT_MEMBER, load_npy
@@ -33,7 +33,7 @@ class EmbeddingDataModule(ShardDataModule):
     embedding directory such as ``data/shapes/emb-shapes-cnn-tiny``); image options are unused.
     """
 
-    missing_hint = "extract embeddings with `make embed`"
+    missing_hint = f"extract embeddings with {make_command('embed')}"
 
     def __init__(
         self,

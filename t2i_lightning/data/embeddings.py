@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..registry import make_command
+
 IMAGE_MEMBER = "img.npy"
 TEXT_MEMBER = "txt.npy"
 STATS_NAME = "stats.json"
@@ -41,7 +43,7 @@ def read_stats(directory: str | os.PathLike) -> dict:
     """The ``stats.json`` of an embedding directory, with a clear error when it is missing."""
     path = Path(directory) / STATS_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"No {STATS_NAME} in '{directory}': extract embeddings first (`make embed`)")
+        raise FileNotFoundError(f"No {STATS_NAME} in '{directory}': extract embeddings first ({make_command('embed')})")
     return json.loads(path.read_text())
 
 

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..registry import DEMO_EMBEDDINGS
+from ..registry import DEMO_EMBEDDINGS, make_command
+from ..registry import stage as registry_stage
 from .datamodule import ShardDataModule
 from .decode import ShardMismatchError, decode_image_caption
 from .embeddings import IMAGE_MEMBER, TEXT_MEMBER, load_npy, read_stats
@@ -47,7 +48,7 @@ class EmbeddingLookup:
         path = self.mirror_of(image_shard)
         if not path.is_file():
             raise ShardMismatchError(
-                f"Image shard {image_shard} has no embedding shard {path}: run `make embed` for this dataset"
+                f"Image shard {image_shard} has no embedding shard {path}: run {make_command('embed')} for this dataset"
             )
         table = {s["__key__"]: (load_npy(s[IMAGE_MEMBER]), load_npy(s[TEXT_MEMBER])) for s in read_samples(str(path))}
         self.shard_reads += 1
@@ -61,7 +62,7 @@ class EmbeddingLookup:
         if key not in table:
             raise ShardMismatchError(
                 f"Key '{key}' of image shard {image_shard} is missing from embedding shard "
-                f"{self.mirror_of(image_shard)}: the embeddings were extracted from other shards; re-run `make embed`"
+                f"{self.mirror_of(image_shard)}: the embeddings were extracted from other shards; re-run {make_command('embed')}"
             )
         return table[key]
 
@@ -76,7 +77,7 @@ class ImageEmbeddingDataModule(ShardDataModule):
         embeddings describe the unflipped images.
     """
 
-    missing_hint = "for the embedded dataset run `make data embed`"
+    missing_hint = f"for the embedded dataset run `make data {registry_stage('embed').make_target}`"
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..data.embeddings import read_stats
 from ..metrics.scene_labels import CELLS, COLOUR_NAMES, EMPTY, IGNORE, SLOT_CLASSES, scene_targets
+from ..registry import make_command
 from .nearest import source_fields, split_image_embeddings
 
 HEADS = {"slot": CELLS * len(SLOT_CLASSES), "colour": CELLS * len(COLOUR_NAMES), "background": len(COLOUR_NAMES)}
@@ -122,7 +123,7 @@ def probe_embedding_dir(emb_dir: str | os.PathLike, steps: int = 300, seed: int 
     for split in ("train", "val"):
         keys, embeddings = split_image_embeddings(emb_dir, split)
         if not keys:
-            raise ValueError(f"No {split} embeddings in '{emb_dir}': extract them first (`make embed`)")
+            raise ValueError(f"No {split} embeddings in '{emb_dir}': extract them first ({make_command('embed')})")
         metas = source_fields(emb_dir, split, keys, lambda s: json.loads(s.get("json", b"{}")), {})
         if not all("objects" in meta for meta in metas):
             raise ValueError(f"The layout probe needs shapes scene metadata; '{emb_dir}' mirrors shards without it")

@@ -24,6 +24,8 @@ import torch
 from torchvision.transforms import Compose, Normalize, ToTensor
 from torchvision.transforms.functional import pil_to_tensor
 
+from ..registry import make_command
+
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
 _registered = False
 
@@ -83,14 +85,14 @@ def create_clip(model_name: str, pretrained: str | None = None) -> torch.nn.Modu
         weights = stage_state_dict(checkpoint)
         if weights is None and isinstance(checkpoint, dict) and "hyper_parameters" in checkpoint:
             found = (checkpoint["hyper_parameters"] or {}).get("_class_path", "another stage")
-            raise ValueError(f"{pretrained} is a checkpoint of {found}, not CLIP weights (`make clip` writes one)")
+            raise ValueError(f"{pretrained} is a checkpoint of {found}, not CLIP weights ({make_command('clip')} writes one)")
         if weights is None:
             return open_clip.create_model(model_name, pretrained=pretrained)
         trained_as = (checkpoint.get("hyper_parameters") or {}).get("model_name")
         if trained_as and trained_as != model_name:
             raise ValueError(
                 f"{pretrained} holds a {trained_as} CLIP, not {model_name}: name {trained_as} as the model "
-                f"(make: CLIP_MODEL={trained_as}), or train a {model_name} (make clip, after moving the old run away)"
+                f"(make: CLIP_MODEL={trained_as}), or train a {model_name} ({make_command('clip')}, after moving the old run away)"
             )
         model = open_clip.create_model(model_name)
         model.load_state_dict(weights)

@@ -17,7 +17,7 @@ import torch
 
 from ..data.embedding_writer import EmbeddingShardWriter
 from ..nn.clip import batched_preprocess_for, clip_id, create_clip, file_digest, tokenizer_for
-from ..registry import DEMO_CLIP, default_checkpoint
+from ..registry import DEMO_CLIP, default_checkpoint, make_command
 
 DEFAULT_CLIP_CHECKPOINT = default_checkpoint("clip")
 
@@ -48,7 +48,7 @@ class EmbedStage(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if pretrained is not None and pretrained.endswith(".ckpt") and not os.path.isfile(pretrained):
-            raise FileNotFoundError(f"CLIP checkpoint not found: {pretrained} (train one with `make clip`)")
+            raise FileNotFoundError(f"CLIP checkpoint not found: {pretrained} (train one with {make_command('clip')})")
         self.clip = create_clip(model_name, pretrained).eval().requires_grad_(False)
         self.tokenizer = tokenizer_for(model_name)
         self.preprocess = batched_preprocess_for(self.clip)

@@ -3,7 +3,8 @@
 Also installed as the ``lightning`` command, so ``lightning fit --config stages/decoder.yaml``
 works as users type it. Models and DataModules are chosen by ``class_path`` in the stage YAML
 (subclass mode). A shared ``_trainer.yaml`` beside the stage config (or one directory up, for
-``stages/paper/``) is applied first, so stage configs hold only what is their own.
+``stages/paper/``) gives the defaults (jsonargparse's ``default_config_files``: the stage configs and the
+command line override it), so stage configs hold only what is their own.
 """
 
 from __future__ import annotations
@@ -45,17 +46,18 @@ def trainer_defaults_for(config: str | Path) -> Path | None:
     return None
 
 
-def with_trainer_defaults(argv: list[str]) -> list[str]:
-    """``argv`` with ``--config <_trainer.yaml>`` inserted before the user's arguments, when one applies."""
-    if not argv or argv[0] not in SUBCOMMANDS:
-        return argv
-    configs = _config_paths(argv)
+def trainer_defaults_kwargs(args: list[str], subcommands: bool) -> dict:
+    """LightningCLI ``parser_kwargs`` that make the ``_trainer.yaml`` of the first ``--config`` in ``args``
+    the defaults (of every subcommand's parser when ``subcommands``); none when there is no such file or
+    the command line names it itself."""
+    configs = _config_paths(args)
     if not configs or any(Path(c).name == TRAINER_DEFAULTS for c in configs):
-        return argv
+        return {}
     defaults = trainer_defaults_for(configs[0])
     if defaults is None:
-        return argv
-    return [argv[0], "--config", str(defaults), *argv[1:]]
+        return {}
+    kwargs = {"default_config_files": [str(defaults)]}
+    return {name: kwargs for name in SUBCOMMANDS} if subcommands else kwargs
 
 
 class StageTrainer(Trainer):
@@ -78,6 +80,7 @@ class T2ILightningCLI(LightningCLI):
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        args = list(sys.argv[1:] if args is None else args)
         warnings.filterwarnings("ignore", message=r".*IterableDataset.* has `__len__` defined.*")
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         warnings.filterwarnings("ignore", message=r".*Couldn't infer the batch indices.*")
@@ -88,6 +91,7 @@ class T2ILightningCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs=trainer_defaults_kwargs(args, subcommands=run),
             args=args,
             run=run,
             auto_configure_optimizers=True,
@@ -139,10 +143,4 @@ class T2ILightningCLI(LightningCLI):
 
 def run_lightning(argv: list[str] | None = None) -> None:
     """Run a LightningCLI subcommand (``fit`` ...) with the stage's shared trainer defaults applied."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    saved = sys.argv
-    sys.argv = [saved[0] if saved else "t2i", *with_trainer_defaults(argv)]
-    try:
-        T2ILightningCLI()
-    finally:
-        sys.argv = saved
+    T2ILightningCLI(args=list(sys.argv[1:] if argv is None else argv))
