@@ -39,7 +39,7 @@ from .parameterization import (
     x0_from_v,
 )
 from .process import q_posterior, q_sample
-from .samplers import SAMPLERS, annealed_langevin, ddim_sample, ddpm_sample
+from .samplers import SAMPLERS, annealed_langevin, ddim_sample, ddpm_sample, draw_samples
 from .schedules import (
     NoiseSchedule,
     cosine_alpha_bar,
@@ -56,6 +56,7 @@ __all__ = [
     "GUIDANCE_SCHEDULES",
     "PARAMETERIZATIONS",
     "SAMPLERS",
+    "draw_samples",
     "SAMPLING_PRECISIONS",
     "GuidanceNorms",
     "ImageGuidance",

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .guidance import ImageGuidance
+from .guidance import ImageGuidance, dynamic_threshold, static_threshold
 from .model_output import p_mean_variance
 from .parameterization import x0_from_eps
 from .schedules import NoiseSchedule, extract
@@ -190,3 +190,45 @@ parameterization, learn_variance, x0_transform, image_guidance, generator, progr
 stages draw with ``SAMPLERS[name]`` and every command's ``--sampler`` choices are its keys, so a new
 sampler is a function here and a name in this dict. (The score model's annealed Langevin dynamics
 works on noise levels, not a schedule: it is ``t2i sample --method score``.)"""
+
+
+def draw_samples(
+    model_fn: ModelFn,
+    schedule: NoiseSchedule,
+    shape: tuple[int, ...],
+    *,
+    parameterization: str,
+    learn_variance: bool,
+    sampler: str = "ddim",
+    steps: int | str = 50,
+    threshold: float | None = 0.995,
+    eta: float = 0.0,
+    image_guidance: ImageGuidance | None = None,
+    offset: Tensor | None = None,
+    scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> Tensor:
+    """Run ``SAMPLERS[sampler]`` with ``model_fn(x_t, t)`` from Gaussian noise of ``shape`` (float32, from
+    ``generator`` on ``device``) over ``schedule`` respaced to ``steps`` ("all": every training step; a
+    number means ``ddim<steps>`` for DDIM, evenly spaced steps for DDPM), thresholding x̂_0 (dynamic at the
+    ``threshold`` percentile, Saharia et al. 2022 sec. 2.3, or static clipping when None), and return the
+    images clamped to [-1, 1].
+
+    ``offset``, ``scale``: when the process runs on the scaled residual scale·(image − offset) (residual
+    diffusion), the image offset + x̂_0/scale is what is thresholded and offset + sample/scale is returned."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+    if str(steps) != "all":
+        schedule = schedule.respace(f"ddim{steps}" if sampler == "ddim" and str(steps).isdigit() else steps)
+    noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+    extra = {"eta": eta} if sampler == "ddim" else {}
+    to_image = (lambda x0: dynamic_threshold(x0, threshold)) if threshold else static_threshold
+    base = 0.0 if offset is None else offset.to(device, torch.float32)
+    sample = SAMPLERS[sampler](
+        model_fn, schedule, noise, parameterization=parameterization, learn_variance=learn_variance,
+        x0_transform=to_image if offset is None else (lambda x0: scale * (to_image(base + x0 / scale) - base)),
+        image_guidance=image_guidance, generator=generator, progress=progress, **extra,
+    )  # fmt: skip
+    return (base + sample / scale).clamp(-1, 1)

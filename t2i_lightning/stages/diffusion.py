@@ -34,12 +34,11 @@ from ..diffusion import (
     ImageGuidance,
     NoiseSchedule,
     classifier_free_guidance,
-    dynamic_threshold,
+    draw_samples,
     hybrid_loss,
     network_in_precision,
     p2_weights,
     q_sample,
-    static_threshold,
 )
 from ..training.stage_training import GENERATIVE, StageTraining, fixed_seed
 from .conditioning import Conditioning
@@ -245,43 +244,14 @@ class DiffusionStage(StageTraining, pl.LightningModule):
         per = n if max_batch_pixels is None else max(1, max_batch_pixels // (size[0] * size[1]))
         return torch.cat([draw_rows(slice(i, i + per)) for i in range(0, n, per)])
 
-    def draw(
-        self,
-        model_fn: Any,
-        shape: tuple[int, ...],
-        *,
-        sampler: str = "ddim",
-        steps: int | str = 50,
-        threshold: float | None = 0.995,
-        eta: float = 0.0,
-        image_guidance: ImageGuidance | None = None,
-        offset: torch.Tensor | None = None,
-        scale: float = 1.0,
-        generator: torch.Generator | None = None,
-        progress: bool = True,
-    ) -> torch.Tensor:
-        """Run ``sampler`` with ``model_fn(x_t, t)`` from Gaussian noise of ``shape`` over the respaced
-        schedule, thresholding x̂_0, and return the images clamped to [-1, 1].
-
-        ``offset``, ``scale``: when the process runs on the scaled residual scale·(image − offset)
-        (residual diffusion), the image offset + x̂_0/scale is what is thresholded and
-        offset + sample/scale what is returned."""
-        if sampler not in SAMPLERS:
-            raise ValueError(f"Unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
-        schedule = self.schedule if str(steps) == "all" else self.schedule.respace(
-            f"ddim{steps}" if sampler == "ddim" and str(steps).isdigit() else steps
+    def draw(self, model_fn: Any, shape: tuple[int, ...], **settings: Any) -> torch.Tensor:
+        """Images of ``shape`` drawn with ``model_fn(x_t, t)`` (:func:`t2i_lightning.diffusion.draw_samples`
+        with this stage's schedule, parameterization and device; ``settings``: sampler, steps, threshold,
+        eta, image_guidance, offset, scale, generator, progress)."""
+        return draw_samples(
+            model_fn, self.schedule, shape, parameterization=self.hparams.parameterization,
+            learn_variance=self.net.learn_variance, device=self.device, **settings,
         )  # fmt: skip
-        noise = torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
-        extra = {"eta": eta} if sampler == "ddim" else {}
-        to_image = (lambda x0: dynamic_threshold(x0, threshold)) if threshold else static_threshold
-        base = 0.0 if offset is None else offset.to(self.device, torch.float32)
-        sample = SAMPLERS[sampler](
-            model_fn, schedule, noise,
-            parameterization=self.hparams.parameterization, learn_variance=self.net.learn_variance,
-            x0_transform=to_image if offset is None else (lambda x0: scale * (to_image(base + x0 / scale) - base)),
-            image_guidance=image_guidance, generator=generator, progress=progress, **extra,
-        )  # fmt: skip
-        return (base + sample / scale).clamp(-1, 1)
 
 
 def per_batch(options: dict[str, Any], rows: slice, n: int) -> dict[str, Any]:
