@@ -16,6 +16,7 @@ import torch
 
 from t2i_lightning.training.checkpoint_io import AtomicCheckpointIO
 from t2i_lightning.training.finite_guard import NonFiniteGuard
+from t2i_lightning.training.rank_seed import rank_seed
 from t2i_lightning.training.resume import ResumeError, find_resume_point, move_aside
 
 from .cli_runs import ROOT, T2I, assert_stats_equal_numpy, extract, run
@@ -201,6 +202,10 @@ def test_ddp_on_two_cpu_processes_splits_shards_syncs_losses_and_writes_one_chec
         assert rank["val_loss_synced"] == pytest.approx(overall, rel=1e-5)
     files = sorted(p.name for p in (runs / "tiny" / "checkpoints").iterdir())
     assert files == ["epoch=1-step=4.ckpt", "last.ckpt"]  # 2 steps per epoch on each of 2 ranks
+    # each rank draws its own noise (RankSeeds: a stream per seed and rank)
+    assert len(ranks[0]["draws"]) == len(ranks[1]["draws"]) == 4
+    assert not {str(d) for d in ranks[0]["draws"]} & {str(d) for d in ranks[1]["draws"]}
+    assert rank_seed(0, 1) == rank_seed(0, 1) and len({rank_seed(0, 0), rank_seed(0, 1), rank_seed(1, 0)}) == 3
 
 
 def test_extraction_on_two_ranks_writes_every_shard_as_one_rank_does(pipeline, tmp_path):

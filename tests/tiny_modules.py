@@ -77,6 +77,7 @@ class RankRecorder(MeanColourRegressor):
 
     def training_step(self, batch, batch_idx):
         self.seen["train"].extend(batch["key"])
+        self.seen.setdefault("draws", []).append(torch.randn(4).tolist())  # what a diffusion step's noise would be
         return super().training_step(batch, batch_idx)
 
     def on_validation_epoch_start(self):  # keep the last validation only
