@@ -750,3 +750,21 @@ def test_network_in_bfloat16_returns_float32_and_leaves_the_sampler_arithmetic_i
     assert guided.dtype == torch.float32 and torch.equal(guided, c + 2.0 * (c - u))
     with pytest.raises(ValueError, match="bf16-mixed"):
         network_in_precision(net, "16-mixed")
+
+
+def test_schedule_arrays_are_converted_once_per_dtype_and_device_and_released_with_the_schedule():
+    import gc
+
+    from t2i_lightning.diffusion.schedules import _COPIES, device_copy, extract
+
+    schedule = NoiseSchedule.from_name("cosine", 50)
+    like, t = torch.zeros(3, 2, 4, 4), torch.tensor([0, 17, 49])
+    first = extract(schedule.sqrt_alphas_cumprod, t, like)
+    torch.testing.assert_close(first, schedule.sqrt_alphas_cumprod.float()[t].reshape(3, 1, 1, 1), rtol=0, atol=0)
+    copy = device_copy(schedule.sqrt_alphas_cumprod, torch.float32, torch.device("cpu"))
+    assert copy is device_copy(schedule.sqrt_alphas_cumprod, torch.float32, torch.device("cpu"))  # one conversion
+    assert copy.dtype == torch.float32 and device_copy(schedule.sqrt_alphas_cumprod, torch.float64, "cpu").dtype == torch.float64
+    before = len(_COPIES)
+    del schedule, copy
+    gc.collect()
+    assert len(_COPIES) < before  # the copies go with the schedule

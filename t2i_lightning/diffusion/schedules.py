@@ -7,6 +7,7 @@ All schedule arrays are float64 (one sequence of products over 1000 steps loses 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -65,14 +66,33 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num_levels: int) -> Ten
     return torch.logspace(math.log10(sigma_max), math.log10(sigma_min), num_levels, dtype=torch.float64)
 
 
+_COPIES: dict[int, tuple[weakref.ref, dict]] = {}
+"""id(array) -> (a weak reference to it, its copies by (dtype, device)); an entry goes when its array does."""
+
+
+def device_copy(arr: Tensor, dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """``arr`` in ``dtype`` on ``device``, converted once and kept while ``arr`` lives (a schedule's arrays
+    are read at every training and sampling step; copying them to an accelerator each time is a host sync)."""
+    if arr.dtype == dtype and arr.device == torch.device(device):
+        return arr  # nothing to convert (and a copy that is arr itself would keep it alive)
+    entry = _COPIES.get(id(arr))
+    if entry is None or entry[0]() is not arr:
+        key = id(arr)
+        entry = _COPIES[key] = (weakref.ref(arr, lambda _, key=key: _COPIES.pop(key, None)), {})
+    copies, wanted = entry[1], (dtype, torch.device(device))
+    if wanted not in copies:
+        copies[wanted] = arr.to(device=wanted[1], dtype=dtype)
+    return copies[wanted]
+
+
 def extract(arr: Tensor, t: Tensor, like: Tensor) -> Tensor:
     """Gather ``arr[t]`` for a batch of step indices and shape it [B, 1, …] to broadcast against ``like``.
 
     The helper behind every per-timestep coefficient in Ho et al. 2020 ("DDPM") eqs. 4–12. The array is
-    cast to ``like``'s dtype and moved to its device before the gather (so no host synchronisation is
-    needed when ``t`` lives on an accelerator).
+    cast to ``like``'s dtype on its device once (:func:`device_copy`) and gathered there, so no host
+    synchronisation is needed when ``t`` lives on an accelerator.
     """
-    out = arr.to(like.dtype).to(like.device)[t.to(like.device)]
+    out = device_copy(arr, like.dtype, like.device)[t.to(like.device)]
     return out.reshape(t.shape[0], *([1] * (like.ndim - 1)))
 
 
