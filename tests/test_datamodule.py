@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,6 +144,27 @@ def test_missing_path_fails_at_setup_naming_it(tmp_path, spec):
     assert "data.train" in message and "make data" in message
     if spec:
         assert str(tmp_path) in message
+
+
+def test_a_directory_gives_the_asked_split_and_never_falls_back_to_another(shapes_dir, tmp_path):
+    import shutil
+
+    val = resolve_shards(str(shapes_dir), "val")
+    assert val and all(Path(u).name.startswith("val-") for u in val)
+    train_only = tmp_path / "train_only"
+    train_only.mkdir()
+    for shard in Path(shapes_dir).glob("train-*.tar"):
+        shutil.copy(shard, train_only / shard.name)
+    with pytest.raises(ShardSpecError, match=r"No 'val-\*\.tar' shards in .*train_only' \(it holds train shards\)"):
+        resolve_shards(str(train_only), "val")
+    dm = ShardDataModule(train=str(train_only), val=str(train_only), num_workers=0)
+    with pytest.raises(ShardSpecError, match="data.val"):  # validation on training images is refused
+        dm.setup("fit")
+    assert len(resolve_shards(str(train_only))) == len(list(train_only.glob("*.tar")))  # no split asked: all
+    plain = tmp_path / "img2dataset"  # shards named without a split: the directory is the split
+    plain.mkdir()
+    shutil.copy(next(Path(shapes_dir).glob("train-*.tar")), plain / "00000.tar")
+    assert resolve_shards(str(plain), "val") == [str(plain / "00000.tar")]
 
 
 def test_hflip_mirrors_image_and_keeps_caption_true(shapes_dir):

@@ -11,6 +11,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -127,14 +128,20 @@ def _is_remote(spec: str) -> bool:
     return spec.startswith(REMOTE_PREFIXES)
 
 
+SPLIT_SHARD = re.compile(r"^(.+)-\d+\.tar$")
+"""A shard named by its split, as the importers and the generator write them: ``<split>-000000.tar``."""
+
+
 def resolve_shards(spec: str | os.PathLike | list, split: str | None = None) -> list[str]:
     """Turn a shard spec into a sorted list of shard URLs, failing loudly when it names nothing.
 
     A spec is a brace pattern (``data/x/train-{000000..000009}.tar``), a glob
     (``data/x/train-*.tar``), a single ``.tar`` file, a directory, or a list of these. A
-    directory yields its ``{split}-*.tar`` shards when ``split`` is given and any exist, else
-    all its ``*.tar`` files (img2dataset output). Remote URLs (``pipe:``, ``http(s)://``, ...)
-    are passed through unchecked.
+    directory yields its ``{split}-*.tar`` shards when ``split`` is given; a directory whose shards
+    carry no split name (``00000.tar``, img2dataset output) yields all of them. A directory split into
+    named shards (``train-000000.tar``, as the importers write) that has none of ``split`` is an
+    error, never a silent fallback to the other splits' shards (validating or evaluating on training
+    images). Remote URLs (``pipe:``, ``http(s)://``, ...) are passed through unchecked.
     """
     if isinstance(spec, (list, tuple)):
         urls = [u for s in spec for u in resolve_shards(s, split)]
@@ -147,11 +154,18 @@ def resolve_shards(spec: str | os.PathLike | list, split: str | None = None) -> 
     if _is_remote(spec):
         return list(braceexpand.braceexpand(spec))
     if os.path.isdir(spec):
-        found = sorted(glob.glob(os.path.join(spec, f"{split}-*.tar"))) if split else []
-        found = found or sorted(glob.glob(os.path.join(spec, "*.tar")))
+        shards = sorted(glob.glob(os.path.join(spec, "*.tar")))
+        if not shards:
+            raise ShardSpecError(f"No shards ('*.tar') in directory '{spec}'")
+        named = {match.group(1) for path in shards if (match := SPLIT_SHARD.match(os.path.basename(path)))}
+        if not split or not named:
+            return shards
+        found = [path for path in shards if os.path.basename(path).startswith(f"{split}-")]
         if not found:
-            what = f"'{split}-*.tar' or '*.tar'" if split else "'*.tar'"
-            raise ShardSpecError(f"No shards ({what}) in directory '{spec}'")
+            raise ShardSpecError(
+                f"No '{split}-*.tar' shards in '{spec}' (it holds {', '.join(sorted(named))} shards): import a "
+                f"{split} split into it (`t2i data ... --split {split}`) or name other shards for the {split} split"
+            )
         return found
     expanded = list(braceexpand.braceexpand(spec))
     urls: list[str] = []
