@@ -4,6 +4,7 @@ text-to-image-embedding chain, run through the real CLI with the micro CLIP conf
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import signal
 import sys
@@ -55,8 +56,12 @@ def test_bf16_mixed_clip_training_keeps_float32_weights_and_finite_losses(shapes
         assert np.all(np.isfinite(logged[tag])), tag
 
 
-def test_local_weights_files_load_as_pretrained(pipeline, tmp_path):
+def test_local_weights_files_load_as_pretrained(pipeline, tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
     from_stage = create_clip(MICRO, str(pipeline["clip"]))
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage() or "No pretrained" in r.getMessage()]
+    create_clip(MICRO)  # a new CLIP to train is random, and says so
+    assert any("initialized randomly" in r.getMessage() for r in caplog.records)
     state = torch.load(pipeline["clip"], map_location="cpu", weights_only=True)["state_dict"]
     for name, weight in from_stage.state_dict().items():  # the CNN tower's and the text tower's weights
         assert torch.equal(weight, state[f"clip.{name}"]), name

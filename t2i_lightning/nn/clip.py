@@ -13,10 +13,12 @@ checkpoint of this project's CLIP stage.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import open_clip
@@ -69,6 +71,29 @@ def stage_state_dict(checkpoint: dict) -> dict[str, torch.Tensor] | None:
     return weights or None
 
 
+RANDOM_INIT_NOTICES = ("No pretrained weights loaded", "No pretrained configuration specified")
+"""open_clip's and timm's notices that a model was built with random weights."""
+
+
+class _DropRandomInitNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(RANDOM_INIT_NOTICES)
+
+
+@contextlib.contextmanager
+def random_init_notices_silenced() -> Iterator[None]:
+    """Build a model without open_clip's and timm's "initialized randomly" notices: true of the freshly
+    built model, false of the one the user gets when a trained checkpoint is loaded into it at once."""
+    drop, loggers = _DropRandomInitNotices(), [logging.getLogger(), logging.getLogger("timm.models._builder")]
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
+
+
 def create_clip(model_name: str, pretrained: str | None = None) -> torch.nn.Module:
     """Build an open_clip model, randomly initialised or with ``pretrained`` weights.
 
@@ -94,7 +119,8 @@ def create_clip(model_name: str, pretrained: str | None = None) -> torch.nn.Modu
                 f"{pretrained} holds a {trained_as} CLIP, not {model_name}: name {trained_as} as the model "
                 f"(make: CLIP_MODEL={trained_as}), or train a {model_name} ({make_command('clip')}, after moving the old run away)"
             )
-        model = open_clip.create_model(model_name)
+        with random_init_notices_silenced():  # the trained weights are loaded right after
+            model = open_clip.create_model(model_name)
         model.load_state_dict(weights)
         return model
     if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".ckpt", ".safetensors")):
