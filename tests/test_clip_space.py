@@ -173,6 +173,10 @@ def test_corrupt_source_sample_is_skipped_on_both_sides(pipeline, tmp_path):
 def test_extraction_refuses_another_clips_directory(pipeline, tmp_path):
     out = tmp_path / "emb"
     shutil.copytree(pipeline["emb"], out)
+    moved = tmp_path / "moved" / "clip.ckpt"  # the same CLIP file elsewhere is the same CLIP
+    moved.parent.mkdir()
+    shutil.copy(pipeline["clip"], moved)
+    assert "already done" in extract(moved, pipeline["data"], out).stdout
     other = tmp_path / "other.pt"
     torch.save(create_clip(MICRO).state_dict(), other)
     args = [

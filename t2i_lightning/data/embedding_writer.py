@@ -20,6 +20,16 @@ log = logging.getLogger(__name__)
 IN_PROGRESS_NAME = ".extracting.json"  # the CLIP identity of an unfinished extraction
 
 
+def same_clip(a: dict, b: dict) -> bool:
+    """Whether two CLIP identities name the same weights: the same model and, where both record a weights
+    file's hash, the same hash wherever the file lies; else the same pretrained tag or path."""
+    if a.get("model") != b.get("model"):
+        return False
+    if a.get("checkpoint_sha256") and b.get("checkpoint_sha256"):
+        return a["checkpoint_sha256"] == b["checkpoint_sha256"]
+    return (a.get("checkpoint_sha256"), a.get("pretrained")) == (b.get("checkpoint_sha256"), b.get("pretrained"))
+
+
 class EmbeddingShardWriter(BasePredictionWriter):
     """Collects a predict stage's per-batch embeddings by shard and writes each finished shard.
 
@@ -68,10 +78,7 @@ class EmbeddingShardWriter(BasePredictionWriter):
             if (self.out / name).exists():
                 previous = json.loads((self.out / name).read_text())
                 break
-        same = previous is None or all(
-            previous.get(k) == identity[k] for k in ("model", "checkpoint_sha256", "pretrained")
-        )
-        if same:
+        if previous is None or same_clip(previous, identity):
             return
         if not replace:
             raise FileExistsError(
