@@ -227,6 +227,21 @@ def test_an_output_that_is_a_directory_is_refused_and_a_missing_directory_is_cre
     assert grid.is_file() and not list(grid.parent.glob(".*"))
 
 
+def test_inspect_names_a_truncated_shard_and_fails_cleanly_when_every_shard_is(shapes_dir, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    cut = data / "train-000000.tar"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 2 // 5])  # a copy killed part way
+    main(["data", "inspect", str(data), "--n", "2"])
+    out = capsys.readouterr().out
+    assert f"damaged: {cut} (ReadError: unexpected end of data, after" in out and "captions (" in out
+    for shard in data.glob("*.tar"):
+        shard.write_bytes(shard.read_bytes()[:700])
+    assert "Every shard of" in fails(["data", "inspect", data], capsys)
+
+
 # --------------------------------------------------------------------------- safe loading
 
 

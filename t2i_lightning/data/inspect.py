@@ -40,10 +40,18 @@ def read_samples(shard: str, limit: int | None = None) -> list[dict]:
     return list(samples.values())
 
 
-def count_samples(shard: str) -> int:
-    """Number of distinct keys in a local shard (reads tar headers only)."""
-    with tarfile.open(shard) as tar:
-        return len({os.path.basename(m.name).split(".", 1)[0] for m in tar if m.isfile()})
+def scan_shard(shard: str) -> tuple[int, str | None]:
+    """Distinct keys readable in a local shard (tar headers only) and, when it is cut short or is not a
+    tar, why (None for a whole shard)."""
+    keys: set[str] = set()
+    try:
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if member.isfile():
+                    keys.add(os.path.basename(member.name).split(".", 1)[0])
+    except (tarfile.TarError, OSError) as error:  # truncated, corrupt or unreadable
+        return len(keys), f"{type(error).__name__}: {error}"
+    return len(keys), None
 
 
 def captioned_grid(
@@ -77,10 +85,17 @@ def inspect_dataset(path: str, out: str | None = None, n_images: int = 16, n_cap
     for url in urls:
         by_split[split_of(url)].append(url)
     order = [s for s in SPLITS if s in by_split] + sorted(set(by_split) - set(SPLITS))
+    scans = {url: scan_shard(url) for url in urls}
     lines.append(f"  {'split':<8}{'shards':>8}{'samples':>10}")
     for split in order:
-        lines.append(f"  {split:<8}{len(by_split[split]):>8}{sum(map(count_samples, by_split[split])):>10}")
-    first = by_split[order[0]][0]
+        lines.append(f"  {split:<8}{len(by_split[split]):>8}{sum(scans[u][0] for u in by_split[split]):>10}")
+    damaged = [(url, count, why) for url, (count, why) in scans.items() if why]
+    for url, count, why in damaged:
+        lines.append(f"  damaged: {url} ({why}, after {count} readable samples)")
+    whole = [url for split in order for url in by_split[split] if not scans[url][1]]
+    if not whole:
+        raise ValueError(f"Every shard of {path} is damaged: " + "; ".join(f"{u}: {why}" for u, _, why in damaged))
+    first = whole[0]
     samples = read_samples(first, limit=max(n_images, n_captions))
     lines.append(f"  captions ({first}):")
     for sample in samples[:n_captions]:
