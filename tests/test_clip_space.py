@@ -192,6 +192,20 @@ def test_extraction_refuses_another_clips_directory(pipeline, tmp_path):
     assert stats["pretrained"] == str(other)
 
 
+def test_a_translator_run_shorter_than_an_epoch_writes_a_checkpoint_and_resumes_to_more_steps(pipeline, tmp_path):
+    """EarlyStopping checks after validations only: a run that max_steps ends part way through an epoch
+    (no val/mse then) used to raise there and write nothing, and every resume with more steps did too."""
+    emb, runs = pipeline["emb"], tmp_path / "runs"
+    args = [T2I, "fit", "--config", "stages/translator.yaml", "--config", "stages/tiny/translator.yaml",
+            "--trainer.logger.init_args.save_dir", str(runs), "--model.init_args.stats", str(emb / "stats.json"),
+            "--data.init_args.train", str(emb), "--data.init_args.val", str(emb)]  # fmt: skip
+    for steps in (2, 5):
+        result = run(*args, "--trainer.max_steps", str(steps))
+        last = torch.load(runs / "translator" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        assert last["global_step"] == steps and "Traceback" not in result.stderr
+    assert "Resuming from" in result.stderr + result.stdout
+
+
 def test_translator_beats_the_identity_baseline(pipeline):
     logged = scalars(pipeline["runs"] / "translator")
     assert logged["val/mse"][-1] < min(logged["val/identity_mse"][-1], logged["val/identity_mse_standardised"][-1])

@@ -111,4 +111,8 @@ class TranslatorStage(EmbeddingStatsMixin, pl.LightningModule):
         )
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        return [EarlyStopping(monitor="val/mse", mode="min", patience=self.hparams.patience)]
+        # checked after each validation only: a run that max_steps ends part way through an epoch has no
+        # val/mse at that epoch's end, and checking then raised (and wrote no checkpoint)
+        return [
+            EarlyStopping(monitor="val/mse", mode="min", patience=self.hparams.patience, check_on_train_epoch_end=False)
+        ]
