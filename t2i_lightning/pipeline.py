@@ -26,7 +26,7 @@ from .stages.diffusion import DiffusionStage
 from .stages.judge import JudgeStage
 from .stages.score import ScoreStage
 from .stages.translator import TranslatorStage
-from .training.checkpoint_io import error_summary, read_checkpoint, stage_name
+from .training.checkpoint_io import error_summary, read_checkpoint, stage_name, verify_integrity
 from .training.checkpoint_upgrade import is_legacy, legacy_message
 
 DEFAULT_CLIP = default_checkpoint("clip")
@@ -77,6 +77,7 @@ def load_frozen_stage(path: str, stage: str, *others: str) -> pl.LightningModule
             f"{path} is not a checkpoint of the {stage} stage" + (f" but of {found}" if found else "")
             + f" (`make {registry_stage(stage).make_target}` writes one)"
         )
+    verify_integrity(read_checkpoint(path), path)
     loaded = registry_class(written_by).load_from_checkpoint(path, map_location="cpu", weights_only=True)
     return loaded.eval().requires_grad_(False)
 

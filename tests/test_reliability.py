@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from t2i_lightning.training.checkpoint_io import AtomicCheckpointIO
+from t2i_lightning.training.checkpoint_io import INTEGRITY_KEY, AtomicCheckpointIO
 from t2i_lightning.training.finite_guard import NonFiniteGuard
 from t2i_lightning.training.rank_seed import rank_seed
 from t2i_lightning.training.resume import ResumeError, find_resume_point, move_aside
@@ -231,6 +231,44 @@ def test_extraction_on_two_ranks_writes_every_shard_as_one_rank_does(pipeline, t
 
 
 # ------------------------------------------------------------------------------- unit: resume / atomic IO
+
+
+def flip_bytes_in_a_tensor(path: Path, count: int = 64) -> None:
+    """Flip ``count`` bytes inside the largest tensor record of a checkpoint archive, size kept (a disk
+    or copy error torch does not notice: the archive still loads)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as handle:
+        handle.seek(info.header_offset + 26)
+        name_length, extra_length = (int.from_bytes(handle.read(2), "little") for _ in range(2))
+        start = info.header_offset + 30 + name_length + extra_length + info.file_size // 2
+        handle.seek(start)
+        flipped = bytes(b ^ 0xFF for b in handle.read(count))
+        handle.seek(start)
+        handle.write(flipped)
+
+
+def test_a_bit_flipped_last_checkpoint_is_passed_over_and_refused_where_loaded(tmp_path, shapes_dir):
+    """The issue's case: 64 flipped bytes inside a tensor of last.ckpt resumed silently on damaged weights.
+    Each checkpoint records its tensors' sha256; resume passes over the damaged one to the newest good
+    one, and --ckpt_path and the pipeline's loaders refuse it in one line."""
+    runs = tmp_path / "runs"
+    run(*tiny_fit_args(runs, shapes_dir, "--trainer.max_steps", "4"))
+    checkpoints = runs / "tiny" / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)[INTEGRITY_KEY]
+    flip_bytes_in_a_tensor(checkpoints / "last.ckpt")
+    torch.load(checkpoints / "last.ckpt", weights_only=True)  # torch itself does not notice
+    resumed = run(*tiny_fit_args(runs, shapes_dir, "--trainer.max_steps", "6"))
+    assert "Unreadable checkpoint passed over: last.ckpt: CorruptCheckpointError" in resumed.stderr
+    assert f"Resuming from {checkpoints / 'epoch=0-step=4.ckpt'} (step 4)" in resumed.stderr
+    assert last(runs)["global_step"] == 6
+    flip_bytes_in_a_tensor(checkpoints / "last.ckpt")
+    explicit = run(*tiny_fit_args(runs, shapes_dir, "--trainer.max_steps", "8", "--ckpt_path",
+                                  str(checkpoints / "last.ckpt")), check=False)  # fmt: skip
+    assert explicit.returncode == 1 and "is corrupt: its tensors do not match" in explicit.stderr
+    assert "Traceback" not in explicit.stderr
 
 
 def _fake_checkpoint(path: Path, step: int, class_path: str = "pkg.Stage", **hparams) -> None:

@@ -20,6 +20,7 @@ from t2i_lightning.nn.sr_unet import SuperResUNet
 from t2i_lightning.pipeline import load_upsampler
 from t2i_lightning.stages.diffusion import DiffusionStage
 from t2i_lightning.stages.low_res_image import LowResImage
+from t2i_lightning.training.checkpoint_io import INTEGRITY_KEY
 
 from .cli_runs import T2I, make_dry_run, run, scalars
 
@@ -411,7 +412,8 @@ def as_legacy(checkpoint: dict, class_path: str) -> dict:
     lacked = ("threshold", "schedule_shift", "p2_gamma", "p2_k") if class_path.endswith("UpsamplerStage") else ("sampler", "steps", "threshold")
     hparams = {k: v for k, v in hparams.items() if k not in lacked} | arguments | {"_class_path": class_path}
     states = {key: {k.removeprefix("conditioning."): v for k, v in checkpoint[key].items()} for key in ("state_dict", "current_model_state")}
-    return {**checkpoint, "hyper_parameters": hparams, **states}
+    kept = {k: v for k, v in checkpoint.items() if k != INTEGRITY_KEY}  # they wrote no tensor digest
+    return {**kept, "hyper_parameters": hparams, **states}
 
 
 def identical(a, b) -> bool:

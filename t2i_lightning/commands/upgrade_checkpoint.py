@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..data.shards import atomic_path
-from ..training.checkpoint_io import error_summary
+from ..training.checkpoint_io import INTEGRITY_KEY, AtomicCheckpointIO, error_summary, verify_integrity
 from ..training.checkpoint_upgrade import DIFFUSION_STAGE, is_legacy, upgrade
 from .options import add_command, options_from
 
@@ -48,17 +48,17 @@ def upgrade_file(path: Path, backup: bool) -> str:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
         raise ValueError(f"{path} is not a readable checkpoint ({error_summary(error)})") from error
+    verify_integrity(checkpoint, path)
     hparams = checkpoint.get("hyper_parameters") or {}
     if not is_legacy(hparams):
         state = "already a DiffusionStage checkpoint" if hparams.get("_class_path") == DIFFUSION_STAGE else "not a diffusion checkpoint"
         return f"left alone ({state})"
     old_class = hparams["_class_path"].rpartition(".")[2]
-    upgraded = upgrade(checkpoint)
+    upgraded = {k: v for k, v in upgrade(checkpoint).items() if k != INTEGRITY_KEY}
     if backup:
         with atomic_path(path.with_name(path.name + BACKUP_SUFFIX)) as partial:
             shutil.copyfile(path, partial)
-    with atomic_path(path) as partial:
-        torch.save(upgraded, partial)
+    AtomicCheckpointIO().save_checkpoint(upgraded, path)  # atomic, with the digest of the moved tensors
     return f"{old_class} -> DiffusionStage ({upgraded['hyper_parameters']['conditioning']['class_path'].rpartition('.')[2]})"
 
 

@@ -80,7 +80,7 @@ class T2ILightningCLI(LightningCLI):
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
-        args = list(sys.argv[1:] if args is None else args)
+        command_line = list(sys.argv[1:] if args is None else args)
         warnings.filterwarnings("ignore", message=r".*IterableDataset.* has `__len__` defined.*")
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         warnings.filterwarnings("ignore", message=r".*Couldn't infer the batch indices.*")
@@ -91,7 +91,7 @@ class T2ILightningCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs=trainer_defaults_kwargs(args, subcommands=run),
+            parser_kwargs=trainer_defaults_kwargs(command_line, subcommands=run),
             args=args,
             run=run,
             auto_configure_optimizers=True,
@@ -142,5 +142,12 @@ class T2ILightningCLI(LightningCLI):
 
 
 def run_lightning(argv: list[str] | None = None) -> None:
-    """Run a LightningCLI subcommand (``fit`` ...) with the stage's shared trainer defaults applied."""
-    T2ILightningCLI(args=list(sys.argv[1:] if argv is None else argv))
+    """Run a LightningCLI subcommand (``fit`` ...) with the stage's shared trainer defaults applied. ``argv``
+    becomes the command line LightningCLI reads (it warns when given both ``args`` and a command line)."""
+    saved = sys.argv
+    if argv is not None:
+        sys.argv = [saved[0] if saved else "t2i", *argv]
+    try:
+        T2ILightningCLI()
+    finally:
+        sys.argv = saved

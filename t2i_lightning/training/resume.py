@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint_io import error_summary, read_checkpoint
+from .checkpoint_io import error_summary, read_checkpoint, verify_integrity
 from .checkpoint_upgrade import is_legacy, legacy_message
 
 
@@ -99,6 +99,7 @@ def find_resume_point(
     for path in _candidates(directory, last_name):
         try:
             checkpoint = read_checkpoint(path)
+            verify_integrity(checkpoint, path.name)
             saved_hparams, step = checkpoint.get("hyper_parameters", {}), int(checkpoint["global_step"])
         except Exception as error:  # any unreadable file is skipped, and said so
             skipped.append(f"{path.name}: {error_summary(error)}")
