@@ -150,6 +150,33 @@ def test_killed_extraction_resumes_to_identical_bytes(pipeline, tmp_path):
     assert dir_bytes(killed) == dir_bytes(reference)
 
 
+def test_images_reimported_in_place_are_extracted_again_and_stale_embeddings_refused(pipeline, tmp_path):
+    """A re-import with other options used to leave 'N of N shards already done' and the old embeddings,
+    which the decoder then joined to the new images by key."""
+    from t2i_lightning.data.decode import ShardMismatchError
+    from t2i_lightning.data.joined import EmbeddingLookup
+
+    data = tmp_path / "data"
+    data.mkdir()
+    sources = resolve_shards(str(pipeline["data"]), "val")
+    for shard in sources:
+        shutil.copy(shard, data / Path(shard).name)
+    out, fresh = tmp_path / "emb", tmp_path / "fresh"
+    extract(pipeline["clip"], data, out)
+    changed = data / Path(sources[0]).name
+    samples = read_samples(str(changed))
+    write_shard(changed, samples[::-1])  # the same images in another order, as a re-import may write them
+    key = samples[0]["__key__"]
+    with pytest.raises(ShardMismatchError, match=f"extracted from another version of {changed}.*make embed"):
+        EmbeddingLookup(out)(str(changed), key)
+    again = extract(pipeline["clip"], data, out)
+    assert "1 image shard(s) changed since their embeddings were extracted" in again.stdout
+    assert f"{len(sources) - 1} of {len(sources)} shards already done" in again.stdout
+    extract(pipeline["clip"], data, fresh)
+    assert dir_bytes(out) == dir_bytes(fresh)  # the changed shard's embeddings are the new images
+    assert EmbeddingLookup(out)(str(changed), key)[0].shape == (32,)
+
+
 def test_corrupt_source_sample_is_skipped_on_both_sides(pipeline, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

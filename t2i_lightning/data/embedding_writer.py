@@ -13,7 +13,18 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from tqdm.auto import tqdm
 
-from .embeddings import IMAGE_MEMBER, STATS_NAME, TEXT_MEMBER, Moments, load_npy, npy_bytes
+from .embeddings import (
+    IMAGE_MEMBER,
+    SOURCE_SUFFIX,
+    STATS_NAME,
+    TEXT_MEMBER,
+    Moments,
+    load_npy,
+    npy_bytes,
+    shard_fingerprint,
+    source_changed,
+    source_record,
+)
 from .shards import check_writable, read_index, remove_stale_temporaries, write_json_atomic, write_shard
 
 log = logging.getLogger(__name__)
@@ -64,12 +75,26 @@ class EmbeddingShardWriter(BasePredictionWriter):
             self._check_identity(pl_module.identity, pl_module.hparams.replace_other_clip)
             remove_stale_temporaries(self.out)
             write_json_atomic(self.out / IN_PROGRESS_NAME, pl_module.identity)
+            self._redo_changed_sources()
         trainer.strategy.barrier()
         done = {u for u in self.sources if self.output_path(u).exists()}
         datamodule.exclude_shards(done)
         if trainer.is_global_zero:
             print(f"embeddings -> {self.out}: {len(done)} of {len(self.sources)} shards already done")
             self.bar = tqdm(total=len(self.sources), initial=len(done), unit="shard", desc="extract")
+
+    def _redo_changed_sources(self) -> None:
+        """Remove the embedding shards whose image shards have changed since they were extracted (a
+        re-import in place), so they are extracted again rather than kept as done."""
+        changed = [u for u in self.sources if self.output_path(u).exists() and source_changed(self.output_path(u), u)]
+        if not changed:
+            return
+        (self.out / STATS_NAME).unlink(missing_ok=True)  # the directory is incomplete until they are redone
+        for source in changed:
+            self.output_path(source).unlink()
+            source_record(self.output_path(source)).unlink(missing_ok=True)
+        print(f"{len(changed)} image shard(s) changed since their embeddings were extracted (e.g. "
+              f"{Path(changed[0]).name}): extracting them again")  # fmt: skip
 
     def _check_identity(self, identity: dict, replace: bool) -> None:
         """Refuse (or, with ``replace``, delete) embeddings that another CLIP wrote in ``out``."""
@@ -86,7 +111,8 @@ class EmbeddingShardWriter(BasePredictionWriter):
                 "remove it, set model.init_args.out to another directory, or set model.init_args.replace_other_clip true"
             )
         log.warning("replacing embeddings of another CLIP in %s", self.out)
-        for path in [*self.out.glob("*.tar"), self.out / STATS_NAME, self.out / IN_PROGRESS_NAME]:
+        for path in [*self.out.glob("*.tar"), *self.out.glob(f"*.tar{SOURCE_SUFFIX}"), self.out / STATS_NAME,
+                     self.out / IN_PROGRESS_NAME]:  # fmt: skip
             path.unlink(missing_ok=True)
 
     def write_on_batch_end(
@@ -109,6 +135,8 @@ class EmbeddingShardWriter(BasePredictionWriter):
             {"__key__": key, IMAGE_MEMBER: npy_bytes(img[i]), TEXT_MEMBER: npy_bytes(txt[i])}
             for i, key in enumerate(entry["key"])
         )
+        # the source's fingerprint first: a shard on disk without one is from before the records existed
+        write_json_atomic(source_record(self.output_path(shard)), {"source": shard, **shard_fingerprint(shard)})
         write_shard(self.output_path(shard), samples)
         self.moments[self.output_path(shard).name] = (Moments.of(img), Moments.of(txt))
         self.written += 1

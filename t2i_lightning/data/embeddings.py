@@ -2,11 +2,15 @@
 
 An embedding directory ``<dataset>/emb-<clip-id>/`` holds one shard per image shard, with the
 same name and the same keys in the same order (minus samples the extractor had to skip), and a
-``stats.json`` with the CLIP's identity and per-dimension mean/std of each side (float64).
+``stats.json`` with the CLIP's identity and per-dimension mean/std of each side (float64). Beside each
+shard, ``<name>.tar.source.json`` records the fingerprint of the image shard it was extracted from
+(:func:`shard_fingerprint`): extraction re-does a shard whose images have changed since (a re-import
+in place), and the decoders' data refuse embeddings of images that are no longer there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -92,3 +96,37 @@ class Moments:
     def mean_std(self) -> tuple[list[float], list[float]]:
         """The per-dimension mean and population standard deviation."""
         return self.mean.tolist(), np.sqrt(self.m2 / self.count).tolist()
+
+
+SOURCE_SUFFIX = ".source.json"
+FINGERPRINT_BYTES = 1 << 20
+
+
+def shard_fingerprint(path: str | os.PathLike) -> dict:
+    """What identifies an image shard's contents, cheaply: its size and the sha256 of its first and last
+    MiB (where a re-import with other options, another order or other images differs; reading whole
+    shards would double the I/O of every extraction and every training start)."""
+    path = Path(path)
+    size = path.stat().st_size
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        sha.update(handle.read(FINGERPRINT_BYTES))
+        handle.seek(max(0, size - FINGERPRINT_BYTES))
+        sha.update(handle.read(FINGERPRINT_BYTES))
+    return {"size": size, "head_tail_sha256": sha.hexdigest()}
+
+
+def source_record(embedding_shard: str | os.PathLike) -> Path:
+    """Where the fingerprint of an embedding shard's source image shard is kept."""
+    embedding_shard = Path(embedding_shard)
+    return embedding_shard.with_name(embedding_shard.name + SOURCE_SUFFIX)
+
+
+def source_changed(embedding_shard: str | os.PathLike, image_shard: str) -> bool:
+    """Whether ``image_shard`` is no longer the shard ``embedding_shard`` was extracted from (False when
+    that cannot be told: an extraction older than the records, or a remote shard)."""
+    record = source_record(embedding_shard)
+    if not record.is_file() or not os.path.isfile(image_shard):
+        return False
+    recorded = json.loads(record.read_text())
+    return {k: recorded.get(k) for k in ("size", "head_tail_sha256")} != shard_fingerprint(image_shard)

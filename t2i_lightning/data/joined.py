@@ -20,7 +20,7 @@ from ..registry import DEMO_EMBEDDINGS, make_command
 from ..registry import stage as registry_stage
 from .datamodule import ShardDataModule
 from .decode import ShardMismatchError, decode_image_caption
-from .embeddings import IMAGE_MEMBER, TEXT_MEMBER, load_npy, read_stats
+from .embeddings import IMAGE_MEMBER, TEXT_MEMBER, load_npy, read_stats, source_changed
 from .inspect import read_samples
 
 
@@ -36,6 +36,7 @@ class EmbeddingLookup:
         self.directory = Path(directory)
         self.capacity = capacity
         self._tables: OrderedDict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = OrderedDict()
+        self._checked: set[str] = set()  # image shards whose embeddings were checked to be theirs
         self.shard_reads = 0
 
     def mirror_of(self, image_shard: str) -> Path:
@@ -50,6 +51,13 @@ class EmbeddingLookup:
             raise ShardMismatchError(
                 f"Image shard {image_shard} has no embedding shard {path}: run {make_command('embed')} for this dataset"
             )
+        if image_shard not in self._checked:
+            if source_changed(path, image_shard):
+                raise ShardMismatchError(
+                    f"Embedding shard {path} was extracted from another version of {image_shard} (its images have "
+                    f"changed since, e.g. re-imported): re-run {make_command('embed')}"
+                )
+            self._checked.add(image_shard)
         table = {s["__key__"]: (load_npy(s[IMAGE_MEMBER]), load_npy(s[TEXT_MEMBER])) for s in read_samples(str(path))}
         self.shard_reads += 1
         self._tables[image_shard] = table
