@@ -283,6 +283,15 @@ def test_resume_point_passes_over_an_unreadable_last_checkpoint(tmp_path):
     assert point.skipped and point.skipped[0].startswith("last.ckpt")
 
 
+def test_resume_point_takes_the_furthest_trained_checkpoint_over_an_older_last(tmp_path):
+    _fake_checkpoint(tmp_path / "epoch=2-step=12.ckpt", 12, lr=0.1)
+    _fake_checkpoint(tmp_path / "last.ckpt", 8, lr=0.1)  # written after it, but at an earlier step
+    point = find_resume_point(tmp_path, "pkg.Stage", {"lr": 0.1})
+    assert point.path.name == "epoch=2-step=12.ckpt" and point.global_step == 12
+    _fake_checkpoint(tmp_path / "last.ckpt", 12, lr=0.1)  # a tie: last.ckpt
+    assert find_resume_point(tmp_path, "pkg.Stage", {"lr": 0.1}).path.name == "last.ckpt"
+
+
 def test_resume_point_refuses_another_stage_and_unreadable_runs(tmp_path):
     _fake_checkpoint(tmp_path / "last.ckpt", 5, class_path="pkg.Captioner")
     with pytest.raises(ResumeError, match="written by pkg.Captioner, but this config trains pkg.Decoder"):

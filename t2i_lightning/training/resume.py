@@ -72,10 +72,21 @@ def check_explicit_checkpoint(path: str | Path, class_path: str) -> None:
         raise ResumeError(f"--ckpt_path {path} was written by {saved_class}, but this config trains {class_path}")
 
 
-def _candidates(directory: Path, last_name: str) -> list[Path]:
-    """Checkpoint files of a run directory, the ``last`` one first, then newest first."""
-    files = sorted(directory.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    return sorted(files, key=lambda p: p.name != last_name)
+def _candidates(directory: Path, last_name: str) -> tuple[list[tuple[Path, dict]], list[str]]:
+    """The readable checkpoints of a run directory (memory-mapped), the furthest trained first (on a tie the
+    ``last`` one, then the newest file), and why the unreadable ones were passed over. ``last.ckpt`` is not
+    always the furthest: a run killed between its periodic save and ``last.ckpt``'s leaves it behind."""
+    readable, skipped = [], []
+    for path in sorted(directory.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            checkpoint = read_checkpoint(path)
+            int(checkpoint["global_step"])
+        except Exception as error:  # any unreadable file is skipped, and said so
+            skipped.append(f"{path.name}: {error_summary(error)}")
+            continue
+        readable.append((path, checkpoint))
+    readable.sort(key=lambda item: (-int(item[1]["global_step"]), item[0].name != last_name))
+    return readable, skipped
 
 
 def find_resume_point(
@@ -88,22 +99,22 @@ def find_resume_point(
 ) -> ResumePoint | None:
     """The checkpoint to resume from in ``directory``, or None when there is none.
 
-    Checkpoints that cannot be read (truncated, not a Lightning checkpoint) are passed over and
-    reported in ``skipped``; the first readable one must be of ``class_path`` and (unless
-    ``allow_changed_config``) have the same model hyperparameters, else :class:`ResumeError`.
+    The furthest trained checkpoint that can be read and is whole is taken; those that cannot be read
+    (truncated, not a Lightning checkpoint) or fail their tensor digest are passed over and reported in
+    ``skipped``. The one taken must be of ``class_path`` and (unless ``allow_changed_config``) have the
+    same model hyperparameters, else :class:`ResumeError`.
     """
     directory = Path(directory)
     if not directory.is_dir():
         return None
-    skipped = []
-    for path in _candidates(directory, last_name):
+    candidates, skipped = _candidates(directory, last_name)
+    for path, checkpoint in candidates:
         try:
-            checkpoint = read_checkpoint(path)
             verify_integrity(checkpoint, path.name)
-            saved_hparams, step = checkpoint.get("hyper_parameters", {}), int(checkpoint["global_step"])
-        except Exception as error:  # any unreadable file is skipped, and said so
+        except Exception as error:  # a damaged file is passed over too, and said so
             skipped.append(f"{path.name}: {error_summary(error)}")
             continue
+        saved_hparams, step = checkpoint.get("hyper_parameters", {}), int(checkpoint["global_step"])
         saved_class = saved_hparams.get("_class_path")
         hint = "pass --fresh to start over (the old checkpoints are moved aside)"
         if is_legacy(saved_hparams):
