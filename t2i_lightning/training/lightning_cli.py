@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from ..accelerator import resolve_precision
 from ..data.shards import check_writable
 from .resume import check_explicit_checkpoint, checkpoint_directory, find_resume_point, move_aside
+from .run_lock import lock_run, release_run_locks
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 TRAINER_DEFAULTS = "_trainer.yaml"
@@ -120,6 +121,10 @@ class T2ILightningCLI(LightningCLI):
         config = self.config[self.subcommand]
         directory = checkpoint_directory(self.trainer)
         check_writable(directory.parent, directory=True)  # the run directory: refused now, not after data setup
+        if rank_zero_only.rank == 0:
+            removed = lock_run(directory.parent, directory)  # one writer per run directory
+            if removed:
+                rank_zero_info(f"Removed {removed} temporary file(s) a killed save left in {directory}")
         if config.get("ckpt_path"):
             return
         if config.fresh:
@@ -151,3 +156,4 @@ def run_lightning(argv: list[str] | None = None) -> None:
         T2ILightningCLI()
     finally:
         sys.argv = saved
+        release_run_locks()
