@@ -37,6 +37,7 @@ from .commands import (
     upgrade_checkpoint,
     upsample,
 )
+from .data.decode import ShardMismatchError
 from .training.finite_guard import NonFiniteLossError
 from .training.lightning_cli import SUBCOMMANDS
 
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 # A path that is a file where a directory must be (or the reverse), or not writable, is the user's to fix.
 USER_ERRORS = (
     FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError,
-    NonFiniteLossError,
+    NonFiniteLossError, ShardMismatchError,
 )  # fmt: skip
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 
@@ -79,7 +80,17 @@ def reported_as_user_error(command: str) -> Iterator[None]:
     except USER_ERRORS as error:
         if os.environ.get("T2I_DEBUG"):
             raise
-        sys.exit(f"{command}: error: {error}\n(set T2I_DEBUG=1 for a traceback)")
+        sys.exit(f"{command}: error: {user_message(error)}\n(set T2I_DEBUG=1 for a traceback)")
+
+
+def user_message(error: BaseException) -> str:
+    """The error's message; for one a DataLoader worker raised (torch re-raises it with the worker's whole
+    traceback as its message), the original message alone."""
+    message = str(error)
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        last = message.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return message
 
 
 def main(argv: list[str] | None = None) -> None:

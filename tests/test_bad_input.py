@@ -242,6 +242,25 @@ def test_inspect_names_a_truncated_shard_and_fails_cleanly_when_every_shard_is(s
     assert "Every shard of" in fails(["data", "inspect", data], capsys)
 
 
+def test_an_error_raised_in_a_dataloader_worker_reads_as_its_own_message():
+    """torch re-raises a worker's exception with the worker's whole traceback as its message (about 60 lines
+    for a decoder fit on another dataset's embeddings); the user reads the original line."""
+    from torch._utils import ExceptionWrapper
+
+    from t2i_lightning.cli import user_message
+    from t2i_lightning.data.decode import ShardMismatchError
+
+    try:
+        raise ShardMismatchError("Image shard a.tar has no embedding shard b.tar: run `make embed` for this dataset")
+    except ShardMismatchError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(ShardMismatchError) as caught:
+        wrapped.reraise()
+    assert "Original Traceback" in str(caught.value)
+    assert user_message(caught.value) == "Image shard a.tar has no embedding shard b.tar: run `make embed` for this dataset"
+    assert user_message(ValueError("plain: message")) == "plain: message"
+
+
 # --------------------------------------------------------------------------- safe loading
 
 

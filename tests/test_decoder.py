@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +55,20 @@ def test_fit_writes_an_ema_checkpoint_losses_and_sample_grids(decoder):
     assert [g.name for g in grids] == ["step-0000003.png", "step-0000006.png"]
     with Image.open(grids[-1]) as grid:
         assert grid.width > 4 * 96  # 4 reconstructions per row at tile 96
+
+
+def test_a_decoder_fit_on_images_its_embeddings_do_not_match_fails_in_one_line(pipeline, tmp_path):
+    """Raised in a DataLoader worker, the mismatch used to end a ~60-line traceback."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for shard in resolve_shards(str(pipeline["data"])):
+        samples = read_samples(shard)
+        write_shard(data / Path(shard).name, [{**s, "__key__": "other_" + s["__key__"]} for s in samples])
+    args = decoder_args({**pipeline, "data": data}, tmp_path / "runs")
+    result = run(*args, "--data.init_args.num_workers", "1", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    message = [line for line in result.stderr.splitlines() if line.startswith("t2i fit: error:")]
+    assert len(message) == 1 and "make embed" in message[0]
 
 
 def test_sample_writes_the_requested_count_and_size(decoder, tmp_path):
