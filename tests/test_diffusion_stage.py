@@ -63,3 +63,23 @@ def test_per_image_options_are_cut_to_each_batch_and_the_rest_passed_whole():
     cut = per_batch(options, slice(1, 3), 5)
     assert torch.equal(cut["levels"], torch.tensor([1, 2])) and cut["names"] == ["b", "c"]
     assert cut["level"] == 0.1 and cut["word"] == "abcde" and cut["none"] is None
+
+
+def test_the_optimizer_holds_every_parameter_once_in_the_order_of_the_classes_it_replaced():
+    """The conditioning's own parameters, the network's, then the conditioning's modules' (the upsampler's
+    predictor): the order old checkpoints' optimizer states are laid out in (a resumed upgraded decoder
+    and text decoder train bit for bit as the old code does: docs/experiments.md)."""
+    from t2i_lightning.nn.sr_unet import SuperResUNet
+    from t2i_lightning.stages.low_res_image import LowResImage
+
+    decoder = DiffusionStage(ConditionalUNet(**MICRO_UNET, cond_dim=8), ImageEmbedding())
+    names = [name for name, _ in decoder.optimizer_parameters()]
+    assert names[0] == "conditioning.null_embedding" and all(n.startswith("net.") for n in names[1:])
+    sr = dict(image_size=32, base_channels=16, channel_mult=(1, 2), groups=8)
+    upsampler = DiffusionStage(SuperResUNet(**sr), LowResImage(residual=True, predictor=SuperResUNet(**sr, learn_variance=False, noisy_input=False)))
+    names = [name for name, _ in upsampler.optimizer_parameters()]
+    first_predictor = names.index(next(n for n in names if n.startswith("conditioning.predictor.")))
+    assert all(n.startswith("net.") for n in names[:first_predictor])
+    assert all(n.startswith("conditioning.predictor.") for n in names[first_predictor:])
+    for stage in (decoder, upsampler, DiffusionStage(ConditionalUNet(**MICRO_UNET, cond_dim=0))):
+        assert sorted(n for n, _ in stage.optimizer_parameters()) == sorted(n for n, _ in stage.named_parameters())

@@ -59,7 +59,7 @@ def bare_loop_seconds(
     stage.to(device)
     hp = stage.hparams
     optim = adamw_with_warmup(
-        decay_groups(stage, hp.weight_decay), hp.lr, hp.weight_decay, hp.warmup_steps, len(batches),
+        decay_groups(stage.optimizer_parameters(), hp.weight_decay), hp.lr, hp.weight_decay, hp.warmup_steps, len(batches),
         betas=stage.adam_betas, decay=hp.lr_decay,
     )  # fmt: skip
     optimizer, scheduler = optim["optimizer"], optim["lr_scheduler"]["scheduler"]

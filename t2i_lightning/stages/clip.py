@@ -153,5 +153,5 @@ class CLIPStage(pl.LightningModule):
         hp = self.hparams
         total = int(self.trainer.estimated_stepping_batches)
         return adamw_with_warmup(
-            decay_groups(self, hp.weight_decay), hp.lr, hp.weight_decay, hp.warmup_steps, total
+            decay_groups(self.named_parameters(), hp.weight_decay), hp.lr, hp.weight_decay, hp.warmup_steps, total
         )

@@ -21,7 +21,7 @@ unpacks batches, calls it and logs.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -117,6 +117,20 @@ class DiffusionStage(StageTraining, pl.LightningModule):
     def clip_identity(self) -> dict[str, Any]:
         """The CLIP whose embeddings the stage was trained on ({} when none)."""
         return self.conditioning.clip_identity if self.conditioning is not None else {}
+
+    def optimizer_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """The conditioning's own parameters (its null vectors), the network's, then those of the
+        conditioning's modules (the upsampler's predictor): the order the three classes this stage replaced
+        gave the optimizer, so their checkpoints' optimizer states carry over and the gradient norm is
+        summed as before (its rounding changed with the order, and so did training after clipping began)."""
+        conditioning = self.conditioning
+        if conditioning is None:
+            yield from self.named_parameters()
+            return
+        yield from (("conditioning." + name, p) for name, p in conditioning.named_parameters(recurse=False))
+        yield from (("net." + name, p) for name, p in self.net.named_parameters())
+        own = {id(p) for _, p in conditioning.named_parameters(recurse=False)}
+        yield from (("conditioning." + name, p) for name, p in conditioning.named_parameters() if id(p) not in own)
 
     def on_fit_start(self) -> None:
         if self.conditioning is not None:

@@ -48,10 +48,11 @@ def adamw_with_warmup(
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Parameter groups: weight decay on matrices, none on biases, norms, embeddings' scales and temperatures."""
+def decay_groups(named_parameters: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict]:
+    """Parameter groups, in the given order: weight decay on matrices, none on biases, norms, embeddings'
+    scales and temperatures."""
     decay, no_decay = [], []
-    for name, param in module.named_parameters():
+    for name, param in named_parameters:
         if not param.requires_grad:
             continue
         (no_decay if param.ndim < 2 or "logit_scale" in name else decay).append(param)

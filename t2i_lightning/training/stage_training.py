@@ -62,10 +62,15 @@ class StageTraining:
         else:
             torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
 
+    def optimizer_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """The named parameters in the order the optimizer holds them (its state in a checkpoint is laid out
+        in this order, and the gradient norm is summed in it)."""
+        return self.named_parameters()
+
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         return adamw_with_warmup(
-            decay_groups(self, hp.weight_decay), hp.lr, hp.weight_decay, hp.warmup_steps,
+            decay_groups(self.optimizer_parameters(), hp.weight_decay), hp.lr, hp.weight_decay, hp.warmup_steps,
             int(self.trainer.estimated_stepping_batches), betas=self.adam_betas, decay=hp.lr_decay,
         )  # fmt: skip
 
