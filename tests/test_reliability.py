@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from t2i_lightning.training.checkpoint_io import INTEGRITY_KEY, AtomicCheckpointIO
+from t2i_lightning.training.checkpoint_io import INTEGRITY_KEY, AtomicCheckpointIO, tensor_digest
 from t2i_lightning.training.finite_guard import NonFiniteGuard
 from t2i_lightning.training.rank_seed import rank_seed
 from t2i_lightning.training.resume import ResumeError, find_resume_point, move_aside
@@ -341,7 +341,7 @@ def test_a_checkpoint_save_that_dies_midway_leaves_the_previous_file_whole(tmp_p
     with pytest.raises(KeyboardInterrupt):
         AtomicCheckpointIO().save_checkpoint({"global_step": 2}, target)
     monkeypatch.undo()
-    assert torch.load(target, weights_only=True) == {"global_step": 1}
+    assert torch.load(target, weights_only=True) == {"global_step": 1, INTEGRITY_KEY: tensor_digest({"global_step": 1})}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
