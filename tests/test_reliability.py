@@ -48,11 +48,12 @@ def wait_for_step(heartbeat: Path, step: int, process: subprocess.Popen, timeout
     raise AssertionError(f"no step {step} within {timeout} s")
 
 
-def popen(args: list[str]) -> subprocess.Popen:
+def popen(args: list[str], new_group: bool = False) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=new_group,
+    )  # fmt: skip
 
 
 def test_kill_9_in_the_middle_then_the_same_command_resumes(tmp_path, shapes_dir):
@@ -91,6 +92,27 @@ def test_sigterm_writes_a_checkpoint_at_the_current_step_and_exits_143(tmp_path,
     assert 3 <= step < 100  # written on SIGTERM: no periodic checkpoint comes before step 100
     result = run(*tiny_fit_args(runs, shapes_dir, "--trainer.max_steps", str(step + 2)))
     assert f"(step {step})" in result.stderr and last(runs)["global_step"] == step + 2
+
+
+def test_sigterm_to_the_whole_process_group_saves_too_and_leaves_no_worker(tmp_path, shapes_dir):
+    """What SLURM and `docker stop` do: every process of the job gets SIGTERM. A DataLoader worker used to
+    die first, the main process raised 'worker ... killed by signal' and nothing was saved."""
+    runs, beat = tmp_path / "runs", tmp_path / "beat"
+    args = tiny_fit_args(
+        runs, shapes_dir, "--trainer.max_steps", "200", "--trainer.val_check_interval", "100",
+        "--trainer.check_val_every_n_epoch", "null", "--data.init_args.num_workers", "1",
+        "--trainer.callbacks+=tests.tiny_modules.Heartbeat", "--trainer.callbacks.path", str(beat),
+    )  # fmt: skip
+    process = popen(args, new_group=True)
+    wait_for_step(beat, 3, process)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    assert "SIGTERM at step" in stderr and "Traceback" not in stderr and "killed by signal" not in stderr
+    assert 3 <= last(runs)["global_step"] < 100
+    time.sleep(1)
+    with pytest.raises(ProcessLookupError):  # the group is gone: no worker outlived the run
+        os.killpg(process.pid, 0)
 
 
 def test_changed_settings_are_refused_unless_asked_and_fresh_moves_the_old_run_aside(tmp_path, shapes_dir):

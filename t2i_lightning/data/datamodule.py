@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from .decode import collate, decode_image_caption
 from .shards import ShardSpecError, resolve_shards
 from .streams import RankWorkerShards, ShardAlignedBatches, build_stream
+from .workers import detach_worker
 
 
 class ShardDataModule(pl.LightningDataModule):
@@ -124,8 +125,9 @@ class ShardDataModule(pl.LightningDataModule):
         else:
             workers = min(workers, max(1, len(self.urls[split]) // world))
         return DataLoader(
-            stream, batch_size=None, num_workers=workers, persistent_workers=False, pin_memory=False
-        )
+            stream, batch_size=None, num_workers=workers, persistent_workers=False, pin_memory=False,
+            worker_init_fn=detach_worker if workers else None,
+        )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -148,7 +150,8 @@ class ShardDataModule(pl.LightningDataModule):
             urls, functools.partial(self.decode, train=False), collate, self.hparams.batch_size, rank, world
         )
         workers = min(self.hparams.num_workers, max(1, len(urls) // max(1, world)))
-        return DataLoader(stream, batch_size=None, num_workers=workers if urls else 0)
+        workers = workers if urls else 0
+        return DataLoader(stream, batch_size=None, num_workers=workers, worker_init_fn=detach_worker if workers else None)
 
     def exclude_shards(self, urls: set[str]) -> None:
         """Leave ``urls`` out of the predict stream (e.g. shards whose output already exists)."""
