@@ -53,3 +53,29 @@ def resolve_precision(requested: str | int | None, accelerator: str = AUTO) -> s
     if kind == "cpu":
         return BF16_MIXED if cpu_has_native_bf16() else FULL_PRECISION
     return FULL_PRECISION
+
+
+DEVICE_HELP = "auto (the CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N"
+
+
+def inference_device(requested: str | torch.device = AUTO) -> torch.device:
+    """The device an inference command runs on: ``auto`` is the first CUDA GPU when there is one, else
+    the CPU; a named device must exist here. On a CUDA GPU float32 matmuls and convolutions may use TF32
+    (set here, as Lightning's trainer does not run): 10-bit mantissas, the NVIDIA default for cuDNN."""
+    if requested == AUTO:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(requested)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"--device {requested!r} is not a device: give {DEVICE_HELP}") from error
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"--device {requested!r}: this project runs on {DEVICE_HELP}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {requested}: no CUDA device here (torch.cuda.is_available() is False); use --device cpu or auto")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device

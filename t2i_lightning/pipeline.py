@@ -62,8 +62,8 @@ def is_text_decoder(path: str) -> bool:
     return registry_stage("decoder_text").made(checkpoint_hparams(path, "decoder"))
 
 
-def load_frozen_stage(path: str, stage: str, *others: str) -> pl.LightningModule:
-    """A stage from its checkpoint (EMA weights where it has them), frozen for inference. ``stage`` is its
+def load_frozen_stage(path: str, stage: str, *others: str, device: torch.device | str = "cpu") -> pl.LightningModule:
+    """A stage from its checkpoint (EMA weights where it has them), frozen for inference on ``device``. ``stage`` is its
     name in the registry; the checkpoint must be that stage's (or one of ``others``'), as the registry
     tells them apart (class path and, for a diffusion stage, conditioning), else the error names whose it is."""
     hparams = checkpoint_hparams(path, stage)
@@ -79,22 +79,22 @@ def load_frozen_stage(path: str, stage: str, *others: str) -> pl.LightningModule
         )
     verify_integrity(read_checkpoint(path), path)
     loaded = registry_class(written_by).load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    return loaded.eval().requires_grad_(False)
+    return loaded.eval().requires_grad_(False).to(device)
 
 
-def load_upsampler(path: str = DEFAULT_UPSAMPLER) -> DiffusionStage:
-    """The upsampler of a checkpoint (EMA weights), frozen."""
-    return load_frozen_stage(path, "upsampler")
+def load_upsampler(path: str = DEFAULT_UPSAMPLER, device: torch.device | str = "cpu") -> DiffusionStage:
+    """The upsampler of a checkpoint (EMA weights), frozen, on ``device``."""
+    return load_frozen_stage(path, "upsampler", device=device)
 
 
-def load_score_model(path: str = DEFAULT_SCORE) -> ScoreStage:
-    """The score model of a checkpoint (EMA weights), frozen."""
-    return load_frozen_stage(path, "score")
+def load_score_model(path: str = DEFAULT_SCORE, device: torch.device | str = "cpu") -> ScoreStage:
+    """The score model of a checkpoint (EMA weights), frozen, on ``device``."""
+    return load_frozen_stage(path, "score", device=device)
 
 
-def load_captioner(path: str = DEFAULT_CAPTIONER) -> CaptionerStage:
-    """The noise-conditioned captioner of a checkpoint, frozen."""
-    return load_frozen_stage(path, "captioner")
+def load_captioner(path: str = DEFAULT_CAPTIONER, device: torch.device | str = "cpu") -> CaptionerStage:
+    """The noise-conditioned captioner of a checkpoint, frozen, on ``device``."""
+    return load_frozen_stage(path, "captioner", device=device)
 
 
 def check_same_noise_levels(score: ScoreStage, captioner: CaptionerStage) -> None:
@@ -105,19 +105,19 @@ def check_same_noise_levels(score: ScoreStage, captioner: CaptionerStage) -> Non
         raise ValueError(f"The captioner was trained at other noise levels ({theirs}) than the score model ({ours})")
 
 
-def load_judge(path: str = DEFAULT_JUDGE) -> JudgeStage:
-    """The shapes judge of a checkpoint, frozen (the evaluation's instrument)."""
-    return load_frozen_stage(path, "judge")
+def load_judge(path: str = DEFAULT_JUDGE, device: torch.device | str = "cpu") -> JudgeStage:
+    """The shapes judge of a checkpoint, frozen (the evaluation's instrument), on ``device``."""
+    return load_frozen_stage(path, "judge", device=device)
 
 
-def load_decoder(path: str = DEFAULT_DECODER) -> DiffusionStage:
-    """A 64px decoder of a checkpoint (EMA weights), frozen: conditioned on CLIP image embeddings (the
-    decoder stage) or on captions (the text decoder)."""
-    return load_frozen_stage(path, "decoder", "decoder_text")
+def load_decoder(path: str = DEFAULT_DECODER, device: torch.device | str = "cpu") -> DiffusionStage:
+    """A 64px decoder of a checkpoint (EMA weights), frozen, on ``device``: conditioned on CLIP image
+    embeddings (the decoder stage) or on captions (the text decoder)."""
+    return load_frozen_stage(path, "decoder", "decoder_text", device=device)
 
 
 def load_recorded_clip(
-    identity: dict, owner: str, clip: str | None = None, model_name: str | None = None
+    identity: dict, owner: str, clip: str | None = None, model_name: str | None = None, device: torch.device | str = "cpu"
 ) -> torch.nn.Module:
     """The frozen CLIP a stage's embeddings came from, as its checkpoint recorded it (``clip_identity``).
 
@@ -134,14 +134,16 @@ def load_recorded_clip(
             f"CLIP checkpoint {clip} is not the one the {owner}'s embeddings were extracted with "
             f"(sha256 {recorded[:12]}...); re-run `make {registry_stage('embed').make_target}` and the stages after it, or pass the matching --clip"
         )
-    return create_clip(model_name, clip).eval().requires_grad_(False)
+    return create_clip(model_name, clip).eval().requires_grad_(False).to(device)
 
 
 @torch.no_grad()
 def clip_image_embeddings(clip: torch.nn.Module, images: Sequence[Image.Image]) -> torch.Tensor:
-    """Raw CLIP image embeddings of PIL images, with CLIP's own preprocessing (as extraction)."""
+    """Raw CLIP image embeddings of PIL images, with CLIP's own preprocessing (as extraction), computed
+    on the CLIP's device."""
     preprocess = preprocess_for(clip)
-    return clip.encode_image(torch.stack([preprocess(to_rgb(image)) for image in images]))
+    device = next(clip.parameters()).device
+    return clip.encode_image(torch.stack([preprocess(to_rgb(image)) for image in images]).to(device))
 
 
 class TextToImageEmbedding:
@@ -157,17 +159,19 @@ class TextToImageEmbedding:
 
     @classmethod
     def from_checkpoints(
-        cls, translator: str = DEFAULT_TRANSLATOR, clip: str | None = None, model_name: str | None = None
-    ) -> TextToImageEmbedding:
-        """Load the translator and the CLIP it was trained with.
+        cls, translator: str = DEFAULT_TRANSLATOR, clip: str | None = None, model_name: str | None = None,
+        device: torch.device | str = "cpu",
+    ) -> TextToImageEmbedding:  # fmt: skip
+        """Load the translator and the CLIP it was trained with, on ``device``.
 
         ``clip`` and ``model_name`` default to what the translator's checkpoint recorded from
         its embeddings' ``stats.json``; a CLIP checkpoint whose hash differs from the recorded
         one is refused (its embeddings would not be the ones the translator learnt).
         """
-        stage = load_frozen_stage(translator, "translator")
+        stage = load_frozen_stage(translator, "translator", device=device)
         model_name = model_name or stage.clip_identity.get("model")
-        return cls(load_recorded_clip(stage.clip_identity, "translator", clip, model_name), tokenizer_for(model_name), stage)
+        clip_model = load_recorded_clip(stage.clip_identity, "translator", clip, model_name, device)
+        return cls(clip_model, tokenizer_for(model_name), stage)
 
     @torch.no_grad()
     def text_embeddings(self, captions: Sequence[str]) -> torch.Tensor:
@@ -175,7 +179,7 @@ class TextToImageEmbedding:
         if isinstance(captions, str) or not captions or not all(c.strip() for c in captions):
             raise ValueError("Give a non-empty list of non-empty captions")
         warn_if_truncated(self.tokenizer, captions)
-        return self.clip.encode_text(self.tokenizer(list(captions)))
+        return self.clip.encode_text(self.tokenizer(list(captions)).to(self.translator.device))
 
     @torch.no_grad()
     def __call__(self, captions: Sequence[str]) -> torch.Tensor:
@@ -202,14 +206,15 @@ class TextToImage:
 
     @classmethod
     def from_checkpoints(
-        cls, decoder: str = DEFAULT_DECODER, translator: str = DEFAULT_TRANSLATOR, clip: str | None = None
-    ) -> TextToImage:
-        """Load the decoder (EMA weights), the translator and their CLIP; refuse a decoder trained on
-        another CLIP's embeddings than the translator's."""
-        stage = load_decoder(decoder)
+        cls, decoder: str = DEFAULT_DECODER, translator: str = DEFAULT_TRANSLATOR, clip: str | None = None,
+        device: torch.device | str = "cpu",
+    ) -> TextToImage:  # fmt: skip
+        """Load the decoder (EMA weights), the translator and their CLIP on ``device``; refuse a decoder
+        trained on another CLIP's embeddings than the translator's."""
+        stage = load_decoder(decoder, device)
         if stage.conditions_on_text:
             raise ValueError(f"{decoder} is a text-conditioned decoder: it takes captions itself (use load_chain)")
-        embedder = TextToImageEmbedding.from_checkpoints(translator, clip)
+        embedder = TextToImageEmbedding.from_checkpoints(translator, clip, device=device)
         ours, theirs = stage.clip_identity.get("clip_id"), embedder.translator.clip_identity.get("clip_id")
         if ours and theirs and ours != theirs:
             raise ValueError(
@@ -252,10 +257,11 @@ class DirectTextToImage:
 
 
 def load_chain(
-    decoder: str = DEFAULT_DECODER, translator: str = DEFAULT_TRANSLATOR, clip: str | None = None
-) -> TextToImage | DirectTextToImage:
-    """The chain a decoder checkpoint needs: the decoder alone when it is text-conditioned, else the
-    translator, its CLIP and the decoder (``translator`` and ``clip`` are then used)."""
+    decoder: str = DEFAULT_DECODER, translator: str = DEFAULT_TRANSLATOR, clip: str | None = None,
+    device: torch.device | str = "cpu",
+) -> TextToImage | DirectTextToImage:  # fmt: skip
+    """The chain a decoder checkpoint needs, on ``device``: the decoder alone when it is text-conditioned,
+    else the translator, its CLIP and the decoder (``translator`` and ``clip`` are then used)."""
     if is_text_decoder(decoder):
-        return DirectTextToImage(load_decoder(decoder))
-    return TextToImage.from_checkpoints(decoder, translator, clip)
+        return DirectTextToImage(load_decoder(decoder, device))
+    return TextToImage.from_checkpoints(decoder, translator, clip, device)

@@ -11,10 +11,13 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from t2i_lightning import accelerator
-from t2i_lightning.cli import build_parser
+from t2i_lightning.cli import build_parser, main
+from t2i_lightning.commands.options import options_from
+from t2i_lightning.commands.sample import SampleOptions
 from t2i_lightning.diffusion import SAMPLERS
 from t2i_lightning.registry import STAGES, stage_class
 
@@ -253,4 +256,45 @@ def test_auto_reaches_the_trainer_and_the_sampling_commands(monkeypatch):
         trainer = StageTrainer(precision="auto", accelerator="cpu", logger=False, enable_checkpointing=False)
         assert trainer.precision == expected
         args = build_parser().parse_args(["sample", "--prompt", "a red circle", "--out", "x.png", "--precision", "auto"])
-        assert args.precision == expected
+        assert options_from(SampleOptions, args).precision == expected
+
+
+MODEL_FREE_COMMANDS = {"t2i data shapes", "t2i data coco", "t2i data folder", "t2i data inspect", "t2i bench",
+                       "t2i bench extraction", "t2i bench sampling", "t2i bench gpu", "t2i upgrade-checkpoint",
+                       "t2i probe-layout"}  # fmt: skip
+"""Commands that run no model of a stage (data, benchmarks with their own devices, checkpoint files, a
+linear probe fitted on stored embeddings): every other command takes ``--device``."""
+
+
+def test_every_inference_command_takes_a_device_and_auto_is_the_gpu_when_there_is_one(monkeypatch):
+    leaves = leaf_parsers(build_parser())
+    inference = {command: parser for command, parser in leaves.items() if command not in MODEL_FREE_COMMANDS}
+    assert {"t2i sample", "t2i upsample", "t2i evaluate", "t2i evaluate-decoder", "t2i evaluate-upsampler",
+            "t2i evaluate-guidance", "t2i embed-text"} <= set(inference)  # fmt: skip
+    for command, parser in inference.items():
+        flags = {flag for action in parser._actions for flag in action.option_strings}
+        assert "--device" in flags, f"{command} has no --device"
+        assert parser.get_default("device") == "auto", command
+    args = build_parser().parse_args(["sample", "--prompt", "a red circle", "--out", "x.png"])
+    monkeypatch.setattr(accelerator.torch.cuda, "is_available", lambda: False)
+    assert options_from(SampleOptions, args).device == torch.device("cpu")
+    monkeypatch.setattr(accelerator.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(accelerator.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(accelerator.torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    on_gpu = options_from(SampleOptions, args)
+    assert (on_gpu.device, on_gpu.precision) == (torch.device("cuda"), "bf16-mixed")  # precision auto follows the device
+    assert accelerator.inference_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match="has 2 CUDA device"):
+        accelerator.inference_device("cuda:2")
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [("cuda", "no CUDA device here"), ("tpu", "is not a device"), ("mps", "this project runs on auto")],
+)
+def test_a_device_that_is_not_here_is_refused_in_one_line(monkeypatch, capsys, device, message):
+    monkeypatch.setattr(accelerator.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        main(["embed-text", "a red circle", "--translator", "nowhere.ckpt", "--device", device])
+    assert isinstance(stop.value.code, str) and message in stop.value.code  # one line, before any model loads
+    assert "Traceback" not in capsys.readouterr().err

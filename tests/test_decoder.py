@@ -20,6 +20,7 @@ from t2i_lightning.data.shards import resolve_shards, write_shard
 from t2i_lightning.eval.nearest import nearest_training_images, split_image_embeddings
 from t2i_lightning.nn.embedding_token_unet import EmbeddingTokenUNet
 from t2i_lightning.nn.unet import ConditionalUNet
+from t2i_lightning.pipeline import load_chain
 from t2i_lightning.stages.conditioning import ImageEmbedding
 from t2i_lightning.stages.diffusion import DiffusionStage
 
@@ -76,7 +77,7 @@ def test_sample_writes_the_requested_count_and_size(decoder, tmp_path):
     out = tmp_path / "new" / "dir" / "samples.png"
     result = run(
         T2I, "sample", "--no-upsample", "--prompt", "a red circle", "--n", "3", "--steps", "4", "--decoder", str(decoder["decoder"]),
-        "--translator", str(decoder["translator"]), "--out", str(out),
+        "--translator", str(decoder["translator"]), "--out", str(out), "--device", "cpu",
     )  # fmt: skip
     assert "3 images of 32x32" in result.stdout
     with Image.open(out) as image:
@@ -85,10 +86,19 @@ def test_sample_writes_the_requested_count_and_size(decoder, tmp_path):
     run(
         T2I, "sample", "--no-upsample", "--interpolate", "a red circle", "a blue square", "--frames", "4", "--sampler", "ddpm",
         "--steps", "5", "--cfg", "1", "--threshold", "0", "--decoder", str(decoder["decoder"]),
-        "--translator", str(decoder["translator"]), "--out", str(strip),
+        "--translator", str(decoder["translator"]), "--out", str(strip), "--device", "auto",
     )  # fmt: skip
     with Image.open(strip) as image:
         assert image.size == (4 * 32, 32)
+
+
+def test_the_chain_loads_every_model_on_the_device_asked_for(decoder):
+    """``--device`` reaches the decoder, the translator and their CLIP (the meta device stands in for a GPU)."""
+    chain = load_chain(str(decoder["decoder"]), str(decoder["translator"]), device=torch.device("meta"))
+    models = {"decoder": chain.decoder, "translator": chain.embedder.translator, "clip": chain.embedder.clip}
+    for name, model in models.items():
+        assert {p.device.type for p in model.parameters()} == {"meta"}, name
+        assert {b.device.type for b in model.buffers()} <= {"meta"}, name
 
 
 def test_several_prompts_give_one_row_each_equal_to_that_prompt_sampled_alone(decoder, tmp_path):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..registry import default_checkpoint
-from .options import add_command, options_from
+from .options import add_command, add_device_arguments, options_from
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,6 +23,7 @@ class EmbedTextOptions:
     clip: str | None
     emb: str | None
     k: int
+    device: torch.device
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--emb", default=None, help="embedding directory to search (default: the translator's)"
     )
     embed_text.add_argument("--k", type=int, default=5, help="neighbours to show (default: 5)")
+    add_device_arguments(embed_text, precision=False)
     embed_text.set_defaults(run=lambda args: run(options_from(EmbedTextOptions, args)))
 
 
@@ -45,9 +47,9 @@ def run(options: EmbedTextOptions) -> None:
 
     if options.k <= 0:
         raise ValueError(f"--k must be positive, got {options.k}")
-    chain = TextToImageEmbedding.from_checkpoints(options.translator, options.clip)
-    embeddings = chain(options.prompts)
-    texts = chain.text_embeddings(options.prompts)
+    chain = TextToImageEmbedding.from_checkpoints(options.translator, options.clip, device=options.device)
+    embeddings = chain(options.prompts).cpu()
+    texts = chain.text_embeddings(options.prompts).cpu()
     emb_dir = options.emb or os.path.dirname(chain.translator.hparams.stats or "")
     keys, bank, captions = load_split_embeddings(emb_dir, "val")
     scores, indices = nearest(embeddings, bank, options.k)

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import yaml
 
 from ..data.shards import check_writable
 from ..eval.variants import FIXED, SamplingOptions
 from ..registry import DEMO_CLIP, DEMO_EMBEDDINGS, default_checkpoint
-from .options import add_cfg_argument, add_command, add_precision_argument, add_sampler_argument, options_from
+from .options import add_cfg_argument, add_command, add_device_arguments, add_sampler_argument, options_from
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +55,7 @@ class EvaluateOptions:
     cfg: float
     threshold: float
     batch_size: int
+    device: torch.device
     precision: str
     out: str
     force: bool
@@ -88,7 +93,7 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.995,
                         help="dynamic-thresholding percentile; 0 for static clipping (default: 0.995)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=50, help="images drawn per batch (default: 50)")
-    add_precision_argument(parser)
+    add_device_arguments(parser)
     parser.add_argument("--out", default="runs/eval", help="output directory (default: runs/eval)")
     parser.add_argument("--force", action="store_true", help="redraw every variant instead of reusing finished ones")
 

@@ -22,7 +22,7 @@ from ..data.image_io import save_png_atomic, tensor_to_images
 from ..data.inspect import captioned_grid
 from ..data.shards import check_writable, write_json_atomic
 from ..pipeline import DEFAULT_DECODER, load_decoder
-from .options import add_cfg_argument, add_command, add_precision_argument, add_sampler_argument, options_from
+from .options import add_cfg_argument, add_command, add_device_arguments, add_sampler_argument, options_from
 from .sample import check_steps_and_threshold
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ class DecoderReportOptions:
     sampler: str
     steps: str
     threshold: float
+    device: torch.device
     precision: str
     seed: int
     batch_size: int
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threshold", type=float, default=0.995,
         help="dynamic-thresholding percentile; 0 for static clipping (default: 0.995)",
     )  # fmt: skip
-    add_precision_argument(report)
+    add_device_arguments(report)
     report.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     report.add_argument("--batch-size", type=int, default=16, help="images decoded at once (default: 16)")
     report.add_argument("--out", default=None, help="JSON report (default: <run>/reconstructions.json)")
@@ -102,7 +103,7 @@ def run(options: DecoderReportOptions) -> None:
     check_steps_and_threshold(options)
     out = Path(options.out) if options.out else default_report_path(options.decoder)
     check_writable(out)
-    stage = load_decoder(options.decoder)
+    stage = load_decoder(options.decoder, options.device)
     if stage.conditions_on_text:
         raise ValueError(f"{options.decoder} is a text-conditioned decoder: it has no image embeddings to reconstruct from")
     stats = stage.conditioning.stats_path

@@ -14,7 +14,7 @@ import torch
 
 from ..data.shards import check_writable, write_json_atomic
 from ..nn.text_encoder import check_captions
-from .options import add_command, options_from
+from .options import add_command, add_device_arguments, options_from
 from .score import add_score_options, check_score_args, draw, load_score_pair, warn_unknown_words
 
 
@@ -31,6 +31,7 @@ class GuidanceReportOptions:
     guidance_schedule: str
     langevin_steps: int | None
     langevin_eps: float | None
+    device: torch.device
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     report.add_argument("--out", default="runs/score/guidance.json", help="JSON report (default: runs/score/guidance.json)")
     add_score_options(report)
+    add_device_arguments(report, precision=False)
     report.set_defaults(run=lambda args: run(options_from(GuidanceReportOptions, args)))
 
 
@@ -64,7 +66,7 @@ def run(options: GuidanceReportOptions) -> None:
         hits = total = 0
         start = time.perf_counter()
         for prompt, colour in colours.items():
-            images = draw(score, captioner, prompt, guidance, options.n, options, progress=False)
+            images = draw(score, captioner, prompt, guidance, options.n, options, progress=False).cpu()
             hits += sum(dominant_object_colour(image, COLOURS) == colour for image in images)
             total += len(images)
         rows.append({"guidance": guidance, "colour_match": hits / total, "images": total,

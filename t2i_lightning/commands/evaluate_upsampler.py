@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..data.shards import check_writable, write_json_atomic
 from ..pipeline import DEFAULT_UPSAMPLER, load_upsampler
-from .options import add_command, add_precision_argument, add_sampler_argument, options_from
+from .options import add_command, add_device_arguments, add_sampler_argument, options_from
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,6 +27,7 @@ class UpsamplerReportOptions:
     steps: list[int] | None
     sampler: str | None
     seed: int
+    device: torch.device
     precision: str
     out: str
 
@@ -36,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--steps", type=int, nargs="+", default=None, help="step counts to sweep (default: its own)")
     add_sampler_argument(report, default=None)
     report.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    add_precision_argument(report)
+    add_device_arguments(report)
     report.add_argument("--out", default="runs/upsampler/report.json", help="JSON report (default: runs/upsampler/report.json)")
     report.set_defaults(run=lambda args: run(options_from(UpsamplerReportOptions, args)))
 
@@ -49,7 +54,7 @@ def run(options: UpsamplerReportOptions) -> None:
     if any(not 0 <= level <= 1 for level in options.aug_levels or []) or any(s <= 0 for s in options.steps or []):
         raise ValueError("--aug-levels must lie in [0, 1] and --steps must be positive")
     check_writable(options.out)
-    upsampler = load_upsampler(options.upsampler)
+    upsampler = load_upsampler(options.upsampler, options.device)
     report = upsampler_report(upsampler, options.data, options.n, options.aug_levels, options.steps, options.sampler, seed=options.seed,
                               precision=options.precision)  # fmt: skip
     report["upsampler"] = options.upsampler

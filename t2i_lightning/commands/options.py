@@ -1,6 +1,6 @@
 """Options several ``t2i`` commands share, each declared once: the sampler (its choices are
-:data:`t2i_lightning.diffusion.SAMPLERS`), the classifier-free guidance scale, the sampling precision,
-and the conversion of parsed arguments into a command's typed options object."""
+:data:`t2i_lightning.diffusion.SAMPLERS`), the classifier-free guidance scale, the device and the
+sampling precision, and the conversion of parsed arguments into a command's typed options object."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import dataclasses
 import re
 from typing import TypeVar
 
-from ..accelerator import PRECISION_CHOICES, resolve_precision
+from ..accelerator import AUTO, DEVICE_HELP, inference_device, resolve_precision
 from ..diffusion import DEFAULT_CFG_SCALE, SAMPLERS, SAMPLING_PRECISIONS
 
 Options = TypeVar("Options")
@@ -17,8 +17,15 @@ Options = TypeVar("Options")
 
 def options_from(cls: type[Options], args: argparse.Namespace) -> Options:
     """The dataclass ``cls`` with each field taken from the parsed argument of the same name: what the
-    command passes on, so no ``argparse.Namespace`` leaves ``commands/``."""
-    return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
+    command passes on, so no ``argparse.Namespace`` leaves ``commands/``. A ``device`` becomes the
+    :class:`torch.device` it names (``auto`` resolved), and then an ``auto`` ``precision`` the one
+    :func:`resolve_precision` picks for that device."""
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)}
+    if "device" in values:
+        values["device"] = inference_device(values["device"])
+        if "precision" in values:
+            values["precision"] = resolve_precision(values["precision"], values["device"].type)
+    return cls(**values)
 
 
 def add_command(subparsers: argparse._SubParsersAction, name: str, doc: str, help: str) -> argparse.ArgumentParser:
@@ -53,19 +60,15 @@ def add_cfg_argument(parser: argparse.ArgumentParser, sweep: bool = False) -> No
                             help=f"classifier-free guidance scale (default: {DEFAULT_CFG_SCALE:g})")  # fmt: skip
 
 
-def add_precision_argument(parser: argparse.ArgumentParser) -> None:
-    """``--precision``: the decoder's and the upsampler's U-Nets in float32 or under bfloat16 autocast
-    while sampling; ``auto`` picks by :func:`t2i_lightning.accelerator.resolve_precision`."""
-    parser.add_argument(
-        "--precision", type=sampling_precision, choices=SAMPLING_PRECISIONS, metavar="{" + ",".join(PRECISION_CHOICES) + "}",
-        default="32-true",
-        help="the U-Nets (decoder, upsampler) while sampling: 32-true, bf16-mixed (bfloat16 autocast; the "
-        "sampler's arithmetic and guidance stay float32; faster on CPUs with native bf16 and on GPUs), or auto "
-        "(bf16-mixed where the device computes bf16 natively, else 32-true) (default: 32-true)",
-    )  # fmt: skip
-
-
-def sampling_precision(text: str) -> str:
-    """An argparse type: ``auto`` becomes the precision :func:`resolve_precision` picks for the CPU, which
-    is where the commands sample."""
-    return resolve_precision(text, "cpu")
+def add_device_arguments(parser: argparse.ArgumentParser, precision: bool = True) -> None:
+    """``--device`` (resolved by :func:`t2i_lightning.accelerator.inference_device` in :func:`options_from`)
+    and, with ``precision``, ``--precision``: the U-Nets (decoder, upsampler, score model) in float32 or
+    under bfloat16 autocast while sampling; ``auto`` is resolved for the device."""
+    parser.add_argument("--device", default=AUTO, help=f"where the models run: {DEVICE_HELP} (default: auto)")
+    if precision:
+        parser.add_argument(
+            "--precision", choices=SAMPLING_PRECISIONS + (AUTO,), default=AUTO,
+            help="the U-Nets while sampling: 32-true, bf16-mixed (bfloat16 autocast; the sampler's arithmetic and "
+            "guidance stay float32) or auto (bf16-mixed where the device computes bf16 natively: a GPU with bf16, a "
+            "CPU with AVX-512 BF16 or AMX; else 32-true) (default: auto)",
+        )  # fmt: skip

@@ -49,7 +49,7 @@ from ..registry import make_command
 from ..stages.diffusion import DiffusionStage
 from .options import (
     add_cfg_argument,
-    add_precision_argument,
+    add_device_arguments,
     add_sampler_argument,
     non_negative_float,
     options_from,
@@ -74,6 +74,7 @@ class SampleOptions:
     eta: float
     cfg: float
     threshold: float
+    device: torch.device
     precision: str
     image_guidance: str | None
     ig_scale: float
@@ -126,7 +127,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threshold", type=float, default=0.995,
         help="dynamic-thresholding percentile; 0 for static clipping (default: 0.995)",
     )  # fmt: skip
-    add_precision_argument(sample)
+    add_device_arguments(sample)
     sample.add_argument("--image-guidance", metavar="PATH", help="base image pulled towards (image guidance)")
     sample.add_argument("--ig-scale", type=non_negative_float, default=0.005, help="image-guidance scale w (default: 0.005)")
     sample.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
@@ -196,7 +197,7 @@ def chain_upsampler(options: SampleOptions, chain: TextToImage | DirectTextToIma
     if options.upsampler is None and not os.path.isfile(DEFAULT_UPSAMPLER):
         print(f"No upsampler at {DEFAULT_UPSAMPLER} ({make_command('upsampler')}): the images stay at the decoder's size")
         return None
-    upsampler = load_upsampler(options.upsampler or DEFAULT_UPSAMPLER)
+    upsampler = load_upsampler(options.upsampler or DEFAULT_UPSAMPLER, options.device)
     if upsampler.conditions_on_embedding:
         if chain.conditions_on_text:
             raise ValueError("This upsampler is conditioned on CLIP image embeddings, which a text-conditioned decoder does not make")
@@ -217,7 +218,7 @@ def target_embeddings(chain: TextToImage, options: SampleOptions) -> torch.Tenso
         a, b, c = embed(options.analogy)
         return (a - b + c)[None].expand(options.n, -1)
     a, b = embed(options.interpolate)
-    weights = torch.linspace(0, 1, options.frames)[:, None]
+    weights = torch.linspace(0, 1, options.frames, device=a.device)[:, None]
     return (1 - weights) * a + weights * b
 
 
@@ -228,20 +229,20 @@ def run(options: SampleOptions) -> None:
         return
     check_decoder_args(options)
     check_image_files(options)
-    chain = load_chain(options.decoder, options.translator, options.clip)
+    chain = load_chain(options.decoder, options.translator, options.clip, options.device)
     guidance = None
     if options.image_guidance:
         size = options.size or chain.decoder.net.image_size
         base = to_rgb(open_image(options.image_guidance)).resize((size, size), Image.Resampling.LANCZOS)
         pixels = torch.from_numpy(np.asarray(base, dtype=np.float32)).permute(2, 0, 1)
-        guidance = ImageGuidance(image=pixels[None] / 127.5 - 1.0, scale=options.ig_scale)
+        guidance = ImageGuidance(image=(pixels[None] / 127.5 - 1.0).to(options.device), scale=options.ig_scale)
     upsampler = chain_upsampler(options, chain)
 
     def draw(conditioning: torch.Tensor | list[str]) -> torch.Tensor:
         images = chain.decode(
             conditioning, image_size=options.size, sampler=options.sampler, steps=options.steps, eta=options.eta,
             cfg_scale=options.cfg, threshold=options.threshold or None, image_guidance=guidance,
-            generator=torch.Generator().manual_seed(options.seed), precision=options.precision,
+            generator=torch.Generator(device=options.device).manual_seed(options.seed), precision=options.precision,
         )  # fmt: skip
         if upsampler is None:
             return images

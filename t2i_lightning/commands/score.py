@@ -59,10 +59,10 @@ def check_score_args(options: ScoreSampling, guidances: list[float]) -> None:
 
 def load_score_pair(options: ScoreSampling, guided: bool) -> tuple[ScoreStage, CaptionerStage | None]:
     """The score model and, for guided sampling, the captioner, which must share its noise levels."""
-    score = load_score_model(options.score)
+    score = load_score_model(options.score, options.device)
     if not guided:
         return score, None
-    captioner = load_captioner(options.captioner)
+    captioner = load_captioner(options.captioner, options.device)
     check_same_noise_levels(score, captioner)
     return score, captioner
 
@@ -84,7 +84,7 @@ def draw(score: ScoreStage, captioner: CaptionerStage | None, prompt: str, guida
     return score.sample(
         n, captioner=captioner.net if captioner is not None and guidance > 0 else None, prompt=prompt,
         guidance=guidance, schedule=options.guidance_schedule, eps=options.langevin_eps, steps_per_level=options.langevin_steps,
-        image_size=options.size, generator=torch.Generator().manual_seed(options.seed), progress=progress, norms=norms,
+        image_size=options.size, generator=torch.Generator(device=score.device).manual_seed(options.seed), progress=progress, norms=norms,
     )  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from ..data.image_io import open_image, save_png_atomic, tensor_to_images, to_rg
 from ..data.shards import check_writable
 from ..pipeline import DEFAULT_UPSAMPLER, clip_image_embeddings, load_recorded_clip, load_upsampler
 from ..stages.diffusion import DiffusionStage
-from .options import add_precision_argument, add_sampler_argument, options_from
+from .options import add_device_arguments, add_sampler_argument, options_from
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +35,7 @@ class UpsampleOptions:
     aug_level: float | None
     clip: str | None
     seed: int
+    device: torch.device
     precision: str
 
 
@@ -73,10 +74,13 @@ def upsample_tensor(
     image_embeddings: torch.Tensor | None = None,
 ) -> torch.Tensor:
 
-    """``images`` (B x 3 x h x w in [-1, 1]) through the upsampler with the command line's settings."""
+    """``images`` (B x 3 x h x w in [-1, 1]) through the upsampler with the command line's settings, on the
+    upsampler's device (the noise drawn there)."""
+    device = upsampler.device
+    embeddings = None if image_embeddings is None else image_embeddings.to(device)
     return upsampler.sample(
-        images, image_embeddings=image_embeddings, aug_level=options.aug_level, sampler=options.up_sampler,
-        steps=options.up_steps, generator=torch.Generator().manual_seed(options.seed), precision=options.precision,
+        images.to(device), image_embeddings=embeddings, aug_level=options.aug_level, sampler=options.up_sampler,
+        steps=options.up_steps, generator=torch.Generator(device=device).manual_seed(options.seed), precision=options.precision,
     )  # fmt: skip
 
 
@@ -93,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--clip", default=None, help="CLIP weights, for an upsampler conditioned on embeddings"
     )
     upsample.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    add_precision_argument(upsample)
+    add_device_arguments(upsample)
     upsample.set_defaults(run=lambda args: run(options_from(UpsampleOptions, args)))
 
 
@@ -104,13 +108,13 @@ def run(options: UpsampleOptions) -> None:
         raise FileNotFoundError(f"Image not found: {options.input}")
     check_writable(options.out)
     image = to_rgb(open_image(options.input))
-    upsampler = load_upsampler(options.upsampler or DEFAULT_UPSAMPLER)
+    upsampler = load_upsampler(options.upsampler or DEFAULT_UPSAMPLER, options.device)
     factor = upsampler.net.factor
     upsampler.net.check_size(image.height * factor, image.width * factor)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1.0
     embeddings = None
     if upsampler.conditions_on_embedding:
-        clip = load_recorded_clip(upsampler.clip_identity, "upsampler", options.clip)
+        clip = load_recorded_clip(upsampler.clip_identity, "upsampler", options.clip, device=options.device)
         embeddings = clip_image_embeddings(clip, [image])
     big = upsample_tensor(upsampler, pixels, options, embeddings)
     path = save_png_atomic(tensor_to_images(big)[0], options.out)
