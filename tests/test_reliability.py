@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from t2i_lightning.data.inspect import read_samples
+from t2i_lightning.data.shards import write_shard
 from t2i_lightning.training.checkpoint_io import INTEGRITY_KEY, AtomicCheckpointIO, tensor_digest
 from t2i_lightning.training.finite_guard import NonFiniteGuard
 from t2i_lightning.training.rank_seed import rank_seed
@@ -393,3 +396,31 @@ def test_another_ranks_sweep_of_stale_temporaries_spares_a_writability_probe(tmp
     monkeypatch.setattr(tempfile, "NamedTemporaryFile", swept_while_open)
     assert check_writable(tmp_path, directory=True) == tmp_path
     assert list(tmp_path.iterdir()) == []  # the stale file is gone, the probe removed itself
+
+
+def test_a_skip_rate_over_the_limit_on_one_ddp_rank_stops_both_ranks_together(tmp_path, shapes_dir):
+    """Only rank 0's shards are damaged (DDP gives rank r the shards r, r + 2, ...): the ranks sum their
+    counts every ``sync_every`` batches, so both stop with the same message instead of rank 1 waiting on
+    the stopped rank 0 until the collective times out (the subprocess timeout catches such a hang)."""
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    for shard in sorted(data.glob("train-*.tar"))[0::2]:
+        samples = read_samples(str(shard))
+        for sample in samples[::2]:  # half of each rank-0 shard's images unreadable
+            sample["png"] = b"not a png"
+        write_shard(shard, samples)
+    config = tmp_path / "health.yaml"
+    config.write_text(
+        "trainer:\n  max_steps: 40\n  callbacks:\n"
+        "    - class_path: t2i_lightning.training.data_health.SkippedSamplesLogger\n"
+        "      init_args: {max_skip_rate: 0.05, min_samples: 16, sync_every: 2}\n"
+    )
+    args = tiny_fit_args(tmp_path / "runs", data, "--config", str(config), "--trainer.accelerator", "cpu",
+                         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.limit_val_batches", "0",
+                         "--data.init_args.epoch_size", "640")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    stops = [line for line in result.stderr.splitlines() if "training samples were skipped" in line]
+    assert len(stops) == 2 and stops[0] == stops[1], result.stderr[-3000:]  # each rank, the same totals
+    assert "train-000000.tar" in stops[0] and "train-000001.tar" not in stops[0]

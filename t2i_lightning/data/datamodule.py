@@ -101,6 +101,15 @@ class ShardDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def _on_accelerator(self) -> bool:
+        """Whether the trainer runs on a device other than the CPU: there batches are copied from pinned
+        memory (asynchronously) and the training workers persist across epochs, so their processes,
+        shuffle buffers and caches are not rebuilt each epoch (an epoch is ``epoch_size`` samples, a few
+        hundred steps on 8 GPUs). On the CPU neither pays, and persistent training workers would hold
+        their memory through validation."""
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type != "cpu"
+
     def _loader(self, split: str) -> DataLoader:
         if split not in self.urls:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
@@ -124,9 +133,10 @@ class ShardDataModule(pl.LightningDataModule):
             stream = stream.with_epoch(per_worker).with_length(per_worker * max(1, workers), silent=True)
         else:
             workers = min(workers, max(1, len(self.urls[split]) // world))
+        accelerated = self._on_accelerator()
         return DataLoader(
-            stream, batch_size=None, num_workers=workers, persistent_workers=False, pin_memory=False,
-            worker_init_fn=detach_worker if workers else None,
+            stream, batch_size=None, num_workers=workers, persistent_workers=accelerated and train and workers > 0,
+            pin_memory=accelerated, worker_init_fn=detach_worker if workers else None,
         )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:

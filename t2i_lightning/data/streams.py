@@ -116,10 +116,11 @@ class SkipCounter:
         return True
 
     def take(self) -> dict[str, Any]:
-        """The skips since the last call, as batch entries: ``skipped`` (a count) and ``skipped_shards``
-        (the shard of each skip)."""
+        """The skips since the last call, as batch entries: ``skipped`` (a count, a Python int, so that
+        reading it never waits on the device the batch was moved to) and ``skipped_shards`` (the shard of
+        each skip)."""
         shards, self.shards = self.shards, []
-        return {"skipped": torch.tensor(len(shards)), "skipped_shards": shards}
+        return {"skipped": len(shards), "skipped_shards": shards}
 
 
 def batches_with_skips(
