@@ -182,6 +182,16 @@ def test_quick_overlays_parse_over_their_stage_and_only_shorten_it():
             assert 0 < named["trainer.max_epochs"] < base["trainer.max_epochs"], overlay.name
 
 
+@pytest.mark.parametrize("stage", ["decoder", "upsampler", "translator"])
+def test_a_paper_config_is_the_same_alone_and_as_an_overlay_over_the_demo_stage(stage):
+    """stages/paper/X.yaml names every key the demo's stages/X.yaml sets, so `STAGE_OVERLAY=stages/paper`
+    inherits none of the demo's CPU shortcuts (patch size, layout head, residual upsampler ...)."""
+    paper = ROOT / "stages" / "paper" / f"{stage}.yaml"
+    alone = flattened(printed_config(paper))
+    assert flattened(printed_config(ROOT / "stages" / f"{stage}.yaml", paper)) == alone
+    assert "runs/translator/" not in paper.read_text()  # its grids use the paper translator, not the demo's
+
+
 def test_demo_quick_runs_the_demo_targets_with_the_overlays_in_their_own_data_and_runs():
     from .cli_runs import make_dry_run
 
