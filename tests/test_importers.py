@@ -13,6 +13,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from t2i_lightning.cli import main
 from t2i_lightning.data.importers import ImportReport, import_coco, import_folder, infer_split
 
 RED = (200, 30, 30)
@@ -175,6 +176,27 @@ def test_second_split_keeps_first_and_reimport_drops_leftovers(coco, tmp_path):
     import_coco(images, captions, out, size=SIZE, progress=False)  # one shard now: old ones go
     assert sorted(p.name for p in out.glob("*.tar")) == ["train-000000.tar", "val-000000.tar"]
     assert not list(out.glob(".*.tmp"))
+
+
+def test_parts_carve_disjoint_splits_that_together_hold_every_image(coco, tmp_path):
+    """`--part` splits one captions file into train/val/test (what `make demo-real` does with COCO val)."""
+    images, captions = coco
+    out = tmp_path / "out"
+    for split, part in (("train", "0:0.5"), ("val", "0.5:0.75"), ("test", "0.75:1")):
+        main(["data", "coco", "--images", str(images), "--captions", str(captions), "--out", str(out),
+              "--split", split, "--part", part, "--size", str(SIZE)])  # fmt: skip
+    keys = {split: list(read_all(out, split)) for split in ("train", "val", "test")}
+    everything = list(read_all_import(images, captions, tmp_path / "whole"))
+    assert keys["train"] + keys["val"] + keys["test"] == everything  # disjoint, in id order, nothing lost
+    assert all(keys.values())
+    assert json.loads((out / "index.json").read_text())["splits"]["val"]["args"]["part"] == [0.5, 0.75]
+    with pytest.raises(SystemExit):
+        main(["data", "coco", "--images", str(images), "--captions", str(captions), "--out", str(out), "--part", "0.5:0.2"])
+
+
+def read_all_import(images: Path, captions: Path, out: Path) -> dict:
+    import_coco(images, captions, out, size=SIZE, progress=False)
+    return read_all(out)
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,7 @@ class ImportOptions:
     size: int
     resize: str
     format: str
+    part: tuple[float, float]
     workers: int
 
 
@@ -51,6 +52,17 @@ class InspectOptions:
     path: str
     out: str | None
     n: int
+
+
+def fraction_range(text: str) -> tuple[float, float]:
+    """An argparse type: ``A:B`` with 0 <= A < B <= 1."""
+    try:
+        start, end = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give A:B with two fractions, e.g. 0:0.8; got {text!r}") from None
+    if not 0 <= start < end <= 1:
+        raise argparse.ArgumentTypeError(f"needs 0 <= A < B <= 1, got {text!r}")
+    return start, end
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -96,6 +108,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument(
             "--format", choices=("png", "jpg"), default="png", help="image encoding (default: png)"
         )
+        parser.add_argument(
+            "--part", type=fraction_range, default=(0.0, 1.0), metavar="A:B",
+            help="import only the images from fraction A to B of the importer's order (COCO: by image id; a folder: "
+            "by path), e.g. --split train --part 0:0.8 then --split val --part 0.8:1 (default: 0:1, all)",
+        )  # fmt: skip
         parser.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
         parser.set_defaults(run=lambda args: run_import(options_from(ImportOptions, args)))
 
@@ -148,7 +165,8 @@ def run_import(options: ImportOptions) -> None:
     from ..data import importers
 
     check_writable(options.out, directory=True)
-    settings = dict(size=options.size, resize=options.resize, image_format=options.format, workers=options.workers)
+    settings = dict(size=options.size, resize=options.resize, image_format=options.format, part=options.part,
+                    workers=options.workers)  # fmt: skip
     if options.kind == "coco":
         report = importers.import_coco(options.images, options.captions, options.out, split=options.split, **settings)
     else:

@@ -84,8 +84,11 @@ def _shard_job(job: tuple[str, list[Item], int, str, str]) -> tuple[int, list[tu
     return write_shard(path, samples()), skipped, len(items)
 
 
-def shard_options(size: int, resize: str, image_format: str, samples_per_shard: int) -> dict:
-    """The validated shard-writing options (recorded in index.json)."""
+def shard_options(
+    size: int, resize: str, image_format: str, samples_per_shard: int, part: tuple[float, float] = (0.0, 1.0)
+) -> dict:  # fmt: skip
+    """The validated shard-writing options (recorded in index.json). ``part`` = (a, b): only the items
+    from fraction a to b of the importer's order are written (to carve several splits out of one)."""
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     if resize not in ("border", "center-crop"):
@@ -94,7 +97,19 @@ def shard_options(size: int, resize: str, image_format: str, samples_per_shard: 
         raise ValueError(f"Unknown image format {image_format!r}: use 'png' or 'jpg'")
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
-    return {"size": size, "resize": resize, "format": image_format, "samples_per_shard": samples_per_shard}
+    start, end = part
+    if not 0 <= start < end <= 1:
+        raise ValueError(f"part must be two fractions 0 <= a < b <= 1, got {start}:{end}")
+    options = {"size": size, "resize": resize, "format": image_format, "samples_per_shard": samples_per_shard}
+    return options if (start, end) == (0.0, 1.0) else {**options, "part": [start, end]}
+
+
+def take_part(items: list, part: list[float] | None) -> list:
+    """The items from fraction ``part[0]`` to ``part[1]`` of the list (all without a part): consecutive
+    parts such as 0:0.8 and 0.8:1 share no item and together hold every one."""
+    if part is None:
+        return items
+    return items[round(part[0] * len(items)) : round(part[1] * len(items))]
 
 
 def write_split(out, split, items, skipped, args: dict, *, workers: int, progress: bool) -> ImportReport:
@@ -104,6 +119,7 @@ def write_split(out, split, items, skipped, args: dict, *, workers: int, progres
     """
     size, resize, image_format = args["size"], args["resize"], args["format"]
     samples_per_shard = args["samples_per_shard"]
+    items = take_part(items, args.get("part"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)

@@ -43,6 +43,7 @@ def import_coco(
     image_format="png",
     workers=1,
     samples_per_shard=SAMPLES_PER_SHARD,
+    part=(0.0, 1.0),
     progress=True,
 ) -> ImportReport:
     """Import a COCO captions split: one sample per captioned image, ordered by image id.
@@ -50,7 +51,7 @@ def import_coco(
     ``.txt`` is the image's first caption; ``.json`` holds all of them and the COCO id. Images
     missing on disk or undecodable are skipped and reported; files not in the JSON are ignored.
     """
-    options = shard_options(size, resize, image_format, samples_per_shard)
+    options = shard_options(size, resize, image_format, samples_per_shard, part)
     images, captions = _require(images, "COCO images directory"), _require(captions, "COCO captions file")
     try:
         data = json.loads(captions.read_text(encoding="utf-8"))
@@ -124,6 +125,7 @@ def import_folder(
     image_format="png",
     workers=1,
     samples_per_shard=SAMPLES_PER_SHARD,
+    part=(0.0, 1.0),
     progress=True,
 ) -> ImportReport:
     """Import the images under ``images`` (recursively, sorted by relative path) with their captions.
@@ -133,7 +135,7 @@ def import_folder(
     ``caption`` rows, in order. Images without captions and rows naming absent files are skipped
     and reported. Keys are the relative path with non-alphanumerics as ``_`` (made unique).
     """
-    options = shard_options(size, resize, image_format, samples_per_shard)
+    options = shard_options(size, resize, image_format, samples_per_shard, part)
     images = _require(images, "Images directory")
     if not images.is_dir():
         raise NotADirectoryError(f"Images directory is not a directory: {images}")
