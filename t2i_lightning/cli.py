@@ -33,6 +33,7 @@ from .commands import (
     evaluate_guidance,
     evaluate_upsampler,
     probe_layout,
+    random_clip,
     sample,
     upgrade_checkpoint,
     upsample,
@@ -42,7 +43,7 @@ from .training.finite_guard import NonFiniteLossError
 from .training.lightning_cli import SUBCOMMANDS
 
 COMMANDS = (data, embed_text, probe_layout, sample, upsample, evaluate_upsampler, evaluate_decoder,
-            evaluate_guidance, evaluate, bench, upgrade_checkpoint)  # fmt: skip
+            evaluate_guidance, evaluate, bench, upgrade_checkpoint, random_clip)  # fmt: skip
 """The ``commands/`` modules, in the order ``t2i --help`` lists them."""
 
 
