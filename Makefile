@@ -41,6 +41,9 @@ CLIP_CKPT    ?= $(RUNS)/clip/checkpoints/last.ckpt
 CLIP_WEIGHTS := $(if $(CLIP),$(CLIP),$(CLIP_CKPT))
 CLIP_ID      ?= $(CLIP_MODEL)$(if $(CLIP),-$(notdir $(basename $(CLIP))),)
 EMB          ?= $(DATA)/emb-$(CLIP_ID)
+# The embeddings' width, stats.json's "dim" (512 for ViT-B-32), read by the shell when a recipe runs: the
+# translator and the decoder are built that wide, whatever their stage configs say (the demo CLIP's 256).
+EMB_DIM       = $$($(PY) -c 'import json,sys; print(json.load(open(sys.argv[1]))["dim"])' $(EMB)/stats.json)
 TRANSLATOR_CKPT ?= $(RUNS)/translator/checkpoints/last.ckpt
 DECODER_CKPT ?= $(RUNS)/decoder/checkpoints/last.ckpt
 DECODER_TEXT_CKPT ?= $(RUNS)/decoder_text/checkpoints/last.ckpt
@@ -56,11 +59,12 @@ STEPS        ?= 50
 CFG          ?= 3
 SAMPLE_OUT   ?= $(RUNS)/samples/sample.png
 DEMO_PROMPTS ?= "a red circle" "a blue square on a yellow background" "two green triangles" "a small purple star to the left of a large orange ring"
-# A directory of config files layered over the stages' own (LightningCLI merges --config files in
-# order, the command line's flags last): `make demo-quick` sets it to stages/quick, whose files
-# shorten every stage it trains.
+# Directories of config files layered over the stages' own, in order (LightningCLI merges --config files
+# in order, the command line's flags last): `make demo-quick` sets it to stages/quick, whose files
+# shorten every stage it trains; `make demo-real` to "stages/paper stages/real" (the study's configs,
+# then a shrink to CPU size).
 STAGE_OVERLAY ?=
-overlay = $(if $(strip $(STAGE_OVERLAY)),--config $(STAGE_OVERLAY)/$(1).yaml,)
+overlay = $(foreach dir,$(STAGE_OVERLAY),--config $(dir)/$(1).yaml)
 TRAINER_FLAGS = --trainer.accelerator $(ACCELERATOR) --trainer.devices $(DEVICES)
 # Numeric precision of the stages `make demo` trains in bf16 where it pays (the decoder, CLIP, upsampler,
 # score model, captioner, judge) and of every command that samples with a U-Net. `auto` is decided in
@@ -137,7 +141,8 @@ train-translator: $(TRANSLATOR_DONE) ## train the translator on $(EMB) -> $(TRAN
 
 $(TRANSLATOR_DONE): $(EMB)/stats.json | $(STAMP)
 	$(T2I) fit --config stages/translator.yaml $(call overlay,translator) $(TRAINER_FLAGS) --trainer.logger.init_args.save_dir $(RUNS) \
-	    --model.init_args.stats $(EMB)/stats.json --data.init_args.train $(EMB) --data.init_args.val $(EMB)
+	    --model.init_args.stats $(EMB)/stats.json --data.init_args.train $(EMB) --data.init_args.val $(EMB) \
+	    --model.init_args.net.init_args.in_dim $(EMB_DIM) --model.init_args.net.init_args.out_dim $(EMB_DIM)
 	@touch $@
 
 embed-text: $(TRANSLATOR_DONE) ## show PROMPT's translated image embedding and its nearest validation images
@@ -149,7 +154,8 @@ train-decoder: $(DECODER_DONE) ## train the 64px decoder on $(DATA) + $(EMB) -> 
 $(DECODER_DONE): $(EMB)/stats.json $(TRANSLATOR_DONE) | $(STAMP)
 	$(T2I) fit --config stages/decoder.yaml $(call overlay,decoder) $(TRAINER_FLAGS) --trainer.precision $(PRECISION) \
 	    --trainer.logger.init_args.save_dir $(RUNS) --model.init_args.conditioning.init_args.stats $(EMB)/stats.json --model.init_args.samples.init_args.translator $(TRANSLATOR_CKPT) \
-	    --data.init_args.embeddings $(EMB) --data.init_args.train $(DATA) --data.init_args.val $(DATA)
+	    --data.init_args.embeddings $(EMB) --data.init_args.train $(DATA) --data.init_args.val $(DATA) \
+	    --model.init_args.net.init_args.cond_dim $(EMB_DIM)
 	@touch $@
 
 evaluate-decoder: $(DECODER_DONE) ## colour/object scores of the decoder's reconstructions of validation images -> $(RUNS)/decoder/reconstructions.json

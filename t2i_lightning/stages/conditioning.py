@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..registry import make_command
 from .embedding_stats import EmbeddingStatsMixin
 
 NULL_CONDITIONS = ("learned", "zeros")
@@ -135,7 +136,10 @@ class ImageEmbedding(EmbeddingStatsMixin, Conditioning):
 
     def load_stats(self, stats: dict) -> None:
         if stats["dim"] != self.dim:
-            raise ValueError(f"Embeddings have dim {stats['dim']} but the U-Net takes cond_dim {self.dim}")
+            raise ValueError(
+                f"Embeddings have dim {stats['dim']} but the U-Net takes cond_dim {self.dim}: pass "
+                f"--model.init_args.net.init_args.cond_dim {stats['dim']} ({make_command('decoder')} reads it from stats.json)"
+            )
         self.copy_stats(stats, ("img",))
 
     def encode(self, inputs: torch.Tensor, *, device: torch.device, generator=None, **options) -> torch.Tensor:

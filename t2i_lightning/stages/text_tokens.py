@@ -64,7 +64,8 @@ class TextTokens(Conditioning):
             raise ValueError(
                 f"The text encoder gives tokens of width {encoder.token_dim} and a pooled vector of "
                 f"{encoder.pooled_dim}, but the U-Net takes token_dim {getattr(net, 'token_dim', None)} and "
-                f"pooled_dim {getattr(net, 'pooled_dim', None)}"
+                f"pooled_dim {getattr(net, 'pooled_dim', None)}: pass --model.init_args.net.init_args.token_dim "
+                f"{encoder.token_dim} --model.init_args.net.init_args.pooled_dim {encoder.pooled_dim}"
             )
         self.register_null("null_token", torch.zeros(net.token_dim))
         self.register_null("null_pooled", torch.zeros(net.pooled_dim))

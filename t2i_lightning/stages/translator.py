@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from torch import nn
 
 from ..metrics.retrieval import recall_at_k
+from ..registry import make_command
 from .embedding_stats import EmbeddingStatsMixin
 
 
@@ -53,8 +54,11 @@ class TranslatorStage(EmbeddingStatsMixin, pl.LightningModule):
 
     def load_stats(self, stats: dict) -> None:
         if stats["dim"] != self.net.in_dim or stats["dim"] != self.net.out_dim:
+            dim = stats["dim"]
             raise ValueError(
-                f"Embeddings have dim {stats['dim']} but the translator maps {self.net.in_dim}->{self.net.out_dim}"
+                f"Embeddings have dim {dim} but the translator maps {self.net.in_dim}->{self.net.out_dim}: pass "
+                f"--model.init_args.net.init_args.in_dim {dim} --model.init_args.net.init_args.out_dim {dim} "
+                f"({make_command('translator')} reads the dim from stats.json)"
             )
         self.copy_stats(stats, ("txt", "img"))
 
