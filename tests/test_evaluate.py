@@ -28,7 +28,7 @@ def evaluate_args(decoder: dict, judge_runs, score: dict, out, *extra: str) -> l
         "--clip", str(decoder["clip"]), "--clip-model", MICRO, "--translator", str(decoder["translator"]),
         "--decoder", str(decoder["decoder"]), "--upsampler", str(out / "no-upsampler.ckpt"),
         "--judge", str(judge_runs / "judge" / "checkpoints" / "last.ckpt"),
-        "--steps", "3", "--batch-size", "4", "--out", str(out), *extra,
+        "--steps", "3", "--batch-size", "4", "--precision", "32-true", "--out", str(out), *extra,
     ]  # fmt: skip
 
 
@@ -62,6 +62,8 @@ def test_evaluate_writes_the_table_with_every_row_and_labelled_gaps(evaluation):
     assert 0 <= rows["real"]["metrics"]["align_all"]["mean"] <= 1
     markdown = (out / "table.md").read_text()
     assert "no Inception weights" in markdown and "skipped:" in markdown and "accuracy on these reference images" in markdown
+    header_row = next(line for line in markdown.splitlines() if line.startswith("| variant |"))
+    assert all(f"| {name} |" in header_row for name in ("judge FD", "judge P", "aligned", "kind", "FID", "KID", "PSNR"))
     assert (out / "grids" / "full.png").is_file() and not (out / "grids" / "full_256.png").exists()
     logged = scalars(out)
     assert logged["judge_fd/full"][-1] == pytest.approx(rows["full"]["metrics"]["judge_fd"]["mean"], rel=1e-5)
@@ -69,15 +71,16 @@ def test_evaluate_writes_the_table_with_every_row_and_labelled_gaps(evaluation):
 
 def test_evaluate_reuses_finished_variants_unless_forced(evaluation):
     assert "cached" not in evaluation["first"].stdout
-    assert evaluation["again"].stdout.count("cached") == 13  # 6 drawn rows x 2 seeds + the real row
+    assert evaluation["again"].stdout.count(": cached") == 13  # 6 drawn rows x 2 seeds + the real row
+    assert "reference features (8 images): judge cached, clip cached" in evaluation["again"].stdout
     forced = run(*evaluate_args(evaluation["decoder"], evaluation["judge"], evaluation["score"], evaluation["out"], "--variants", "full",
                                 "--seeds", "0", "--force"), env=evaluation["env"])  # fmt: skip
-    assert "cached" not in forced.stdout
+    assert ": cached" not in forced.stdout  # the variant is redrawn (the reference features are not the variant's)
     assert "U-Nets (decoder, upsampler) in 32-true" in (evaluation["out"] / "table.md").read_text()
     # the U-Net's precision is part of what a cached variant was drawn with
     bf16 = run(*evaluate_args(evaluation["decoder"], evaluation["judge"], evaluation["score"], evaluation["out"], "--variants", "full",
                               "--seeds", "0", "--precision", "bf16-mixed"), env=evaluation["env"])  # fmt: skip
-    assert "cached" not in bf16.stdout and "U-Nets (decoder, upsampler) in bf16-mixed" in (evaluation["out"] / "table.md").read_text()
+    assert ": cached" not in bf16.stdout and "U-Nets (decoder, upsampler) in bf16-mixed" in (evaluation["out"] / "table.md").read_text()
 
 
 def test_a_bf16_row_with_the_upsampler_is_not_served_from_a_cache_drawn_before_the_upsampler_took_the_precision():

@@ -1,10 +1,16 @@
 """``t2i evaluate --config stages/evaluate.yaml``: the evaluation table (:mod:`t2i_lightning.eval.evaluate`). Draw
 each variant for the same reference captions and score it: judge- and CLIP-space Fréchet distance, KID,
-precision/recall; CLIP score; exact alignment; FID/IS when Inception weights are present; PSNR/SSIM where
-a ground truth exists; seconds per image.
+precision/recall; CLIP score; exact alignment; FID/IS/KID/precision/recall in Inception space when Inception
+weights are present; PSNR/SSIM where a ground truth exists; seconds per image.
 
     t2i evaluate --config stages/evaluate.yaml                 # -> runs/eval/table.md, table.json, grids/
     t2i evaluate --config stages/evaluate.yaml --n 50 --variants real full --force
+    t2i evaluate --config stages/paper/evaluate.yaml --data data/coco --inception-weights PATH --device cuda
+
+On real photos (a COCO import) there is no judge: the reference metadata are not shapes scenes, so the
+judge-space columns and exact alignment are left out and the header says why (``--judge none`` leaves
+them out on shapes too). A split with fewer images than ``--n`` is used whole, N cut to it, and said.
+The models run on ``--device``; the reference features are cached under ``<out>/reference-cache/``.
 
 The YAML holds any of the options below by their names with underscores (``decoder_text``,
 ``subset_sizes``); a key that is not an option is an error; command-line flags override the file.
@@ -25,6 +31,11 @@ from .options import add_cfg_argument, add_command, add_device_arguments, add_sa
 
 if TYPE_CHECKING:
     import torch
+
+    from ..eval.reference import ReferenceSet
+    from ..nn.judge import SceneJudge
+
+NO_JUDGE = "none"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,15 +89,19 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS,
                         help=f"rows: {', '.join(FIXED)}, cfg_<scale>, score_guided_<lambda> "
                              f"(default: {' '.join(DEFAULT_VARIANTS)})")  # fmt: skip
-    for stage in ("clip", "translator", "decoder", "upsampler", "decoder_text", "score", "captioner", "judge"):
+    for stage in ("clip", "translator", "decoder", "upsampler", "decoder_text", "score", "captioner"):
         default, name = default_checkpoint(stage), stage.replace("_", "-")
         parser.add_argument(f"--{name}", default=default, help=f"{name} checkpoint (default: {default})")
+    parser.add_argument("--judge", default=default_checkpoint("judge"),
+                        help=f"judge checkpoint, or '{NO_JUDGE}' for no judge-space columns (default: "
+                             f"{default_checkpoint('judge')}; not read where the data are not shapes scenes)")  # fmt: skip
     parser.add_argument("--clip-model", default=DEMO_CLIP, help="open_clip model of --clip")
     parser.add_argument("--eval-clip", default=None,
                         help="CLIP weights for the CLIP feature space and CLIP score (default: --clip, the generator's own)")  # fmt: skip
     parser.add_argument("--eval-clip-model", default=None, help="open_clip model of --eval-clip (default: --clip-model)")
     parser.add_argument("--inception-weights", default=None,
-                        help="InceptionV3 weights for FID/IS (default: torch hub's cache; without them the cells say so)")  # fmt: skip
+                        help="torch-fidelity's InceptionV3 state dict for FID/IS/KID/precision/recall (default: torch "
+                             "hub's cache; without them the cells say so)")  # fmt: skip
     add_sampler_argument(parser, help="decoder sampler")
     parser.add_argument("--steps", default="50", help="decoder sampling steps, or 'all' (default: 50)")
     add_cfg_argument(parser)
@@ -139,39 +154,80 @@ def check_evaluate_args(options: EvaluateOptions) -> None:
         variant(name)  # unknown names fail before anything is loaded
 
 
+def judge_for(options: EvaluateOptions, ref: ReferenceSet) -> tuple[SceneJudge | None, str]:
+    """The judge on ``options.device`` (None for none) and the header's line on it: its accuracy on the
+    reference images, or why there is no judge (``--judge none``, or data that are not shapes scenes)."""
+    from ..eval.judging import judge_accuracy, shapes_scenes
+    from ..pipeline import load_judge
+
+    if options.judge == NO_JUDGE:
+        return None, f"none (--judge {NO_JUDGE}): no judge-space columns, no exact alignment"
+    if not shapes_scenes(ref.metas):
+        return None, (f"none: {options.data} is not a shapes dataset (its judge-space columns and exact alignment "
+                      "need shapes metadata)")  # fmt: skip
+    judge = load_judge(options.judge, options.device).net
+    accuracy = judge_accuracy(judge, ref.images, ref.metas)
+    return judge, f"{options.judge}; its accuracy on these reference images: " + ", ".join(
+        f"{k} {v:.3f}" for k, v in accuracy.items()
+    )
+
+
+def path_check_line(options: EvaluateOptions) -> str | None:
+    """The header's warning when a CLIP the table depends on has random weights (``t2i random-clip``): then
+    every number checks that the path runs and none is a result; None otherwise."""
+    from ..nn.random_clip import random_init_of
+
+    clips = {"the generator's CLIP": options.clip, "the evaluation CLIP": options.eval_clip or options.clip}
+    random = [f"{role} ({path}: random {random_init_of(path)})" for role, path in clips.items() if random_init_of(path)]
+    if not random:
+        return None
+    return f"random weights in {', '.join(random)}: every number below checks that the path runs, none is a result"
+
+
 def run(options: EvaluateOptions) -> None:
     from ..eval.clip_space import ClipInstrument
     from ..eval.evaluate import EvaluationSettings, Instruments, evaluate
+    from ..eval.feature_cache import weights_identity
     from ..eval.inception import InceptionInstrument, find_inception_weights
-    from ..eval.judging import judge_accuracy
-    from ..eval.reference import load_reference
-    from ..eval.variants import EvalModels
+    from ..eval.reference import load_evaluation_sets
+    from ..eval.variants import EvalModels, variant
     from ..nn.clip import create_clip, tokenizer_for
-    from ..pipeline import load_judge
 
     check_evaluate_args(options)
-    judge = load_judge(options.judge).net
+    device = options.device
+    real_split = options.real_split if "real" in options.variants else None
+    embeddings = options.embeddings if any(variant(name).reference_embeddings for name in options.variants) else None
     eval_clip, eval_model = options.eval_clip or options.clip, options.eval_clip_model or options.clip_model
-    clip = ClipInstrument(create_clip(eval_model, eval_clip), tokenizer_for(eval_model), name=f"{eval_model} ({eval_clip})")
-    inception = InceptionInstrument(find_inception_weights(options.inception_weights))
-    print(f"reading {options.n} {options.split} and {options.n} {options.real_split} images of {options.data}")
-    ref = load_reference(options.data, options.split, options.n, embeddings=options.embeddings)
-    real = load_reference(options.data, options.real_split, options.n)
-    accuracy = judge_accuracy(judge, ref.images, ref.metas)
+    clip = ClipInstrument(create_clip(eval_model, eval_clip).to(device), tokenizer_for(eval_model),
+                          name=f"{eval_model} ({eval_clip})")  # fmt: skip
+    inception_weights = find_inception_weights(options.inception_weights)
+    inception = InceptionInstrument(inception_weights, device)
+    print(f"reading up to {options.n} {options.split}" + (f" and {real_split}" if real_split else "")
+          + f" images of {options.data}")  # fmt: skip
+    ref, real, notes = load_evaluation_sets(options.data, options.split, options.n, real_split, embeddings)
+    for note in notes:
+        print(note)
+    judge, judge_line = judge_for(options, ref)
+    identity = {"clip": weights_identity(eval_clip, device, model=eval_model), "inception": weights_identity(inception_weights, device)}
+    if judge is not None:
+        identity["judge"] = weights_identity(options.judge, device)
     steps = options.steps if options.steps == "all" else int(options.steps)
     sampling = SamplingOptions(options.sampler, steps, options.cfg, options.threshold or None, options.batch_size, options.precision)
-    settings = EvaluationSettings(options.n, list(options.seeds), list(options.variants), list(options.subset_sizes), sampling)
+    settings = EvaluationSettings(len(ref), list(options.seeds), list(options.variants), list(options.subset_sizes), sampling)
     paths = {"clip": options.clip, "translator": options.translator, "decoder": options.decoder, "upsampler": options.upsampler,
              "decoder_text": options.decoder_text, "score": options.score, "captioner": options.captioner}  # fmt: skip
-    header = {
-        "data": f"{options.data}: the first {options.n} {options.split} images and captions; real-vs-real set: the first "
-        f"{options.n} {options.real_split} images",
-        "judge": f"{options.judge}; its accuracy on these reference images: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items()),
+    warning = path_check_line(options)
+    header = {"PATH CHECK": warning} if warning else {}
+    header |= {
+        "data": f"{options.data}: the first {len(ref)} {options.split} images and captions"
+        + (f"; real-vs-real set: the first {len(ref)} {real_split} images" if real_split else ""),
+        "judge": judge_line,
         "CLIP space": clip.name + (" — the generator's own CLIP, which flatters it" if eval_clip == options.clip else ""),
         "inception": inception.status,
+        "device": str(device),
         "checkpoints": ", ".join(f"{k} {v}" for k, v in paths.items()),
     }
-    table = evaluate(settings, EvalModels(paths), ref, real, Instruments(judge, clip, inception), options.out, options.force, header)
+    instruments = Instruments(judge, clip, inception, identity)
+    table = evaluate(settings, EvalModels(paths, device), ref, real, instruments, options.out, options.force, header)
     print(open(f"{options.out}/table.md").read())
     print(f"-> {options.out}/table.md, table.json, grids/ ({len(table['rows'])} rows)")

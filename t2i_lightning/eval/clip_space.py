@@ -4,7 +4,8 @@ Any open_clip model (the project's CLIP, or a separate evaluation CLIP: name it 
 a generator conditioned on a CLIP is flattered when judged by the same one). Images are fed through
 the model's own evaluation preprocessing, exactly as embedding extraction does. The CLIP score is
 100 × max(cos(image embedding, caption embedding), 0), torchmetrics' convention for CLIPScore
-(Hessel et al. 2021, without their 2.5 rescaling).
+(Hessel et al. 2021, without their 2.5 rescaling). The CLIP runs on its own device; the embeddings come
+back to the CPU, where the metrics are computed.
 """
 
 from __future__ import annotations
@@ -30,21 +31,27 @@ class ClipInstrument:
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         chunks = [
-            clip_image_embeddings(self.clip, tensor_to_images(images[i : i + self.batch_size]))
+            clip_image_embeddings(self.clip, tensor_to_images(images[i : i + self.batch_size])).cpu()
             for i in range(0, len(images), self.batch_size)
         ]
         return torch.cat(chunks).float()
 
     @torch.no_grad()
     def text_features(self, captions: Sequence[str]) -> torch.Tensor:
+        device = next(self.clip.parameters()).device
         chunks = [
-            self.clip.encode_text(self.tokenizer(list(captions[i : i + self.batch_size])))
+            self.clip.encode_text(self.tokenizer(list(captions[i : i + self.batch_size])).to(device)).cpu()
             for i in range(0, len(captions), self.batch_size)
         ]
         return torch.cat(chunks).float()
 
-    def clip_score(self, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
+    def clip_score(
+        self, images: torch.Tensor, captions: Sequence[str], image_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The CLIP score of each image with its caption; ``image_features``: the images' embeddings when they
+        were computed already (:meth:`image_features`)."""
         if len(images) != len(captions):
             raise ValueError(f"Need one caption per image, got {len(captions)} for {len(images)} images")
-        cosine = F.cosine_similarity(self.image_features(images), self.text_features(captions), dim=-1)
+        features = self.image_features(images) if image_features is None else image_features
+        cosine = F.cosine_similarity(features, self.text_features(captions), dim=-1)
         return 100 * cosine.clamp(min=0)

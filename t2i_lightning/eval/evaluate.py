@@ -1,19 +1,24 @@
 """``t2i evaluate``: draw every variant for the same reference captions and score it (the ablation table).
 
-For each variant and seed the images are drawn once and cached under ``<out>/cache/`` (atomically,
-with a fingerprint of the settings and checkpoints: a re-run reuses them unless ``force``), then
-scored against the reference set:
+For each variant and seed the images are drawn once on the evaluation's device and cached under
+``<out>/cache/`` (atomically, with a fingerprint of the settings and checkpoints: a re-run reuses them
+unless ``force``), then scored against the reference set:
 
-- in the judge's feature space (shapes): Fréchet distance, KID, precision and recall (k = 3), and
-  exact alignment of the judge's readings with the captions (:mod:`t2i_lightning.metrics.alignment`);
+- in the judge's feature space (shapes only): Fréchet distance (Heusel et al. 2017), KID (Bińkowski et
+  al. 2018), precision and recall (Kynkäänniemi et al. 2019, k = 3), and exact alignment of the judge's
+  readings with the captions (:mod:`t2i_lightning.metrics.alignment`). Without a judge (``--judge none``,
+  or reference metadata that are not shapes scenes: real photos) these columns are absent;
 - in a CLIP's image-embedding space: the same distances and the CLIP score with the caption;
-- Inception FID and IS when Inception weights are present locally, else the cells say so;
+- in Inception-v3's pool3 space, when its weights are present locally: FID, KID, precision and recall
+  by the same distance code, and IS (:mod:`t2i_lightning.eval.inception`); else the cells say so;
 - PSNR/SSIM against the reference image where a row corresponds to it one to one;
 - seconds per image.
 
-Distances are mean ± std over the seeds; the judge-space Fréchet distance is also given at several
-set sizes (seed 0) to show its small-sample bias. The judge's own per-attribute accuracy on the
-reference images goes in the table's header: it is the instrument's credibility.
+The reference set's features in each space are cached under ``<out>/reference-cache/`` by what they
+were computed from (:mod:`t2i_lightning.eval.feature_cache`). Distances are mean ± std over the seeds;
+the judge-space Fréchet distance is also given at several set sizes (seed 0) to show its small-sample
+bias. The judge's own per-attribute accuracy on the reference images goes in the table's header: it
+is the instrument's credibility.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,7 +39,9 @@ from ..data.shards import atomic_path, write_json_atomic
 from ..metrics.alignment import alignment_report
 from ..metrics.distances import feature_distances
 from ..metrics.superres import superres_scores
+from ..nn.judge import SceneJudge
 from .clip_space import ClipInstrument
+from .feature_cache import CACHE_DIR, cached_features
 from .inception import InceptionInstrument
 from .judging import judge_images
 from .reference import ReferenceSet, images_at_size
@@ -55,9 +63,19 @@ class EvaluationSettings:
 
 @dataclass
 class Instruments:
-    judge: torch.nn.Module
+    judge: SceneJudge | None  # None: no judge-space columns, no exact alignment
     clip: ClipInstrument
     inception: InceptionInstrument
+    identity: dict[str, dict]  # per feature space, what its instrument is (feature_cache.weights_identity)
+
+    def extractors(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Image features per feature space this table measures in."""
+        spaces = {"clip": self.clip.image_features}
+        if self.judge is not None:
+            spaces = {"judge": lambda images: judge_images(self.judge, images)[1], **spaces}
+        if self.inception.available:
+            spaces["inception"] = self.inception.features
+        return spaces
 
 
 def _fingerprint(variant: Variant, settings: EvaluationSettings, models: EvalModels, seed: int) -> str:
@@ -85,7 +103,7 @@ def drawn_images(
         stored = torch.load(path, map_location="cpu", weights_only=True)
         if stored.get("fingerprint") == fingerprint:
             return stored["images"].float() / 127.5 - 1, float(stored["s_per_image"]), True
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=models.device).manual_seed(seed)
     start = time.perf_counter()
     images = variant.draw(models, ref, real, settings.options, generator).detach().cpu()
     seconds = (time.perf_counter() - start) / len(images)
@@ -99,24 +117,45 @@ def score_images(
     images: torch.Tensor, ref: ReferenceSet, captions: list[str], reference_features: dict[str, torch.Tensor],
     instruments: Instruments, ground_truth: bool,
 ) -> dict[str, float | dict]:  # fmt: skip
-    """Every metric of one drawn set: distances against the reference set, CLIP score and alignment
-    against ``captions`` (what the images should show), PSNR/SSIM against the reference images when
-    they are the ``ground_truth``."""
-    scenes, judge_features = judge_images(instruments.judge, images)
+    """Every metric of one drawn set: distances against the reference set, CLIP score and (with a judge)
+    alignment against ``captions`` (what the images should show), PSNR/SSIM against the reference images
+    when they are the ``ground_truth``."""
     result: dict[str, float | dict] = {}
-    for key, value in feature_distances(reference_features["judge"], judge_features).items():
-        result[f"judge_{key}"] = value
+    if instruments.judge is not None:
+        scenes, judge_features = judge_images(instruments.judge, images)
+        for key, value in feature_distances(reference_features["judge"], judge_features).items():
+            result[f"judge_{key}"] = value
     clip_features = instruments.clip.image_features(images)
     for key, value in feature_distances(reference_features["clip"], clip_features).items():
         result[f"clip_{key}"] = value
-    result["clip_score"] = instruments.clip.clip_score(images, captions).mean().item()
+    result["clip_score"] = instruments.clip.clip_score(images, captions, clip_features).mean().item()
     result.update(instruments.inception.scores(images, reference_features.get("inception")))
-    alignment = alignment_report(captions, scenes)
-    result.update({f"align_{k}": v for k, v in alignment.items() if k != "n" and v is not None})
+    if instruments.judge is not None:
+        alignment = alignment_report(captions, scenes)
+        result.update({f"align_{k}": v for k, v in alignment.items() if k != "n" and v is not None})
     if ground_truth:
         scores = superres_scores(images_at_size(ref.images, images.shape[-2:]), images)
         result.update({"psnr": scores["psnr"], "ssim": scores["ssim"]})
     return result
+
+
+def reference_features(ref: ReferenceSet, instruments: Instruments, cache: Path) -> dict[str, torch.Tensor]:
+    """The reference images' features in every space the instruments measure, from ``cache`` where it has
+    them for this reference set and instrument (:func:`cached_features`)."""
+    features, read = {}, []
+    for space, extract in instruments.extractors().items():
+        features[space], cached = cached_features(cache, space, ref, instruments.identity[space], extract)
+        read.append(f"{space} {'cached' if cached else 'computed'}")
+    print(f"reference features ({len(ref)} images): {', '.join(read)}")
+    return features
+
+
+SUMMARY = (("judge FD", "judge_fd"), ("alignment", "align_all"), ("CLIP FD", "clip_fd"), ("FID", "fid"))
+
+
+def _summary(metrics: dict) -> str:
+    """The headline numbers of one scored set, those it has."""
+    return ", ".join(f"{name} {metrics[key]:.3g}" for name, key in SUMMARY if key in metrics)
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -130,12 +169,7 @@ def evaluate(
 ) -> dict:  # fmt: skip
     """Draw and score every variant; write ``table.md``, ``table.json`` and a grid per variant under ``out``."""
     out = Path(out)
-    reference_features = {
-        "judge": judge_images(instruments.judge, ref.images)[1],
-        "clip": instruments.clip.image_features(ref.images),
-    }
-    if instruments.inception.available:
-        reference_features["inception"] = instruments.inception.features(ref.images)
+    features = reference_features(ref, instruments, out / CACHE_DIR)
     rows = []
     for name in settings.variants:
         row_variant = named_variant(name)
@@ -149,20 +183,17 @@ def evaluate(
         for seed in settings.seeds if row_variant.seeded else settings.seeds[:1]:
             images, s_per_image, cached = drawn_images(row_variant, models, ref, real, settings, seed, out / "cache", force)
             first_images = images if first_images is None else first_images
-            per_seed.append(score_images(images, ref, captions, reference_features, instruments, row_variant.ground_truth))
+            per_seed.append(score_images(images, ref, captions, features, instruments, row_variant.ground_truth))
             seconds.append(s_per_image)
-            print(f"{name} seed {seed}: {'cached' if cached else f'{s_per_image:.2f} s/image'}, "
-                  f"judge FD {per_seed[-1]['judge_fd']:.3g}, alignment {per_seed[-1]['align_all']:.3f}")  # fmt: skip
+            print(f"{name} seed {seed}: {'cached' if cached else f'{s_per_image:.2f} s/image'}, {_summary(per_seed[-1])}")
         metrics = {key: _mean_std([m[key] for m in per_seed]) for key in per_seed[0]}
         metrics["s_per_image"] = _mean_std(seconds)
-        bias = {}
-        first_features = judge_images(instruments.judge, first_images)[1]
-        for size in (s for s in settings.subset_sizes if 3 < s <= len(ref)):
-            bias[str(size)] = feature_distances(reference_features["judge"][:size], first_features[:size])["fd"]
         grid = grid_image(tensor_to_images(first_images[:16]), columns=8)
         save_png_atomic(grid, out / "grids" / f"{name}.png")
-        rows.append({"variant": name, "seeds": len(per_seed), "metrics": metrics, "judge_fd_at_n": bias,
-                     "grid": str(out / "grids" / f"{name}.png")})  # fmt: skip
+        row = {"variant": name, "seeds": len(per_seed), "metrics": metrics, "grid": str(out / "grids" / f"{name}.png")}
+        if instruments.judge is not None:
+            row["judge_fd_at_n"] = judge_fd_at_n(instruments.judge, features["judge"], first_images, settings.subset_sizes)
+        rows.append(row)
     table = {"header": header or {}, "settings": {**asdict(settings), "options": asdict(settings.options)}, "rows": rows}
     write_json_atomic(out / "table.json", table)
     markdown = format_table(table)
@@ -170,6 +201,14 @@ def evaluate(
         tmp.write_text(markdown)
     log_to_tensorboard(table, markdown, out)
     return table
+
+
+def judge_fd_at_n(judge: SceneJudge, reference: torch.Tensor, images: torch.Tensor, sizes: list[int]) -> dict[str, float]:
+    """The judge-space Fréchet distance of the first N images to the first N reference features, at each
+    N in ``sizes`` that the sets allow (its small-sample bias)."""
+    features = judge_images(judge, images)[1]
+    return {str(size): feature_distances(reference[:size], features[:size])["fd"]
+            for size in sizes if 3 < size <= min(len(reference), len(features))}  # fmt: skip
 
 
 def log_to_tensorboard(table: dict, markdown: str, out: Path) -> None:

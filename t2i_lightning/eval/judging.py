@@ -1,5 +1,6 @@
 """Reading images with the judge: each image's scene (for exact alignment) and its pooled features
-(the judge feature space for distances), batched, without gradients."""
+(the judge feature space for distances), batched, without gradients; and whether a reference set is
+one the judge can read at all (shapes scenes, whose metadata hold every object: real photos are not)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ import torch
 
 from ..metrics.scene_labels import attribute_hits, decode_scenes, scene_targets
 from ..nn.judge import SceneJudge
+
+SCENE_FIELDS = ("objects", "background")
+"""What a sample's metadata hold when it is a shapes scene (:func:`~t2i_lightning.metrics.scene_labels.scene_targets`
+reads them)."""
+
+
+def shapes_scenes(metas: list[dict]) -> bool:
+    """Whether every sample's metadata describe a shapes scene: the judge's feature space and the exact
+    alignment are defined for those only."""
+    return bool(metas) and all(isinstance(meta, dict) and all(f in meta for f in SCENE_FIELDS) for meta in metas)
 
 
 @torch.no_grad()

@@ -1,26 +1,40 @@
-"""The evaluation table as Markdown: a header saying what was measured with what, one row per variant."""
+"""The evaluation table as Markdown: a header saying what was measured with what, one row per variant.
+
+A column appears when some row has its metric: without a judge the judge-space and alignment columns
+are absent (the header says why), not filled with zeros. The Inception columns always appear: without
+Inception weights their cells say so.
+"""
 
 from __future__ import annotations
 
-from .inception import MISSING
+from .inception import INCEPTION_KEYS, MISSING
 
 COLUMNS = (
-    ("judge FD", "judge_fd"), ("judge KID", "judge_kid"), ("P", "judge_precision"), ("R", "judge_recall"),
-    ("CLIP FD", "clip_fd"), ("CLIP P", "clip_precision"), ("CLIP R", "clip_recall"), ("CLIP score", "clip_score"),
-    ("FID", "fid"), ("IS", "is"), ("aligned", "align_all"), ("colour", "align_colour"), ("kind", "align_kind"),
-    ("count", "align_count"), ("binding", "align_binding"), ("PSNR", "psnr"), ("SSIM", "ssim"), ("s/img", "s_per_image"),
+    ("judge FD", "judge_fd"), ("judge KID", "judge_kid"), ("judge P", "judge_precision"), ("judge R", "judge_recall"),
+    ("CLIP FD", "clip_fd"), ("CLIP KID", "clip_kid"), ("CLIP P", "clip_precision"), ("CLIP R", "clip_recall"),
+    ("CLIP score", "clip_score"), ("FID", "fid"), ("IS", "is"), ("KID", "inception_kid"),
+    ("Inception P", "inception_precision"), ("Inception R", "inception_recall"), ("aligned", "align_all"),
+    ("colour", "align_colour"), ("kind", "align_kind"), ("count", "align_count"), ("binding", "align_binding"),
+    ("PSNR", "psnr"), ("SSIM", "ssim"), ("s/img", "s_per_image"),
 )  # fmt: skip
 
 
 def _cell(metric: dict | None, key: str, header: dict) -> str:
     if metric is None:
-        return header.get("inception", MISSING) if key in ("fid", "is") else "–"
+        return header.get("inception", MISSING) if key in INCEPTION_KEYS else "–"
     mean, std = metric["mean"], metric["std"]
     return f"{mean:.3g} ± {std:.2g}" if std else f"{mean:.3g}"
 
 
+def table_columns(rows: list[dict]) -> list[tuple[str, str]]:
+    """The columns of ``rows``: the Inception ones, and every other one some row has a value for."""
+    present = {key for row in rows for key in row.get("metrics", {})}
+    return [(name, key) for name, key in COLUMNS if key in INCEPTION_KEYS or key in present]
+
+
 def format_table(table: dict) -> str:
     header, settings = table["header"], table["settings"]
+    columns = table_columns(table["rows"])
     lines = ["# Evaluation", ""]
     lines += [f"- **{k}**: {v}" for k, v in header.items()]
     o = settings["options"]
@@ -28,13 +42,13 @@ def format_table(table: dict) -> str:
                 + (f"dynamic thresholding at {o['threshold']}" if o["threshold"] else "static clipping")
                 + f", U-Nets (decoder, upsampler) in {o.get('precision', '32-true')}")  # fmt: skip
     lines += [f"- **settings**: N = {settings['n']} per variant, seeds {settings['seeds']}; decoder: {sampling}", ""]
-    lines.append("| variant | " + " | ".join(name for name, _ in COLUMNS) + " |")
-    lines.append("|---" * (len(COLUMNS) + 1) + "|")
+    lines.append("| variant | " + " | ".join(name for name, _ in columns) + " |")
+    lines.append("|---" * (len(columns) + 1) + "|")
     for row in table["rows"]:
         if "skipped" in row:
-            lines.append(f"| {row['variant']} | skipped: {row['skipped']} |" + " |" * (len(COLUMNS) - 1))
+            lines.append(f"| {row['variant']} | skipped: {row['skipped']} |" + " |" * (len(columns) - 1))
             continue
-        cells = [_cell(row["metrics"].get(key), key, header) for _, key in COLUMNS]
+        cells = [_cell(row["metrics"].get(key), key, header) for _, key in columns]
         lines.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
     sizes = sorted({int(n) for row in table["rows"] for n in row.get("judge_fd_at_n", {})})
     if sizes:

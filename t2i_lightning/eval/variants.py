@@ -10,7 +10,8 @@ decoder) and differ only in what conditions the decoder and how it samples (the 
 - ``decoder_only``: the true CLIP image embedding of the reference image → decoder (the study's
   reconstruction row; PSNR/SSIM against the reference image).
 - ``no_translator``: the CLIP text embedding straight into the decoder.
-- ``full_256``: ``full`` then the upsampler, 256px.
+- ``full_256``: ``full`` then the upsampler, 256px; an upsampler conditioned on CLIP image embeddings
+  (stages/paper/upsampler.yaml) is given the translated embeddings the decoder was given.
 - ``ddpm``: ``full`` with ancestral DDPM over every training step instead of DDIM.
 - ``cfg_<s>``: ``full`` at classifier-free guidance scale s (e.g. ``cfg_1``, ``cfg_8``).
 - ``no_dynamic_threshold``: ``full`` with static clipping instead of dynamic thresholding.
@@ -20,6 +21,9 @@ decoder) and differ only in what conditions the decoder and how it samples (the 
 - ``text_decoder``: the Imagen-like text-conditioned decoder.
 - ``score_unguided``, ``score_guided_<λ>``: the score model by annealed Langevin dynamics, unguided or
   guided by the captioner at scale λ towards each caption (32px: the instruments resize).
+
+Every model is loaded on the evaluation's device (:class:`EvalModels`); rows are drawn there from a
+generator on that device, and come back to the CPU to be scored.
 """
 
 from __future__ import annotations
@@ -63,9 +67,11 @@ class SamplingOptions:
 
 @dataclass
 class EvalModels:
-    """Checkpoint paths (``clip``, ``translator``, ``decoder``, ``upsampler``, ``decoder_text``), loaded on first use."""
+    """Checkpoint paths (``clip``, ``translator``, ``decoder``, ``upsampler``, ``decoder_text``, ``score``,
+    ``captioner``), loaded on ``device`` on first use."""
 
     paths: dict[str, str | None]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _loaded: dict = field(default_factory=dict)
 
     def missing(self, needs: tuple[str, ...]) -> str | None:
@@ -86,22 +92,23 @@ class EvalModels:
     @property
     def chain(self) -> TextToImage:
         paths = self.paths
-        return self._get("chain", lambda: TextToImage.from_checkpoints(paths["decoder"], paths["translator"], paths.get("clip")))
+        return self._get("chain", lambda: TextToImage.from_checkpoints(paths["decoder"], paths["translator"], paths.get("clip"),
+                                                                       device=self.device))  # fmt: skip
 
     @property
     def upsampler(self):
-        return self._get("upsampler", lambda: load_upsampler(self.paths["upsampler"]))
+        return self._get("upsampler", lambda: load_upsampler(self.paths["upsampler"], self.device))
 
     @property
     def score(self):
-        return self._get("score", lambda: load_score_model(self.paths["score"]))
+        return self._get("score", lambda: load_score_model(self.paths["score"], self.device))
 
     @property
     def captioner(self):
         """The captioner, refused when its noise levels are not the score model's."""
 
         def load():
-            captioner = load_captioner(self.paths["captioner"])
+            captioner = load_captioner(self.paths["captioner"], self.device)
             check_same_noise_levels(self.score, captioner)
             return captioner
 
@@ -109,22 +116,23 @@ class EvalModels:
 
     @property
     def text_decoder(self):
-        return self._get("text_decoder", lambda: load_decoder(self.paths["decoder_text"]).eval().requires_grad_(False))
+        return self._get("text_decoder", lambda: load_decoder(self.paths["decoder_text"], self.device))
 
 
-Draw = Callable[[EvalModels, ReferenceSet, ReferenceSet, SamplingOptions, torch.Generator], torch.Tensor]
+Draw = Callable[[EvalModels, ReferenceSet, ReferenceSet | None, SamplingOptions, torch.Generator], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
     needs: tuple[str, ...]
-    draw: Draw  # (models, reference, second real set, options, generator) -> N x 3 x S x S in [-1, 1]
+    draw: Draw  # (models, reference, second real set or None, options, generator) -> N x 3 x S x S in [-1, 1]
     ground_truth: bool = False  # images correspond one to one to the reference images
     seeded: bool = True  # False: the same images whatever the seed (the real set)
     own_captions: bool = False  # True: the images have captions of their own (the real set), scored against those
+    reference_embeddings: bool = False  # True: drawn from the reference images' CLIP embeddings (read with them)
 
-    def captions(self, ref: ReferenceSet, real: ReferenceSet) -> list[str]:
+    def captions(self, ref: ReferenceSet, real: ReferenceSet | None) -> list[str]:
         """The captions this row's images are scored against (CLIP score, exact alignment): the reference
         captions they were drawn for, or the real set's own."""
         return real.captions if self.own_captions else ref.captions
@@ -137,32 +145,42 @@ def _batched(fn: Callable[[slice], torch.Tensor], n: int, batch_size: int) -> to
     return torch.cat([fn(slice(i, min(i + batch_size, n))) for i in range(0, n, batch_size)])
 
 
+def _chain_draw(
+    models: EvalModels, ref: ReferenceSet, options: SamplingOptions, generator: torch.Generator, conditioning: str,
+    image_guidance: float = 0.0, **overrides,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Images from the loaded chain, in batches, conditioned on the captions (through the translator), the
+    true image embeddings or the raw text embeddings (``conditioning``), with sampling ``overrides``;
+    ``image_guidance`` > 0 guides each image towards its reference image at that scale. Also returns the
+    embeddings the decoder was given."""
+    chain = models.chain
+    kwargs = options.as_kwargs(**overrides)
+    images, conditions = [], []
+    for start in range(0, len(ref), options.batch_size):
+        rows = slice(start, min(start + options.batch_size, len(ref)))
+        cond = chain.embedder(ref.captions[rows]) if conditioning == "caption" else getattr(ref, conditioning)[rows]
+        guide = ImageGuidance(images_at_size(ref.images[rows], chain.decoder.net.image_size), image_guidance) \
+            if image_guidance > 0 else None  # fmt: skip
+        images.append(chain.decode(cond, generator=generator, progress=False, image_guidance=guide, **kwargs))
+        conditions.append(cond)
+    return torch.cat(images), torch.cat(conditions)
+
+
 def _chain_rows(conditioning: str, image_guidance: float = 0.0, **overrides) -> Draw:
-    """A row drawing from the loaded chain, conditioned on the captions (through the translator), the
-    true image embeddings or the raw text embeddings, with sampling ``overrides``; ``image_guidance``
-    > 0 guides each image towards its reference image at that scale."""
+    """A row drawing from the loaded chain (:func:`_chain_draw`)."""
 
     def draw(models, ref, real, options, generator):
-        chain = models.chain
-        kwargs = options.as_kwargs(**overrides)
-
-        def part(rows: slice) -> torch.Tensor:
-            if conditioning == "caption":
-                cond = chain.embedder(ref.captions[rows])
-            else:
-                cond = getattr(ref, conditioning)[rows]
-            guide = ImageGuidance(images_at_size(ref.images[rows], chain.decoder.net.image_size), image_guidance) \
-                if image_guidance > 0 else None  # fmt: skip
-            return chain.decode(cond, generator=generator, progress=False, image_guidance=guide, **kwargs)
-
-        return _batched(part, len(ref), options.batch_size)
+        return _chain_draw(models, ref, options, generator, conditioning, image_guidance, **overrides)[0]
 
     return draw
 
 
 def _full_256(models, ref, real, options, generator):
-    low = _chain_rows("caption")(models, ref, real, options, generator)
-    return models.upsampler.sample(low, generator=generator, progress=False,  # in batches of equal pixels
+    """``full``, then the upsampler on its 64px images; an upsampler that takes CLIP image embeddings gets the
+    translated ones the decoder was given (the others ignore them)."""
+    low, embeddings = _chain_draw(models, ref, options, generator, "caption")
+    # the upsampler draws in batches of equal pixels, cutting the per-image embeddings to each
+    return models.upsampler.sample(low, image_embeddings=embeddings, generator=generator, progress=False,
                                    precision=options.precision)  # fmt: skip
 
 
@@ -196,8 +214,8 @@ def _real(models, ref, real, options, generator):
 FIXED = {
     "real": Variant("real", (), _real, seeded=False, own_captions=True),
     "full": Variant("full", CHAIN, _chain_rows("caption")),
-    "decoder_only": Variant("decoder_only", CHAIN, _chain_rows("img_emb"), ground_truth=True),
-    "no_translator": Variant("no_translator", CHAIN, _chain_rows("txt_emb")),
+    "decoder_only": Variant("decoder_only", CHAIN, _chain_rows("img_emb"), ground_truth=True, reference_embeddings=True),
+    "no_translator": Variant("no_translator", CHAIN, _chain_rows("txt_emb"), reference_embeddings=True),
     "full_256": Variant("full_256", (*CHAIN, "upsampler"), _full_256),
     "ddpm": Variant("ddpm", CHAIN, _chain_rows("caption", sampler="ddpm", steps="all")),
     "no_dynamic_threshold": Variant("no_dynamic_threshold", CHAIN, _chain_rows("caption", threshold=None)),
@@ -222,7 +240,8 @@ def variant(name: str) -> Variant:
         return Variant(name, ("score", "captioner"), _score_rows(float(match[1])))
     match = _IMAGE_GUIDED.match(name)
     if match:
-        return Variant(name, CHAIN, _chain_rows("img_emb", image_guidance=float(match[1])), ground_truth=True)
+        return Variant(name, CHAIN, _chain_rows("img_emb", image_guidance=float(match[1])), ground_truth=True,
+                       reference_embeddings=True)  # fmt: skip
     raise ValueError(
         f"Unknown variant {name!r}; use {', '.join(FIXED)}, cfg_<scale>, image_guided_<scale> or score_guided_<lambda>"
     )
