@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -424,3 +425,21 @@ def test_a_skip_rate_over_the_limit_on_one_ddp_rank_stops_both_ranks_together(tm
     stops = [line for line in result.stderr.splitlines() if "training samples were skipped" in line]
     assert len(stops) == 2 and stops[0] == stops[1], result.stderr[-3000:]  # each rank, the same totals
     assert "train-000000.tar" in stops[0] and "train-000001.tar" not in stops[0]
+
+
+EXIT_WITH_LIVE_WORKERS = """
+import sys, torch
+from t2i_lightning.data.workers import detach_worker
+loader = torch.utils.data.DataLoader(range(100), batch_size=2, num_workers=2, worker_init_fn=detach_worker)
+batches = iter(loader)
+next(batches)  # the workers run, ignoring SIGTERM; the iterator stays alive into the exit (as in a traceback)
+sys.exit("stopped with the loader's workers alive")
+"""
+
+
+def test_a_main_process_exiting_with_its_loader_alive_does_not_wait_on_the_workers_forever():
+    """multiprocessing's exit handler SIGTERMs daemonic children and joins them; workers ignore SIGTERM,
+    so the main process kills them first (the decoder-fit error test hung on this now and then)."""
+    result = subprocess.run([sys.executable, "-c", EXIT_WITH_LIVE_WORKERS], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert result.returncode == 1 and "stopped with the loader's workers alive" in result.stderr

@@ -5,13 +5,32 @@ of that SIGTERM made the main process raise "DataLoader worker ... is killed by 
 save (no checkpoint, a traceback). Workers now ignore SIGTERM; the main process saves ``last.ckpt``
 (:class:`~t2i_lightning.training.preemption.PreemptionCheckpoint`) and stops them itself (and torch's
 worker watchdog ends a worker whose main process has gone).
+
+A main process that stops on an error raised while a batch was fetched leaves its loader's workers
+alive (the traceback holds the loader), and at exit multiprocessing sends them SIGTERM and joins them:
+ignored, that SIGTERM made the exit wait forever. So the main process kills its remaining daemonic
+children (the workers) with SIGKILL first, at exit.
 """
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 
 
 def detach_worker(worker_id: int) -> None:
     """A DataLoader ``worker_init_fn``: ignore SIGTERM (the main process ends the workers)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def kill_workers_left_at_exit() -> None:
+    """SIGKILL the daemonic children still alive (DataLoader workers, which ignore SIGTERM) and reap them,
+    before multiprocessing's own exit handler would SIGTERM and join them forever."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(timeout=10)
+
+
+atexit.register(kill_workers_left_at_exit)  # after multiprocessing's exit handler, so it runs before it
