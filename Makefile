@@ -73,7 +73,7 @@ TRAINER_FLAGS = --trainer.accelerator $(ACCELERATOR) --trainer.devices $(DEVICES
 # translator, the text decoder and embedding extraction keep their configs' float32.
 PRECISION    ?= auto
 
-.PHONY: help install data inspect clip embed probe-layout train-translator embed-text train-decoder evaluate-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo demo-quick test test-all bench bench-gpu lint tensorboard clean
+.PHONY: help install data inspect clip embed probe-layout train-translator embed-text train-decoder evaluate-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo demo-quick demo-real real-chain test test-all bench bench-gpu lint tensorboard clean
 
 help: ## list the targets (this message)
 	@echo "t2i_lightning: staged text-to-image diffusion with PyTorch Lightning"
@@ -243,6 +243,48 @@ QUICK_EVAL_FLAGS ?= --n 20 --seeds 0 --subset-sizes 10 20 --variants real full d
 demo-quick: ## the whole pipeline in about half an hour on 2 cores: every stage shortened (stages/quick/), 5,000 training images -> $(QUICK_RUNS)
 	$(MAKE) --no-print-directory demo DATA=$(QUICK_DATA) RUNS=$(QUICK_RUNS) TRAIN_N=5000 VAL_N=500 TEST_N=500 \
 	    STAGE_OVERLAY=stages/quick N=4 EVAL_FLAGS="$(QUICK_EVAL_FLAGS)" T2I_TIMINGS=$(abspath $(QUICK_RUNS))/bench/stages.jsonl
+
+# The real user's path, on CPU in minutes: COCO-format photos (default: the 79 COCO validation photos of
+# ../shared/data/coco-val-mini, carved into train/val/test by image id) -> a CLIP of a pretrained
+# architecture (CLIP_MODEL, default ViT-B-32; CLIP= a local weights file; without one a RANDOM-weight
+# CLIP is written and every number is a path check, said in the output and the table) -> extraction ->
+# the study's translator and decoder (stages/paper/) shrunk by stages/real/ -> `t2i sample` -> the
+# evaluation on the real photos (no judge; INCEPTION= a local Inception state dict for FID/IS/KID/P/R)
+# -> $(REAL_RUNS)/eval/table.md. With real weights, the full data and REAL_OVERLAY=stages/paper on a GPU
+# it is the study's run.
+REAL_IMAGES   ?= ../shared/data/coco-val-mini/val2017
+REAL_CAPTIONS ?= ../shared/data/coco-val-mini/annotations/captions_val2017.json
+REAL_DATA     ?= data/real
+REAL_RUNS     ?= runs/real
+REAL_OVERLAY  ?= stages/paper stages/real
+REAL_N        ?= 16
+REAL_PROMPTS  ?= "a man riding a horse" "a bowl of fruit on a table"
+INCEPTION     ?=
+REAL_CLIP_MODEL := $(if $(filter command line environment,$(origin CLIP_MODEL)),$(CLIP_MODEL),ViT-B-32)
+REAL_CLIP       := $(if $(strip $(CLIP)),$(CLIP),$(REAL_RUNS)/clip/$(REAL_CLIP_MODEL)-random.safetensors)
+
+demo-real: install ## the real user's path on CPU in minutes: COCO photos, a ViT-B-32 CLIP (CLIP= weights file, else random: a path check), the paper translator and decoder shrunk, sampling, evaluation -> $(REAL_RUNS)/eval/table.md
+	@$(if $(strip $(CLIP)),true,echo "*** PATH CHECK: no CLIP= weights file given: a RANDOM-weight $(REAL_CLIP_MODEL) is used; every number below checks that the path runs, none is a result ***")
+	$(MAKE) --no-print-directory $(REAL_DATA)/index.json $(REAL_CLIP)
+	$(MAKE) --no-print-directory real-chain DATA=$(REAL_DATA) RUNS=$(REAL_RUNS) CLIP_MODEL=$(REAL_CLIP_MODEL) CLIP=$(REAL_CLIP) \
+	    STAGE_OVERLAY="$(REAL_OVERLAY)"
+
+$(REAL_DATA)/index.json: | $(STAMP)
+	$(T2I) data coco --images "$(REAL_IMAGES)" --captions "$(REAL_CAPTIONS)" --out $(REAL_DATA) --split train --part 0:0.6
+	$(T2I) data coco --images "$(REAL_IMAGES)" --captions "$(REAL_CAPTIONS)" --out $(REAL_DATA) --split val --part 0.6:0.8
+	$(T2I) data coco --images "$(REAL_IMAGES)" --captions "$(REAL_CAPTIONS)" --out $(REAL_DATA) --split test --part 0.8:1
+
+$(REAL_RUNS)/clip/%-random.safetensors: | $(STAMP)
+	$(T2I) random-clip --model $* --out $@
+
+# demo-real's chain, with DATA, RUNS, CLIP_MODEL, CLIP and STAGE_OVERLAY set to the real ones.
+real-chain: embed train-translator train-decoder
+	$(T2I) sample --prompt $(REAL_PROMPTS) --n 2 --steps 10 --no-upsample --decoder $(DECODER_CKPT) --translator $(TRANSLATOR_CKPT) \
+	    --clip $(CLIP) --precision $(PRECISION) --out $(RUNS)/samples.png
+	$(T2I) evaluate --data $(DATA) --embeddings $(EMB) --split val --real-split test --n $(REAL_N) --seeds 0 \
+	    --subset-sizes $(REAL_N) --variants real full decoder_only no_translator --clip $(CLIP) --clip-model $(CLIP_MODEL) \
+	    --translator $(TRANSLATOR_CKPT) --decoder $(DECODER_CKPT) --steps 10 --batch-size 16 --precision $(PRECISION) \
+	    $(if $(strip $(INCEPTION)),--inception-weights $(INCEPTION),) --out $(RUNS)/eval
 
 test: install ## run the fast test suite (what CI runs)
 	T2I_TIMINGS= $(PY) -m pytest -q $(PYTEST_ARGS)
