@@ -299,3 +299,18 @@ def test_a_device_that_is_not_here_is_refused_in_one_line(monkeypatch, capsys, d
         main(["embed-text", "a red circle", "--translator", "nowhere.ckpt", "--device", device])
     assert isinstance(stop.value.code, str) and message in stop.value.code  # one line, before any model loads
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_tf32_is_allowed_on_a_cuda_device_only():
+    from t2i_lightning.training.lightning_cli import StageTrainer
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        StageTrainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+        accelerator.allow_tf32_on(torch.device("cpu"))
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        accelerator.allow_tf32_on(torch.device("cuda", 0))
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -18,7 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from ..accelerator import resolve_precision
+from ..accelerator import allow_tf32_on, resolve_precision
 from ..data.shards import check_writable
 from .resume import check_explicit_checkpoint, checkpoint_directory, find_resume_point, move_aside
 from .run_lock import lock_run, release_run_locks
@@ -64,12 +64,14 @@ def trainer_defaults_kwargs(args: list[str], subcommands: bool) -> dict:
 class StageTrainer(Trainer):
     """Lightning's Trainer, whose ``precision`` may also be ``auto``: decided by
     :func:`t2i_lightning.accelerator.resolve_precision` from the accelerator this run uses (the Makefile
-    passes ``--trainer.precision auto`` unless ``PRECISION`` says otherwise)."""
+    passes ``--trainer.precision auto`` unless ``PRECISION`` says otherwise). On a CUDA GPU TF32 is
+    allowed (:func:`t2i_lightning.accelerator.allow_tf32_on`)."""
 
     def __init__(self, *args, precision: str | int | None = None, **kwargs) -> None:
         accelerator = kwargs.get("accelerator", "auto")
         chosen = resolve_precision(precision, accelerator if isinstance(accelerator, str) else "auto")
         super().__init__(*args, precision=chosen, **kwargs)
+        allow_tf32_on(self.strategy.root_device)
 
 
 class T2ILightningCLI(LightningCLI):
