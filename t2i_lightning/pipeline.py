@@ -66,6 +66,15 @@ def load_frozen_stage(path: str, stage: str, *others: str, device: torch.device 
     """A stage from its checkpoint (EMA weights where it has them), frozen for inference on ``device``. ``stage`` is its
     name in the registry; the checkpoint must be that stage's (or one of ``others``'), as the registry
     tells them apart (class path and, for a diffusion stage, conditioning), else the error names whose it is."""
+    written_by = checkpoint_stage(path, stage, *others)
+    verify_integrity(read_checkpoint(path), path)
+    loaded = registry_class(written_by).load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    return loaded.eval().requires_grad_(False).to(device)
+
+
+def checkpoint_stage(path: str, stage: str, *others: str) -> str:
+    """Which of ``stage`` and ``others`` wrote the checkpoint at ``path`` (from its hyperparameters alone,
+    no weights loaded); an error naming the stage that did write it otherwise."""
     hparams = checkpoint_hparams(path, stage)
     written_by = next((name for name in (stage, *others) if registry_stage(name).made(hparams)), None)
     if written_by is None and is_legacy(hparams):
@@ -77,9 +86,7 @@ def load_frozen_stage(path: str, stage: str, *others: str, device: torch.device 
             f"{path} is not a checkpoint of the {stage} stage" + (f" but of {found}" if found else "")
             + f" (`make {registry_stage(stage).make_target}` writes one)"
         )
-    verify_integrity(read_checkpoint(path), path)
-    loaded = registry_class(written_by).load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    return loaded.eval().requires_grad_(False).to(device)
+    return written_by
 
 
 def load_upsampler(path: str = DEFAULT_UPSAMPLER, device: torch.device | str = "cpu") -> DiffusionStage:

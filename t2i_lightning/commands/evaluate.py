@@ -19,6 +19,7 @@ The YAML holds any of the options below by their names with underscores (``decod
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -149,9 +150,12 @@ def check_evaluate_args(options: EvaluateOptions) -> None:
         raise ValueError(f"--batch-size must be positive, got {options.batch_size}")
     check_writable(options.out, directory=True)
     from ..eval.variants import variant
+    from ..pipeline import checkpoint_stage
 
     for name in options.variants:
         variant(name)  # unknown names fail before anything is loaded
+    if options.judge != NO_JUDGE and os.path.isfile(options.judge):
+        checkpoint_stage(options.judge, "judge")  # another stage's checkpoint fails before anything is loaded
 
 
 def judge_for(options: EvaluateOptions, ref: ReferenceSet) -> tuple[SceneJudge | None, str]:
