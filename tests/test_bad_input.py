@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import io
 import os
+import re
 import signal
 import subprocess
 import time
@@ -141,6 +142,27 @@ def test_wrong_stage_checkpoints_through_the_installed_command(clip_checkpoint, 
 
 
 # --------------------------------------------------------------------------- config keys, prompts, sizes, numbers
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model.init_args.lrr", "3"], "TranslatorStage': Option 'lrr' is not accepted"),
+        (["--trainer.max_step", "3"], "unrecognized arguments: --trainer.max_step 3"),  # no prefix taken for max_steps
+        (["--config", "{bad_yaml}"], "does not accept option 'trainer.max_stepz'"),
+    ],
+)  # fmt: skip
+def test_a_mistyped_stage_key_is_one_line_not_the_usage(flags, message, tmp_path, capsys):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("trainer:\n  max_stepz: 3\n")
+    flags = [str(bad_yaml) if f == "{bad_yaml}" else f for f in flags]
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", "stages/translator.yaml", *flags])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    lines = err.splitlines()  # the program is t2i or lightning, what sys.argv[0] is
+    assert len(lines) == 2 and re.match(r"\S+ fit: error: ", lines[0]) and message in lines[0], err[-2000:]
+    assert re.fullmatch(r"\(\S+ fit --help lists the options\)", lines[1])
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from ..accelerator import allow_tf32_on, resolve_precision
 from ..data.shards import check_writable
 from .resume import check_explicit_checkpoint, checkpoint_directory, find_resume_point, move_aside
 from .run_lock import lock_run, release_run_locks
+from .stage_parser import StageArgumentParser
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 TRAINER_DEFAULTS = "_trainer.yaml"
@@ -90,6 +91,7 @@ class T2ILightningCLI(LightningCLI):
         super().__init__(
             model_class=LightningModule,
             trainer_class=StageTrainer,
+            parser_class=StageArgumentParser,
             datamodule_class=LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
