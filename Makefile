@@ -12,6 +12,11 @@ STAMP        := $(VENV)/.installed-stamp
 
 DATA         ?= data/shapes
 RUNS         ?= runs
+# make splits file names at spaces, so a folder with one would be read as two targets (`make data` into
+# the wrong path): refuse it at once.
+ifneq ($(words $(DATA)) $(words $(RUNS)),1 1)
+$(error DATA="$(DATA)" and RUNS="$(RUNS)" must be paths without spaces (make splits names at spaces): use a symlink without spaces to the folder)
+endif
 ACCELERATOR  ?= auto
 DEVICES      ?= auto
 WORKERS      ?= $(shell nproc 2>/dev/null || echo 2)

@@ -208,3 +208,11 @@ def test_demo_quick_runs_the_demo_targets_with_the_overlays_in_their_own_data_an
     evaluate = [line for line in quick if " evaluate --config " in line]
     assert len(evaluate) == 1 and "--n 20 --seeds 0" in evaluate[0] and "--out /nonexistent/runs/eval" in evaluate[0]
     assert not [line for line in quick if re.search(r"(^|[\s=])(data/shapes|runs)/", line)]  # the full demo's
+
+
+def test_make_refuses_a_data_path_with_spaces_naming_it():
+    """make would split it into two targets (and once ran `make data` into the wrong path)."""
+    result = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(ROOT), "embed", "DATA=my photos/coco"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode != 0 and 'DATA="my photos/coco"' in result.stderr and "without spaces" in result.stderr
+    assert "t2i" not in result.stdout  # nothing would have run
