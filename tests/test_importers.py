@@ -191,7 +191,20 @@ def test_parts_carve_disjoint_splits_that_together_hold_every_image(coco, tmp_pa
     assert all(keys.values())
     assert json.loads((out / "index.json").read_text())["splits"]["val"]["args"]["part"] == [0.5, 0.75]
     with pytest.raises(SystemExit):
-        main(["data", "coco", "--images", str(images), "--captions", str(captions), "--out", str(out), "--part", "0.5:0.2"])
+        main(
+            [
+                "data",
+                "coco",
+                "--images",
+                str(images),
+                "--captions",
+                str(captions),
+                "--out",
+                str(out),
+                "--part",
+                "0.5:0.2",
+            ]
+        )
 
 
 def read_all_import(images: Path, captions: Path, out: Path) -> dict:
@@ -314,3 +327,174 @@ def test_folder_errors(folder, tmp_path):
     bad.write_text("path,text\na.png,red\n")
     with pytest.raises(ValueError, match="'file' and 'caption'"):
         import_folder(folder, tmp_path / "out", captions=bad, progress=False)
+
+
+# Names where per-directory and whole-path sorting can disagree: "a-b.jpg" < "a.jpg" < "a/x.jpg" as
+# paths, though "a" < "a-b.jpg" as names; digits sort as text ("a10" < "a2"); "a b", "a-b" and "a_b"
+# all make the key "a_b_jpg", so the walk order also decides which one gets the plain key.
+NESTED = [
+    "B.png",
+    "a b.jpg",
+    "a-b.jpg",
+    "a.jpg",
+    "a/b/c.png",
+    "a/x.jpg",
+    "a10.jpg",
+    "a2.jpg",
+    "a_b.jpg",
+    "b/1.jpg",
+]
+
+
+@pytest.fixture
+def nested(tmp_path: Path) -> Path:
+    root = tmp_path / "nested"
+    for n, rel in enumerate(reversed(NESTED)):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 6), (20 * n, 100, 50)).save(root / rel)
+        (root / rel).with_suffix(".txt").write_text(f"picture {rel}\n")
+    Image.new("RGB", (8, 6)).save(root / "a" / "uncaptioned.png")
+    return root
+
+
+def eager_reference(root: Path, out: Path) -> ImportReport:
+    """What import_folder wrote before it streamed: every path listed and sorted at once, every item built."""
+    from t2i_lightning.data import importers
+    from t2i_lightning.data.import_writer import shard_options, write_split
+
+    files = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.suffix.lower() in importers.FOLDER_EXTENSIONS and p.is_file()
+    )
+    items, skipped, used = [], [], set()
+    for rel in files:
+        sidecar = (root / rel).with_suffix(".txt")
+        texts = [sidecar.read_text().strip()] if sidecar.is_file() else []  # one line each here
+        if not texts:
+            skipped.append((rel, "no caption"))
+            continue
+        key = importers._folder_key(rel, used)
+        items.append((key, str(root / rel), rel, texts, {"file": rel, "source": "folder"}))
+    args = {
+        "importer": "folder",
+        "images": str(root),
+        "captions": None,
+        **shard_options(SIZE, "border", "png", 3),
+    }
+    return write_split(out, "train", items, skipped, args, workers=1, progress=False)
+
+
+def test_folder_stream_writes_the_bytes_of_sorting_every_path_at_once(nested, tmp_path):
+    streamed = import_folder(
+        nested, tmp_path / "stream", size=SIZE, samples_per_shard=3, workers=2, progress=False
+    )
+    eager = eager_reference(nested, tmp_path / "eager")
+    assert streamed == ImportReport(**{**vars(eager), "out": streamed.out})
+    assert streamed.skipped == [("a/uncaptioned.png", "no caption")] and len(streamed.shards) == 4
+    for shard in eager.shards:
+        assert (tmp_path / "stream" / shard).read_bytes() == (tmp_path / "eager" / shard).read_bytes()
+    samples = read_all(tmp_path / "stream")
+    assert [json.loads(s["json"])["file"] for s in samples.values()] == NESTED
+    assert list(samples)[1:3] == ["a_b_jpg", "a_b_jpg_2"] and "a_b_jpg_3" in samples
+
+
+def test_folder_import_is_lazy_with_few_shard_jobs_in_flight(tmp_path, monkeypatch):
+    """12 directories x 2 images, one image per shard, 2 workers: the walk runs ahead of the writers by
+    at most 2 jobs per worker, and the first job starts before most directories have been listed."""
+    import os
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from t2i_lightning.data import import_writer
+
+    root = tmp_path / "many"
+    for d in range(12):
+        (root / f"d{d:02d}").mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (4, 4), (d * 20, i * 100, 0)).save(root / f"d{d:02d}" / f"{i}.png")
+            (root / f"d{d:02d}" / f"{i}.txt").write_text(f"image {d} {i}")
+    lock, state = (
+        threading.Lock(),
+        {"submitted": 0, "finished": 0, "most_in_flight": 0, "listed": 0, "listed_at_start": []},
+    )
+    scandir, shard_job = os.scandir, import_writer._shard_job
+
+    def counting_scandir(path):
+        state["listed"] += 1
+        return scandir(path)
+
+    class CountingPool(ThreadPoolExecutor):  # threads, so that the counters are shared
+        def submit(self, fn, *args):
+            with lock:
+                state["submitted"] += 1
+                state["most_in_flight"] = max(state["most_in_flight"], state["submitted"] - state["finished"])
+            return super().submit(fn, *args)
+
+    def slow_job(job):
+        state["listed_at_start"].append(state["listed"])
+        time.sleep(0.01)
+        result = shard_job(job)
+        with lock:
+            state["finished"] += 1
+        return result
+
+    monkeypatch.setattr(os, "scandir", counting_scandir)
+    monkeypatch.setattr(import_writer, "ProcessPoolExecutor", CountingPool)
+    monkeypatch.setattr(import_writer, "_shard_job", slow_job)
+    report = import_folder(root, tmp_path / "out", size=8, samples_per_shard=1, workers=2, progress=False)
+    assert report.written == 24 and len(report.shards) == 24 and state["submitted"] == 24
+    assert 2 <= state["most_in_flight"] <= 4
+    # 13 directories to list; before the first job ends: 2 listings that find an image, one of the output
+    # directory (stale temporaries), then the root, d00 and d01, which hold the first 4 jobs' images
+    assert min(state["listed_at_start"]) <= 6 and state["listed"] >= 2 + 1 + 13
+
+
+def test_folder_parts_split_a_caption_table_without_false_missing_rows(tmp_path):
+    root = tmp_path / "parts"
+    root.mkdir()
+    rows = ["file,caption", "gone.png,a missing image"]
+    for n in range(6):
+        Image.new("RGB", (4, 4), (n * 40, 0, 0)).save(root / f"{n}.png")
+        rows.append(f"{n}.png,image {n}")
+    table = tmp_path / "captions.csv"
+    table.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    reports = [
+        import_folder(root, out, captions=table, split=split, size=8, part=part, progress=False)
+        for split, part in (("train", (0.0, 0.5)), ("val", (0.5, 1.0)))
+    ]
+    assert [list(read_all(out, split)) for split in ("train", "val")] == [
+        ["0_png", "1_png", "2_png"],
+        ["3_png", "4_png", "5_png"],
+    ]
+    assert all(report.skipped == [("gone.png", "in captions file but no such image")] for report in reports)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # the caption index is gone
+
+
+def test_many_skipped_files_print_a_short_summary_but_index_lists_all(folder, tmp_path, capsys, caplog):
+    table = tmp_path / "captions.csv"
+    table.write_text("file,caption\na.png,red\n" + "".join(f"missing/{n:03d}.png,gone\n" for n in range(30)))
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        main(
+            [
+                "data",
+                "folder",
+                "--images",
+                str(folder),
+                "--captions",
+                str(table),
+                "--out",
+                str(out),
+                "--size",
+                "8",
+            ]
+        )
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) <= 13 and printed[1] == "skipped 34:"  # 30 missing + 4 images without captions
+    assert printed[-1] == "  ... and 24 more (all listed in index.json)"
+    assert len(caplog.records) <= 11 and "24 more" in caplog.records[-1].getMessage()
+    skipped = json.loads((out / "index.json").read_text())["splits"]["train"]["skipped"]
+    assert len(skipped) == 34 and {s["file"] for s in skipped} >= {f"missing/{n:03d}.png" for n in range(30)}

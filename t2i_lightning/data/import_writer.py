@@ -3,15 +3,16 @@ and ``t2i data folder`` (:mod:`t2i_lightning.data.importers`) and the report of 
 
 Shard ``k`` holds candidates ``k*samples_per_shard ...``; images that fail to decode are skipped
 inside their shard job, so a shard may hold fewer samples, but the bytes never depend on ``workers``.
+Candidates are consumed as a stream, one shard at a time, with a bounded number of shard jobs in flight.
 """
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import json
 import logging
-import math
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,13 @@ log = logging.getLogger(__name__)
 
 # A candidate sample: (key, image path, name for reports, captions, extra metadata).
 Item = tuple[str, str, str, list[str], dict]
+# A shard job: (shard path, its candidates, size, resize mode, image format); its result:
+# (samples written, skipped (name, reason), candidates done).
+Job = tuple[str, list[Item], int, str, str]
+Result = tuple[int, list[tuple[str, str]], int]
+
+JOBS_IN_FLIGHT_PER_WORKER = 2  # one running, one queued: workers never wait for the main process
+SHOWN_SKIPPED = 10  # skipped files the console lists; index.json lists all
 
 
 @dataclass
@@ -43,10 +51,17 @@ class ImportReport:
         ]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)}:")
-            lines += [f"  {name}: {reason}" for name, reason in self.skipped[:20]]
-            if len(self.skipped) > 20:
-                lines.append(f"  ... and {len(self.skipped) - 20} more (listed in index.json)")
+            lines += [f"  {line}" for line in skipped_lines(self.skipped)]
         return "\n".join(lines)
+
+
+def skipped_lines(skipped: list[tuple[str, str]]) -> list[str]:
+    """The first :data:`SHOWN_SKIPPED` skipped files with reasons and a count of the rest: thousands
+    of missing images must not flood the console."""
+    lines = [f"{name}: {reason}" for name, reason in skipped[:SHOWN_SKIPPED]]
+    if len(skipped) > SHOWN_SKIPPED:
+        lines.append(f"... and {len(skipped) - SHOWN_SKIPPED} more (all listed in index.json)")
+    return lines
 
 
 def clean_caption(text: str) -> str:
@@ -67,7 +82,7 @@ def _make_sample(item: Item, size: int, resize: str, image_format: str) -> dict:
     }
 
 
-def _shard_job(job: tuple[str, list[Item], int, str, str]) -> tuple[int, list[tuple[str, str]], int]:
+def _shard_job(job: Job) -> Result:
     """Decode the job's images and write the good ones to its shard: (written, skipped, images)."""
     path, items, size, resize, image_format = job
     skipped: list[tuple[str, str]] = []
@@ -104,61 +119,77 @@ def shard_options(
     return options if (start, end) == (0.0, 1.0) else {**options, "part": [start, end]}
 
 
+def part_bounds(count: int, part: list[float]) -> tuple[int, int]:
+    """The positions ``start <= i < stop`` that fraction ``part[0]`` to ``part[1]`` of ``count`` items covers:
+    consecutive parts such as 0:0.8 and 0.8:1 share no item and together hold every one."""
+    return round(part[0] * count), round(part[1] * count)
+
+
 def take_part(items: list, part: list[float] | None) -> list:
-    """The items from fraction ``part[0]`` to ``part[1]`` of the list (all without a part): consecutive
-    parts such as 0:0.8 and 0.8:1 share no item and together hold every one."""
+    """The items :func:`part_bounds` selects (all without a part)."""
     if part is None:
         return items
-    return items[round(part[0] * len(items)) : round(part[1] * len(items))]
+    start, stop = part_bounds(len(items), part)
+    return items[start:stop]
 
 
-def write_split(out, split, items, skipped, args: dict, *, workers: int, progress: bool) -> ImportReport:
+def _shard_jobs(out: Path, split: str, items: Iterable[Item], args: dict) -> Iterator[Job]:
+    """One job per ``samples_per_shard`` consecutive items, cut from the stream only when asked for."""
+    items = iter(items)
+    for k in itertools.count():
+        chunk = list(itertools.islice(items, args["samples_per_shard"]))
+        if not chunk:
+            return
+        yield str(out / shard_name(split, k)), chunk, args["size"], args["resize"], args["format"]
+
+
+def _run_jobs(jobs: Iterator[Job], workers: int) -> Iterator[Result]:
+    """The results of :func:`_shard_job` over ``jobs`` in completion order, with at most
+    ``JOBS_IN_FLIGHT_PER_WORKER * workers`` jobs submitted and unfinished: the next job (and its
+    items) is taken from ``jobs`` only when one finishes, so memory does not grow with the dataset."""
+    if workers <= 1:
+        yield from map(_shard_job, jobs)
+        return
+    pool = ProcessPoolExecutor(max_workers=workers)
+    pending: set = set()
+    try:
+        for job in jobs:
+            pending.add(pool.submit(_shard_job, job))
+            if len(pending) >= JOBS_IN_FLIGHT_PER_WORKER * workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (future.result() for future in done)
+        yield from (future.result() for future in as_completed(pending))
+    finally:
+        pool.shutdown(cancel_futures=True)  # on an error: drop queued jobs, wait for running ones
+
+
+def write_split(
+    out, split, items: Iterable[Item], skipped: list, args: dict, *, workers: int, progress: bool, total=None
+) -> ImportReport:  # fmt: skip
     """Write ``items`` as shards of ``split`` under ``out`` (parallel over shards) and index them.
 
-    ``args`` holds the importer's arguments, including the options from :func:`_options`.
+    ``items`` may be a lazy stream (see :func:`_run_jobs`); the shard count is known once it ends.
+    ``skipped`` (the importer's own skips) is read only then, so a stream may append to it as it goes.
+    ``total`` (the item count, if known) sizes the progress bar. ``args`` holds the importer's
+    arguments, including the options from :func:`shard_options`.
     """
-    size, resize, image_format = args["size"], args["resize"], args["format"]
-    samples_per_shard = args["samples_per_shard"]
-    items = take_part(items, args.get("part"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
-    names = [shard_name(split, k) for k in range(math.ceil(len(items) / samples_per_shard))]
-    jobs = [
-        (
-            str(out / name),
-            items[k * samples_per_shard : (k + 1) * samples_per_shard],
-            size,
-            resize,
-            image_format,
-        )
-        for k, name in enumerate(names)
-    ]
-    written, skipped = 0, list(skipped)
-    with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(
-            tqdm(
-                total=len(items),
-                unit="img",
-                desc=f"{args['importer']} {split} -> {out}",
-                disable=not progress,
-            )
-        )
-        results = map(_shard_job, jobs)
-        if workers > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
-            stack.callback(pool.shutdown, cancel_futures=True)  # runs first: drop queued jobs on error
-            results = (f.result() for f in as_completed([pool.submit(_shard_job, job) for job in jobs]))
-        for count, bad, done in results:
-            written += count
-            skipped += bad
+    written, shards, unreadable = 0, 0, []
+    desc = f"{args['importer']} {split} -> {out}"
+    with tqdm(total=total, unit="img", desc=desc, disable=not progress) as bar:
+        for count, bad, done in _run_jobs(_shard_jobs(out, split, items, args), workers):
+            written, shards = written + count, shards + 1
+            unreadable += bad
             bar.update(done)
+    names = [shard_name(split, k) for k in range(shards)]
     for old in out.glob(f"{split}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
         if old.name not in names:  # left by an earlier, larger import of this split
             old.unlink()
-    skipped.sort()
-    for name, reason in skipped:
-        log.warning("skipped %s: %s", name, reason)
+    skipped = sorted([*skipped, *unreadable])
+    for line in skipped_lines(skipped):
+        log.warning("skipped %s", line)
     entry = {
         "count": written,
         "shards": names,

@@ -8,16 +8,28 @@ earlier import of it.
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import json
+import math
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from .import_writer import ImportReport, clean_caption, shard_options, write_split
+from .caption_table import CaptionTable
+from .import_writer import (
+    ImportReport,
+    Item,
+    clean_caption,
+    part_bounds,
+    shard_options,
+    take_part,
+    write_split,
+)
 from .shards import SAMPLES_PER_SHARD
 
 FOLDER_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
 
 def _require(path, what: str) -> Path:
     path = Path(path)
@@ -78,29 +90,9 @@ def import_coco(
         else:
             meta = {"coco_image_id": image_id, "file_name": file_name, "source": "coco"}
             items.append((f"coco_{image_id:012d}", str(images / file_name), file_name, texts[image_id], meta))
+    items = take_part(items, options.get("part"))
     args = {"importer": "coco", "images": str(images), "captions": str(captions), **options}
-    return write_split(out, split, items, skipped, args, workers=workers, progress=progress)
-
-
-def _read_caption_table(path: Path) -> list[tuple[str, str]]:
-    """(file, caption) rows of a ``.csv`` (header ``file,caption``) or ``.jsonl`` captions file."""
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as stream:
-            reader = csv.DictReader(stream)
-            if not {"file", "caption"} <= set(reader.fieldnames or ()):
-                raise ValueError(f"{path} needs a header row with 'file' and 'caption' columns")
-            return [(row["file"] or "", row["caption"] or "") for row in reader]
-    if suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                obj = json.loads(line)
-                if not isinstance(obj, dict) or "file" not in obj or "caption" not in obj:
-                    raise ValueError(f"{path} line {n}: expected an object with 'file' and 'caption'")
-                rows.append((str(obj["file"]), str(obj["caption"])))
-        return rows
-    raise ValueError(f"Unsupported captions file {path}: use a .csv (file,caption) or .jsonl file")
+    return write_split(out, split, items, skipped, args, workers=workers, progress=progress, total=len(items))
 
 
 def _folder_key(rel: str, used: set[str]) -> str:
@@ -112,6 +104,74 @@ def _folder_key(rel: str, used: set[str]) -> str:
         key = f"{base}_{n}"
     used.add(key)
     return key
+
+
+def walk_images(root: Path, skipped: list[tuple[str, str]], prefix: str = "") -> Iterator[str]:
+    """The relative POSIX paths of the image files under ``root``, lazily, in ``sorted()`` path order.
+
+    One directory is listed at a time. Sorting each one's entries with ``/`` after the names of
+    sub-directories gives the order of sorting all paths at once (``a-b.jpg`` < ``a.jpg`` < ``a/x.jpg``),
+    so memory is the largest directory listing, not the dataset. As with ``Path.rglob``, symlinked
+    directories are not entered; unreadable ones are added to ``skipped``.
+    """
+    names = []
+    try:
+        with os.scandir(root / prefix) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    names.append(entry.name + "/")
+                elif PurePosixPath(entry.name).suffix.lower() in FOLDER_EXTENSIONS and entry.is_file():
+                    names.append(entry.name)
+    except PermissionError as exc:
+        skipped.append((prefix, f"unreadable directory ({exc.strerror})"))
+    for name in sorted(names):
+        if name.endswith("/"):
+            yield from walk_images(root, skipped, prefix + name)
+        else:
+            yield prefix + name
+
+
+def _sidecar_captions(image: Path) -> list[str]:
+    """The non-empty lines of the ``.txt`` file next to ``image`` (none without one)."""
+    sidecar = image.with_suffix(".txt")
+    if not sidecar.is_file():
+        return []
+    return [
+        clean_caption(line)
+        for line in sidecar.read_text(encoding="utf-8").splitlines()
+        if clean_caption(line)
+    ]
+
+
+def _folder_items(
+    images: Path, table: CaptionTable | None, part: tuple[int, float], skipped: list[tuple[str, str]]
+) -> Iterator[Item]:  # fmt: skip
+    """The candidate samples of the images at walk positions ``part[0] <= i < part[1]``, lazily.
+
+    Images without captions are added to ``skipped`` as they come, then the table's rows that name
+    no image. Memory: the set of keys handed out (to keep keys unique), about 100 bytes per image.
+    """
+    start, stop = part
+    used: set[str] = set()
+    for index, rel in enumerate(walk_images(images, skipped)):
+        if not start <= index < stop:
+            if table is not None:
+                table.take(rel)  # a row is unmatched only if no image at all has its name
+            continue
+        texts = table.take(rel) if table is not None else _sidecar_captions(images / rel)
+        if not texts:
+            skipped.append((rel, "no caption"))
+            continue
+        yield _folder_key(rel, used), str(images / rel), rel, texts, {"file": rel, "source": "folder"}
+    if table is not None:
+        skipped.extend(table.unmatched())
+
+
+def _walk_positions(images: Path, part: list[float] | None) -> tuple[int, float]:
+    """The walk positions ``--part`` selects: all without one; else a counting walk first."""
+    if part is None:
+        return 0, math.inf
+    return part_bounds(sum(1 for _ in walk_images(images, [])), part)
 
 
 def import_folder(
@@ -134,47 +194,26 @@ def import_folder(
     with ``captions``, from a ``.csv``/``.jsonl`` table of ``file`` (relative to ``images``) and
     ``caption`` rows, in order. Images without captions and rows naming absent files are skipped
     and reported. Keys are the relative path with non-alphanumerics as ``_`` (made unique).
+
+    The folder is walked and written as a stream (:func:`walk_images`, :func:`write_split`); memory
+    grows by about 100 bytes per image (the key set), a caption table stays on disk. ``part`` = (a, b) takes the image files (captioned or not) at positions
+    a*n to b*n of the n under the folder in path order; n comes from a first, counting walk.
     """
     options = shard_options(size, resize, image_format, samples_per_shard, part)
     images = _require(images, "Images directory")
     if not images.is_dir():
         raise NotADirectoryError(f"Images directory is not a directory: {images}")
-    files = sorted(
-        p.relative_to(images).as_posix()
-        for p in images.rglob("*")
-        if p.suffix.lower() in FOLDER_EXTENSIONS and p.is_file()
-    )
-    if not files:
+    if next(walk_images(images, []), None) is None:
         raise ValueError(f"No image files ({', '.join(sorted(FOLDER_EXTENSIONS))}) under {images}")
-    texts: dict[str, list[str]] = {rel: [] for rel in files}
-    skipped: list[tuple[str, str]] = []
-    if captions is None:
-        for rel in files:
-            sidecar = (images / rel).with_suffix(".txt")
-            if sidecar.is_file():
-                lines = sidecar.read_text(encoding="utf-8").splitlines()
-                texts[rel] = [clean_caption(line) for line in lines if clean_caption(line)]
-    else:
-        captions = _require(captions, "Captions file")
-        missing = set()
-        for name, text in _read_caption_table(captions):
-            rel = PurePosixPath(name.replace("\\", "/")).as_posix()
-            if rel not in texts:
-                missing.add(name)
-            elif clean_caption(text):
-                texts[rel].append(clean_caption(text))
-        skipped += [(name, "in captions file but no such image") for name in sorted(missing)]
-    items, used = [], set()
-    for rel in files:
-        if not texts[rel]:
-            skipped.append((rel, "no caption"))
-            continue
-        key = _folder_key(rel, used)
-        items.append((key, str(images / rel), rel, texts[rel], {"file": rel, "source": "folder"}))
+    captions = None if captions is None else _require(captions, "Captions file")
     args = {
         "importer": "folder",
         "images": str(images),
         "captions": None if captions is None else str(captions),
         **options,
     }
-    return write_split(out, split, items, skipped, args, workers=workers, progress=progress)
+    positions = _walk_positions(images, options.get("part"))
+    with CaptionTable(captions, Path(out)) if captions is not None else contextlib.nullcontext() as table:
+        skipped: list[tuple[str, str]] = []
+        items = _folder_items(images, table, positions, skipped)
+        return write_split(out, split, items, skipped, args, workers=workers, progress=progress)
