@@ -300,7 +300,7 @@ def test_a_bit_flipped_last_checkpoint_is_passed_over_and_refused_where_loaded(t
 def test_a_second_fit_on_a_busy_run_directory_is_refused_and_stale_save_temporaries_are_removed(tmp_path, shapes_dir):
     import fcntl
 
-    from t2i_lightning.training.run_lock import LOCK_NAME
+    from t2i_lightning.data.writer_lock import LOCK_NAME
 
     runs = tmp_path / "runs"
     run(*tiny_fit_args(runs, shapes_dir, "--trainer.max_steps", "2"))
@@ -310,7 +310,7 @@ def test_a_second_fit_on_a_busy_run_directory_is_refused_and_stale_save_temporar
     with open(runs / "tiny" / LOCK_NAME, "a+") as held:  # another fit holding the run
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         busy = run(*tiny_fit_args(runs, shapes_dir, "--trainer.max_steps", "4"), check=False)
-    assert busy.returncode == 1 and "is being trained into by another t2i fit" in busy.stderr
+    assert busy.returncode == 1 and f"{runs / 'tiny'} is being written by another process" in busy.stderr
     assert "Traceback" not in busy.stderr and leftover.exists()
     resumed = run(*tiny_fit_args(runs, shapes_dir, "--trainer.max_steps", "4"))
     assert "Removed 1 temporary file(s) a killed save left" in resumed.stderr and not leftover.exists()
