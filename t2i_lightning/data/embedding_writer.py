@@ -1,4 +1,8 @@
-"""Writes embedding shards that mirror image shards, resumably and atomically, and ``stats.json``."""
+"""Writes embedding shards that mirror image shards, resumably and atomically, and ``stats.json``.
+
+One extraction at a time writes into an output directory (:mod:`~t2i_lightning.data.writer_lock`): a
+second one used to delete the first's temporary files, and the first died with ``[Errno 2]``.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from .embeddings import (
     source_record,
 )
 from .shards import check_writable, read_index, remove_stale_temporaries, write_json_atomic, write_shard
+from .writer_lock import lock_directory, release_directory
 
 log = logging.getLogger(__name__)
 IN_PROGRESS_NAME = ".extracting.json"  # the CLIP identity of an unfinished extraction
@@ -72,6 +77,7 @@ class EmbeddingShardWriter(BasePredictionWriter):
         self.out = pl_module.output_dir(dataset_dir)
         check_writable(self.out, directory=True)
         if trainer.is_global_zero:
+            lock_directory(self.out, "an embedding extraction", "set model.init_args.out to another directory")
             self._check_identity(pl_module.identity, pl_module.hparams.replace_other_clip)
             remove_stale_temporaries(self.out)
             write_json_atomic(self.out / IN_PROGRESS_NAME, pl_module.identity)
@@ -161,6 +167,15 @@ class EmbeddingShardWriter(BasePredictionWriter):
                 f"{len(missing)} shard(s) were not written, e.g. {missing[0]}; run the command again"
             )
         self.write_stats(pl_module.identity, moments)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Release the output directory (at the end of a run in-process, e.g. the extraction benchmark)."""
+        if self.out is not None:
+            release_directory(self.out)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Release the output directory."""
+        self.teardown(trainer, pl_module, "predict")
 
     def _gather_moments(self, trainer: pl.Trainer) -> dict[str, tuple[Moments, Moments]]:
         """Every rank's shard moments (a collective: all ranks call it)."""
