@@ -259,7 +259,7 @@ def test_extraction_on_two_ranks_writes_every_shard_as_one_rank_does(pipeline, t
 
 
 def gated(path: Path, after: int = 0) -> list[str]:
-    """Arguments that hold an extraction before its batch ``after`` until ``path`` exists."""
+    """Arguments that hold an extraction before its batch ``after`` until ``path`` exists or it gets SIGTERM."""
     gate = ["--trainer.callbacks+=tests.tiny_modules.Gate", "--trainer.callbacks.path", str(path)]
     return [*gate, "--trainer.callbacks.after", str(after)]
 
@@ -276,6 +276,32 @@ def wait_for(found, process: subprocess.Popen, what: str, timeout: float = 300) 
 
 def dir_bytes(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}
+
+
+def test_sigterm_stops_an_extraction_with_whole_shards_only_and_a_rerun_completes_it(pipeline, tmp_path):
+    """Extraction used to ignore SIGTERM and run to the end. SIGTERM to its process group (a DataLoader
+    worker included) once the first shard is written, while the next batch is held: it stops after that
+    batch, its half-collected shard dropped, no stats.json, exit 143; the same command then finishes it
+    to the bytes of an uninterrupted extraction (shards of 16 samples, batches of 8)."""
+    out = tmp_path / "emb"
+    args = extract_args(pipeline["clip"], pipeline["data"], out, "--data.init_args.num_workers", "1")
+    process = popen([*args, *gated(tmp_path / "never", after=2)], new_group=True)
+    wait_for(lambda: list(out.glob("*.tar")), process, "first shard")
+    signalled = time.monotonic()
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    print(f"SIGTERM to exit: {time.monotonic() - signalled:.2f} s")
+    assert process.returncode == 143, stderr[-2000:]
+    assert "SIGTERM: extraction stopped with 1 of" in stderr and "run the same command to resume" in stderr
+    assert "Traceback" not in stderr and "killed by signal" not in stderr
+    shards = list(out.glob("*.tar"))
+    assert len(shards) == 1 and len(read_samples(str(shards[0]))) == 16
+    assert not (out / "stats.json").exists() and not list(out.glob("*.tmp")) and not (out / LOCK_NAME).exists()
+    time.sleep(1)
+    with pytest.raises(ProcessLookupError):  # no worker outlived the run
+        os.killpg(process.pid, 0)
+    extract(pipeline["clip"], pipeline["data"], out, "--data.init_args.num_workers", "1")  # the same command
+    assert dir_bytes(out) == dir_bytes(pipeline["emb"])
 
 
 def test_a_second_extraction_into_a_busy_output_directory_is_refused_at_once(pipeline, tmp_path):

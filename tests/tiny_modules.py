@@ -106,9 +106,9 @@ class RankRecorder(MeanColourRegressor):
 
 
 class Gate(pl.Callback):
-    """Holds a predict run before its batch ``after`` until the file ``path`` exists (so a test can run a
-    second command while an extraction is at a known point). Gives up after ``timeout`` seconds rather
-    than hang a test."""
+    """Holds a predict run before its batch ``after`` until the file ``path`` exists or the process has
+    received SIGTERM (so a test can run a second command, or signal, while an extraction is at a known
+    point). Gives up after ``timeout`` seconds rather than hang a test."""
 
     def __init__(self, path: str, after: int = 0, timeout: float = 300):
         self.path, self.after, self.timeout = path, after, timeout
@@ -119,6 +119,6 @@ class Gate(pl.Callback):
 
         deadline = time.monotonic() + self.timeout
         while batch_idx >= self.after and time.monotonic() < deadline:
-            if os.path.exists(self.path):
+            if os.path.exists(self.path) or trainer.received_sigterm:
                 return
             time.sleep(0.05)
