@@ -60,12 +60,17 @@ def fit_clip(runs: Path, data: Path, steps: int | None = None) -> Path:
     return runs / "clip" / "checkpoints" / "last.ckpt"
 
 
-def extract(clip_ckpt: Path, data: Path, out: Path, *extra: str, check: bool = True, popen: bool = False):
-    args = [
+def extract_args(clip_ckpt: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    """`t2i predict --config stages/embed.yaml` with the micro CLIP ``clip_ckpt``: ``data``'s embeddings into ``out``."""
+    return [
         T2I, "predict", "--config", "stages/embed.yaml", "--config", "stages/tiny/embed.yaml",
         "--model.init_args.pretrained", str(clip_ckpt), "--model.init_args.out", str(out),
         "--data.init_args.predict", str(data), "--trainer.default_root_dir", str(out.parent), *extra,
     ]  # fmt: skip
+
+
+def extract(clip_ckpt: Path, data: Path, out: Path, *extra: str, check: bool = True, popen: bool = False):
+    args = extract_args(clip_ckpt, data, out, *extra)
     if popen:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

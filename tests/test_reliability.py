@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,12 +19,13 @@ import torch
 
 from t2i_lightning.data.inspect import read_samples
 from t2i_lightning.data.shards import write_shard
+from t2i_lightning.data.writer_lock import LOCK_NAME
 from t2i_lightning.training.checkpoint_io import INTEGRITY_KEY, AtomicCheckpointIO, tensor_digest
 from t2i_lightning.training.finite_guard import NonFiniteGuard
 from t2i_lightning.training.rank_seed import rank_seed
 from t2i_lightning.training.resume import ResumeError, find_resume_point, move_aside
 
-from .cli_runs import ROOT, T2I, assert_stats_equal_numpy, extract, run
+from .cli_runs import ROOT, T2I, assert_stats_equal_numpy, extract, extract_args, run
 
 TINY = ["--config", "stages/_trainer.yaml", "--config", "tests/configs/tiny_fit.yaml"]
 
@@ -256,6 +258,71 @@ def test_extraction_on_two_ranks_writes_every_shard_as_one_rank_does(pipeline, t
     assert not [p for p in out.iterdir() if p.name.startswith(".") and p.suffix == ".tmp"]
 
 
+def gated(path: Path, after: int = 0) -> list[str]:
+    """Arguments that hold an extraction before its batch ``after`` until ``path`` exists or it gets SIGTERM."""
+    gate = ["--trainer.callbacks+=tests.tiny_modules.Gate", "--trainer.callbacks.path", str(path)]
+    return [*gate, "--trainer.callbacks.after", str(after)]
+
+
+def wait_for(found, process: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    """Wait until ``found()`` while ``process`` runs."""
+    deadline = time.monotonic() + timeout
+    while not found():
+        if process.poll() is not None:
+            raise AssertionError(f"exit {process.returncode} before {what}:\n{process.stderr.read()[-3000:]}")
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.05)
+
+
+def dir_bytes(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}
+
+
+def test_sigterm_stops_an_extraction_with_whole_shards_only_and_a_rerun_completes_it(pipeline, tmp_path):
+    """Extraction used to ignore SIGTERM and run to the end. SIGTERM to its process group (a DataLoader
+    worker included) once the first shard is written, while the next batch is held: it stops after that
+    batch, its half-collected shard dropped, no stats.json, exit 143; the same command then finishes it
+    to the bytes of an uninterrupted extraction (shards of 16 samples, batches of 8)."""
+    out = tmp_path / "emb"
+    args = extract_args(pipeline["clip"], pipeline["data"], out, "--data.init_args.num_workers", "1")
+    process = popen([*args, *gated(tmp_path / "never", after=2)], new_group=True)
+    wait_for(lambda: list(out.glob("*.tar")), process, "first shard")
+    signalled = time.monotonic()
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    print(f"SIGTERM to exit: {time.monotonic() - signalled:.2f} s")
+    assert process.returncode == 143, stderr[-2000:]
+    assert "SIGTERM: extraction stopped with 1 of" in stderr and "run the same command to resume" in stderr
+    assert "Traceback" not in stderr and "killed by signal" not in stderr
+    shards = list(out.glob("*.tar"))
+    assert len(shards) == 1 and len(read_samples(str(shards[0]))) == 16
+    assert not (out / "stats.json").exists() and not list(out.glob("*.tmp")) and not (out / LOCK_NAME).exists()
+    time.sleep(1)
+    with pytest.raises(ProcessLookupError):  # no worker outlived the run
+        os.killpg(process.pid, 0)
+    extract(pipeline["clip"], pipeline["data"], out, "--data.init_args.num_workers", "1")  # the same command
+    assert dir_bytes(out) == dir_bytes(pipeline["emb"])
+
+
+def test_a_second_extraction_into_a_busy_output_directory_is_refused_at_once(pipeline, tmp_path):
+    """Two extractions into one folder: the second used to delete the first's temporary files and the
+    first died with [Errno 2]. The second is now refused in one line naming the first; the first ends well."""
+    out, go = tmp_path / "emb", tmp_path / "go"
+    first = popen([*extract_args(pipeline["clip"], pipeline["data"], out), *gated(go)])
+    wait_for((out / LOCK_NAME).exists, first, "lock file")
+    started = time.monotonic()
+    second = extract(pipeline["clip"], pipeline["data"], out, check=False)
+    print(f"second extraction refused in {time.monotonic() - started:.2f} s")
+    holder = f"an embedding extraction (pid {first.pid} on {socket.gethostname()})"
+    assert second.returncode == 1 and second.stderr.strip().splitlines()[-2:] == [
+        f"t2i predict: error: {out} is being written by {holder}: wait for it to end, or set model.init_args.out "
+        "to another directory", "(set T2I_DEBUG=1 for a traceback)"]  # fmt: skip
+    go.touch()
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-2000:]
+    assert dir_bytes(out) == dir_bytes(pipeline["emb"])  # the lock file removed, too
+
+
 # ------------------------------------------------------------------------------- unit: resume / atomic IO
 
 
@@ -300,7 +367,6 @@ def test_a_bit_flipped_last_checkpoint_is_passed_over_and_refused_where_loaded(t
 def test_a_second_fit_on_a_busy_run_directory_is_refused_and_stale_save_temporaries_are_removed(tmp_path, shapes_dir):
     import fcntl
 
-    from t2i_lightning.training.run_lock import LOCK_NAME
 
     runs = tmp_path / "runs"
     run(*tiny_fit_args(runs, shapes_dir, "--trainer.max_steps", "2"))
@@ -310,7 +376,7 @@ def test_a_second_fit_on_a_busy_run_directory_is_refused_and_stale_save_temporar
     with open(runs / "tiny" / LOCK_NAME, "a+") as held:  # another fit holding the run
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         busy = run(*tiny_fit_args(runs, shapes_dir, "--trainer.max_steps", "4"), check=False)
-    assert busy.returncode == 1 and "is being trained into by another t2i fit" in busy.stderr
+    assert busy.returncode == 1 and f"{runs / 'tiny'} is being written by another process" in busy.stderr
     assert "Traceback" not in busy.stderr and leftover.exists()
     resumed = run(*tiny_fit_args(runs, shapes_dir, "--trainer.max_steps", "4"))
     assert "Removed 1 temporary file(s) a killed save left" in resumed.stderr and not leftover.exists()

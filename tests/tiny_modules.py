@@ -1,4 +1,4 @@
-"""A throwaway LightningModule for CLI tests: predicts an image's mean colour from the image."""
+"""Throwaway LightningModules and callbacks for CLI tests (e.g. one that predicts an image's mean colour)."""
 
 from __future__ import annotations
 
@@ -103,3 +103,22 @@ class RankRecorder(MeanColourRegressor):
         }
         Path(self.hparams.record).mkdir(parents=True, exist_ok=True)
         (Path(self.hparams.record) / f"rank{self.global_rank}.json").write_text(json.dumps(record))
+
+
+class Gate(pl.Callback):
+    """Holds a predict run before its batch ``after`` until the file ``path`` exists or the process has
+    received SIGTERM (so a test can run a second command, or signal, while an extraction is at a known
+    point). Gives up after ``timeout`` seconds rather than hang a test."""
+
+    def __init__(self, path: str, after: int = 0, timeout: float = 300):
+        self.path, self.after, self.timeout = path, after, timeout
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        import os
+        import time
+
+        deadline = time.monotonic() + self.timeout
+        while batch_idx >= self.after and time.monotonic() < deadline:
+            if os.path.exists(self.path) or trainer.received_sigterm:
+                return
+            time.sleep(0.05)

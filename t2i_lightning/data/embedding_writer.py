@@ -1,4 +1,14 @@
-"""Writes embedding shards that mirror image shards, resumably and atomically, and ``stats.json``."""
+"""Writes embedding shards that mirror image shards, resumably and atomically, and ``stats.json``.
+
+One extraction at a time writes into an output directory (:mod:`~t2i_lightning.data.writer_lock`): a
+second one used to delete the first's temporary files, and the first died with ``[Errno 2]``.
+
+SIGTERM (preemption, ``docker stop``) stops an extraction at the next batch: the shards already
+written are whole (a shard is written in one go, between batches), the embeddings of the shards not
+finished yet are dropped, ``stats.json`` is not written, and the command exits 143. Running it again
+resumes. Lightning's predict loop notes the signal (``trainer.received_sigterm``) but does not stop
+on it, so the writer raises the ``SIGTERMException`` that a fit raises.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +21,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm.auto import tqdm
 
 from .embeddings import (
@@ -26,6 +38,7 @@ from .embeddings import (
     source_record,
 )
 from .shards import check_writable, read_index, remove_stale_temporaries, write_json_atomic, write_shard
+from .writer_lock import lock_directory, release_directory
 
 log = logging.getLogger(__name__)
 IN_PROGRESS_NAME = ".extracting.json"  # the CLIP identity of an unfinished extraction
@@ -72,16 +85,21 @@ class EmbeddingShardWriter(BasePredictionWriter):
         self.out = pl_module.output_dir(dataset_dir)
         check_writable(self.out, directory=True)
         if trainer.is_global_zero:
+            lock_directory(self.out, "an embedding extraction", "set model.init_args.out to another directory")
             self._check_identity(pl_module.identity, pl_module.hparams.replace_other_clip)
             remove_stale_temporaries(self.out)
             write_json_atomic(self.out / IN_PROGRESS_NAME, pl_module.identity)
             self._redo_changed_sources()
         trainer.strategy.barrier()
-        done = {u for u in self.sources if self.output_path(u).exists()}
+        done = self._done()
         datamodule.exclude_shards(done)
         if trainer.is_global_zero:
             print(f"embeddings -> {self.out}: {len(done)} of {len(self.sources)} shards already done")
             self.bar = tqdm(total=len(self.sources), initial=len(done), unit="shard", desc="extract")
+
+    def _done(self) -> set[str]:
+        """The source shards whose embedding shard exists."""
+        return {u for u in self.sources if self.output_path(u).exists()}
 
     def _redo_changed_sources(self) -> None:
         """Remove the embedding shards whose image shards have changed since they were extracted (a
@@ -127,6 +145,12 @@ class EmbeddingShardWriter(BasePredictionWriter):
             entry["txt"].append(prediction["txt"].numpy().astype(np.float16))
         if batch["shard_done"]:
             self._write(self.pending.pop(shard), shard)
+        self._stop_on_sigterm(trainer)
+
+    def _stop_on_sigterm(self, trainer: pl.Trainer) -> None:
+        """Raise ``SIGTERMException`` once the process has received SIGTERM (see the module docstring)."""
+        if trainer.received_sigterm:
+            raise SIGTERMException
 
     def _write(self, entry: dict, shard: str) -> None:
         img = np.concatenate(entry["img"]) if entry["img"] else np.zeros((0, 0), np.float16)
@@ -149,6 +173,7 @@ class EmbeddingShardWriter(BasePredictionWriter):
             self.bar.set_postfix(samples=self.samples, skipped=self.skipped)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_on_sigterm(trainer)  # before the barrier and the reading back of earlier shards
         trainer.strategy.barrier()
         if self.bar is not None:
             self.bar.close()
@@ -161,6 +186,22 @@ class EmbeddingShardWriter(BasePredictionWriter):
                 f"{len(missing)} shard(s) were not written, e.g. {missing[0]}; run the command again"
             )
         self.write_stats(pl_module.identity, moments)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Release the output directory (at the end of a run in-process, e.g. the extraction benchmark)."""
+        if self.out is not None:
+            release_directory(self.out)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Say how far a SIGTERM-stopped extraction got, and release the output directory."""
+        if self.bar is not None:
+            self.bar.close()
+        if isinstance(exception, SIGTERMException) and self.out is not None:
+            rank_zero_info(
+                f"SIGTERM: extraction stopped with {len(self._done())} of {len(self.sources)} shards in {self.out}; "
+                "run the same command to resume"
+            )
+        self.teardown(trainer, pl_module, "predict")
 
     def _gather_moments(self, trainer: pl.Trainer) -> dict[str, tuple[Moments, Moments]]:
         """Every rank's shard moments (a collective: all ranks call it)."""

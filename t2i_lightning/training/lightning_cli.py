@@ -19,9 +19,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ..accelerator import allow_tf32_on, resolve_precision
-from ..data.shards import check_writable
+from ..data.shards import check_writable, remove_stale_temporaries
+from ..data.writer_lock import lock_directory, release_directory_locks
 from .resume import check_explicit_checkpoint, checkpoint_directory, find_resume_point, move_aside
-from .run_lock import lock_run, release_run_locks
 from .stage_parser import StageArgumentParser
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -126,7 +126,9 @@ class T2ILightningCLI(LightningCLI):
         directory = checkpoint_directory(self.trainer)
         check_writable(directory.parent, directory=True)  # the run directory: refused now, not after data setup
         if rank_zero_only.rank == 0:
-            removed = lock_run(directory.parent, directory)  # one writer per run directory
+            # one writer per run directory; holding it, remove what a save killed midway left
+            lock_directory(directory.parent, "a t2i fit", "give this run another --trainer.logger.init_args.save_dir")
+            removed = remove_stale_temporaries(directory) if directory.is_dir() else 0
             if removed:
                 rank_zero_info(f"Removed {removed} temporary file(s) a killed save left in {directory}")
         if config.get("ckpt_path"):
@@ -160,4 +162,4 @@ def run_lightning(argv: list[str] | None = None) -> None:
         T2ILightningCLI()
     finally:
         sys.argv = saved
-        release_run_locks()
+        release_directory_locks()
