@@ -147,6 +147,20 @@ def test_every_command_accepts_the_same_samplers():
         assert choices == set(SAMPLERS), f"{option} accepts {sorted(choices)}, the samplers are {sorted(SAMPLERS)}"
 
 
+def test_the_light_name_lists_are_the_keys_of_the_tables_they_name():
+    """The parsers read names from torch-free modules; the tables that map each name to what it does
+    must have exactly those keys (a sampler, a guidance schedule or a fixed evaluation row added to one
+    and not the other fails here)."""
+    from t2i_lightning.diffusion import GUIDANCE_SCHEDULES, names
+    from t2i_lightning.eval.names import FIXED_VARIANTS
+    from t2i_lightning.eval.variants import FIXED
+
+    assert tuple(SAMPLERS) == names.SAMPLER_NAMES
+    assert tuple(GUIDANCE_SCHEDULES) == names.GUIDANCE_SCHEDULE_NAMES
+    assert tuple(FIXED) == FIXED_VARIANTS
+    assert names.SAMPLING_PRECISIONS == (accelerator.FULL_PRECISION, accelerator.BF16_MIXED)
+
+
 def leaf_parsers(parser: argparse.ArgumentParser, path: str = "t2i") -> dict[str, argparse.ArgumentParser]:
     """Every (sub)command parser that runs something, by its command line."""
     found = {path: parser} if parser.get_default("run") else {}

@@ -20,11 +20,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ..accelerator import allow_tf32_on, resolve_precision
 from ..data.shards import check_writable
+from ..names import SUBCOMMANDS
 from .resume import check_explicit_checkpoint, checkpoint_directory, find_resume_point, move_aside
 from .run_lock import lock_run, release_run_locks
 from .stage_parser import StageArgumentParser
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
 TRAINER_DEFAULTS = "_trainer.yaml"
 
 
