@@ -13,8 +13,6 @@ import argparse
 import os
 from dataclasses import dataclass
 
-import torch
-
 from ..registry import DEMO_CLIP, default_checkpoint
 from .options import add_command, options_from
 
@@ -151,6 +149,8 @@ def run_extraction(options: ExtractionBenchOptions) -> None:
 
 
 def run_gpu(options: GpuBenchOptions) -> None:
+    import torch
+
     from ..bench.gpu import gpu_table, run_gpu_benchmarks
     from ..data.shards import check_writable, resolve_shards, write_json_atomic
 
