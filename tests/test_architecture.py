@@ -327,8 +327,8 @@ def test_auto_reaches_the_trainer_and_the_sampling_commands(monkeypatch):
 
 
 MODEL_FREE_COMMANDS = {"t2i data shapes", "t2i data coco", "t2i data folder", "t2i data inspect", "t2i bench",
-                       "t2i bench extraction", "t2i bench sampling", "t2i bench gpu", "t2i upgrade-checkpoint",
-                       "t2i probe-layout", "t2i random-clip"}  # fmt: skip
+                       "t2i bench extraction", "t2i bench sampling", "t2i bench gpu", "t2i bench startup",
+                       "t2i upgrade-checkpoint", "t2i probe-layout", "t2i random-clip"}  # fmt: skip
 """Commands that run no model of a stage (data, benchmarks with their own devices, checkpoint files, a
 linear probe fitted on stored embeddings, a random CLIP written to a file): every other command takes
 ``--device``."""
