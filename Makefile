@@ -26,7 +26,7 @@ TRAIN_N      ?= 20000
 VAL_N        ?= 1000
 TEST_N       ?= 1000
 # Chance that a caption names a single object's position; empty = the generator's default
-# (captions.POSITION_PROB), so the demo's index.json records nothing extra.
+# (data/shapes/defaults.POSITION_PROB), so the demo's index.json records nothing extra.
 POSITION_PROB ?=
 PYTEST_ARGS  ?=
 BENCH_FLAGS  ?=

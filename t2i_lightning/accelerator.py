@@ -14,7 +14,8 @@ import functools
 
 import torch
 
-AUTO = "auto"
+from .names import AUTO, DEVICE_HELP
+
 FULL_PRECISION = "32-true"
 BF16_MIXED = "bf16-mixed"
 PRECISION_CHOICES = (AUTO, FULL_PRECISION, BF16_MIXED)
@@ -53,9 +54,6 @@ def resolve_precision(requested: str | int | None, accelerator: str = AUTO) -> s
     if kind == "cpu":
         return BF16_MIXED if cpu_has_native_bf16() else FULL_PRECISION
     return FULL_PRECISION
-
-
-DEVICE_HELP = "auto (the CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N"
 
 
 def inference_device(requested: str | torch.device = AUTO) -> torch.device:

@@ -7,7 +7,10 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,6 +150,70 @@ def test_every_command_accepts_the_same_samplers():
         assert choices == set(SAMPLERS), f"{option} accepts {sorted(choices)}, the samplers are {sorted(SAMPLERS)}"
 
 
+def test_the_light_name_lists_are_the_keys_of_the_tables_they_name():
+    """The parsers read names from torch-free modules; the tables that map each name to what it does
+    must have exactly those keys (a sampler, a guidance schedule or a fixed evaluation row added to one
+    and not the other fails here)."""
+    from t2i_lightning.diffusion import GUIDANCE_SCHEDULES, names
+    from t2i_lightning.eval.names import FIXED_VARIANTS
+    from t2i_lightning.eval.variants import FIXED
+
+    assert tuple(SAMPLERS) == names.SAMPLER_NAMES
+    assert tuple(GUIDANCE_SCHEDULES) == names.GUIDANCE_SCHEDULE_NAMES
+    assert tuple(FIXED) == FIXED_VARIANTS
+    assert names.SAMPLING_PRECISIONS == (accelerator.FULL_PRECISION, accelerator.BF16_MIXED)
+
+
+HEAVY = ("torch", "lightning", "open_clip", "diffusers", "numpy", "PIL", "webdataset", "torchvision")
+PARSE_EVERYTHING = f"""
+import argparse, contextlib, io, sys
+import t2i_lightning.cli
+imported = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})
+print("import:", imported)
+
+from t2i_lightning.cli import build_parser, main
+
+def helps(parser):
+    yield parser.format_help()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from helps(sub)
+
+assert sum(1 for _ in helps(build_parser())) > 20
+build_parser().parse_args(["sample", "--prompt", "a red circle", "--out", "x.png"])
+for argv in (["--help"], ["sample", "--help"], ["sample", "--n"], ["sample"], ["data", "shapes", "--workers", "x"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit:
+            pass
+print("parse:", sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r}))
+"""
+
+
+def test_parsing_any_command_line_imports_no_heavy_library():
+    """``t2i --help``, every command's help and argument errors answer without importing torch, Lightning
+    or a model library (what made every ``t2i`` command take 5-8 s to start); in a fresh interpreter."""
+    result = subprocess.run([sys.executable, "-c", PARSE_EVERYTHING], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    assert result.stdout.splitlines() == ["import: []", "parse: []"], result.stdout + result.stderr
+
+
+def test_the_user_errors_named_by_module_are_the_package_classes():
+    """``cli`` names the errors of heavy modules by module and class (it looks them up once they are
+    imported): each name must resolve to the class those modules raise."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from t2i_lightning import cli
+    from t2i_lightning.data.decode import ShardMismatchError
+    from t2i_lightning.training.finite_guard import NonFiniteLossError
+
+    assert {NonFiniteLossError, ShardMismatchError} <= set(cli.user_errors())
+    assert cli.imported_errors(cli.SIGTERM_ERROR) == (SIGTERMException,)
+    assert cli.imported_errors(("t2i_lightning.never_imported", "Error")) == ()
+
+
 def leaf_parsers(parser: argparse.ArgumentParser, path: str = "t2i") -> dict[str, argparse.ArgumentParser]:
     """Every (sub)command parser that runs something, by its command line."""
     found = {path: parser} if parser.get_default("run") else {}
@@ -260,8 +327,8 @@ def test_auto_reaches_the_trainer_and_the_sampling_commands(monkeypatch):
 
 
 MODEL_FREE_COMMANDS = {"t2i data shapes", "t2i data coco", "t2i data folder", "t2i data inspect", "t2i bench",
-                       "t2i bench extraction", "t2i bench sampling", "t2i bench gpu", "t2i upgrade-checkpoint",
-                       "t2i probe-layout", "t2i random-clip"}  # fmt: skip
+                       "t2i bench extraction", "t2i bench sampling", "t2i bench gpu", "t2i bench startup",
+                       "t2i upgrade-checkpoint", "t2i probe-layout", "t2i random-clip"}  # fmt: skip
 """Commands that run no model of a stage (data, benchmarks with their own devices, checkpoint files, a
 linear probe fitted on stored embeddings, a random CLIP written to a file): every other command takes
 ``--device``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import yaml
@@ -54,7 +55,7 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table_and_json(decoder,
     ratios = [results["training"]["ratio"], results["training"]["bf16_speedup"], results["input"]["ratio_to_training"], results["sampling"]["ratio"],
               results["sampling"]["cfg_batched_speedup"], results["extraction"]["ratio"],
               results["stage_precision"]["stages/captioner.yaml"]["bf16_speedup"], results["sampling"]["bf16_speedup"],
-              results["sampling"]["ddim_bf16_colour_error_ratio"]]  # fmt: skip
+              results["sampling"]["ddim_bf16_colour_error_ratio"], results["startup"]["ratio"]]  # fmt: skip
     assert all(math.isfinite(r) and r > 0 for r in ratios), ratios
     assert results["input"]["embeddings_joined"] and results["sampling"]["quality_measured"]
     assert results["sampling"]["ddpm_steps"] == 100 and results["sampling"]["ddim_steps"] == 10
@@ -66,9 +67,24 @@ def test_quick_bench_runs_every_benchmark_and_writes_the_table_and_json(decoder,
     assert f"| {tmp_path / 'missing.yaml'} training step through Lightning: bf16-mixed vs float32 (speed-up) | failed: ValueError" in result.stdout
     for row in ("Lightning vs bare loop", "input pipeline", "DDPM-100 vs DDIM-10", "two forwards vs one batched",
                 "extraction", "CaptionerStage training step through Lightning", "colour-error ratio", "DDIM bf16 U-Net vs float32",
-                "U-Net in bf16 autocast", "demo stage clip", "whole demo"):  # fmt: skip
+                "U-Net in bf16 autocast", "`t2i --help` vs `python -c pass`", "demo stage clip", "whole demo"):  # fmt: skip
         assert row in result.stdout, row
     assert "QUICK mode" in result.stdout
+
+
+def test_startup_bench_times_t2i_help_against_a_bare_interpreter_side_by_side(tmp_path):
+    """`t2i bench startup`: `t2i --help` and `python -c pass` in fresh processes, alternated; neither
+    appends to the stage log of the `t2i` that runs them."""
+    log = tmp_path / "stages.jsonl"
+    result = run(T2I, "bench", "startup", "--repeats", "2", env={"T2I_TIMINGS": str(log)})
+    found = re.search(r"t2i --help ([\d.]+) s vs python -c pass ([\d.]+) s \(median of 2 runs each, alternated\): "
+                      r"ratio ([\d.]+); target t2i --help <= 1.5 s: (met|NOT met)", result.stdout)  # fmt: skip
+    assert found, result.stdout
+    help_s, python_s, ratio = (float(found[i]) for i in (1, 2, 3))
+    assert 0 < python_s and 0 < help_s and ratio > 0
+    assert [json.loads(line)["stage"] for line in log.read_text().splitlines()] == ["bench"]  # the outer command only
+    refused = run(T2I, "bench", "startup", "--repeats", "0", check=False)
+    assert refused.returncode != 0 and "--repeats must be positive" in refused.stderr
 
 
 def test_bench_settings_come_from_the_stage_config_then_the_shared_trainer_defaults(tmp_path):

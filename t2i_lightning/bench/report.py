@@ -23,6 +23,7 @@ from .input_pipeline import bench_input
 from .sampling import bench_sampling
 from .stage_log import demo_summary
 from .stage_precision import bench_stage_precision
+from .startup import bench_startup
 from .training import bench_training
 
 SIZES = {
@@ -70,7 +71,8 @@ def run_benchmarks(
 ) -> dict:  # fmt: skip
     """Run every benchmark; ``decoder``/``clip`` checkpoints are optional (random weights time the same),
     ``embeddings`` (with ``decoder``) adds the samplers' quality, ``stage_log`` the whole-demo row,
-    ``precision_configs`` the stages whose training is timed in bf16-mixed against float32 on ``data``."""
+    ``precision_configs`` the stages whose training is timed in bf16-mixed against float32 on ``data``;
+    the command line's start-up is timed at every size (a few seconds)."""
     size = SIZES["quick" if quick else "full"]
     results: dict = {"machine": machine(), "quick": quick}
     results["training"] = bench_training(config, size["steps"], size["warmup"], size["train_batch"])
@@ -87,6 +89,7 @@ def run_benchmarks(
     for config in precision_configs:  # a stage the data cannot feed (the judge needs shapes metadata) fails alone
         guarded(results["stage_precision"], config, lambda c=config: bench_stage_precision(
             c, data, size["precision_steps"], size["precision_warmup"], size["precision_batch"]))  # fmt: skip
+    results["startup"] = bench_startup()
     results["demo"] = demo_summary(stage_log, DEMO_STAGES) if stage_log else None
     return results
 
@@ -100,7 +103,7 @@ def table_row(name: str, value: str, ratio: float | None, target: str, met: bool
 
 def table(results: dict) -> str:
     """The results as a Markdown table: what, measured values, ratio, target, met."""
-    t, i, s, e = (results[k] for k in ("training", "input", "sampling", "extraction"))
+    t, i, s, e, u = (results[k] for k in ("training", "input", "sampling", "extraction", "startup"))
     rows = [
         "| benchmark | measured | ratio | target | met |",
         "|---|---|---|---|---|",
@@ -123,6 +126,9 @@ def table(results: dict) -> str:
         table_row("extraction: Lightning predict + writing vs bare encode loop (time)",
              f"{e['extraction_img_per_s']:.0f} vs {e['bare_img_per_s']:.0f} img/s ({e['images']} images)",
              e["ratio"], "<= 1.15x", e["ratio"] <= 1.15),
+        table_row("start-up: `t2i --help` vs `python -c pass`, fresh processes (time)",
+             f"{u['help_s']:.2f} vs {u['python_s']:.2f} s (median of {u['repeats']})", u["ratio"],
+             f"`t2i --help` <= {u['target_s']:g} s", u["help_s"] <= u["target_s"]),
     ]  # fmt: skip
     for config, p in results["stage_precision"].items():
         name = f"{p.get('stage', config)} training step through Lightning: bf16-mixed vs float32 (speed-up)"

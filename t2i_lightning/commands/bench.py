@@ -1,10 +1,11 @@
 """``t2i bench``: speed and memory as ratios against a baseline run side by side. Without a subcommand:
 every benchmark (decoder training through Lightning vs a bare loop, input pipeline vs training, DDIM vs
 DDPM and batched guidance, extraction vs a bare loop, each other stage's training in bf16-mixed vs
-float32, the demo's stage times and memory) in one table, also written as JSON.
+float32, ``t2i --help`` vs a bare interpreter, the demo's stage times and memory) in one table, also
+written as JSON.
 
     t2i bench --out runs/bench/bench.json            # every benchmark in one table
-    t2i bench extraction|sampling|gpu ...            # one of them
+    t2i bench extraction|sampling|gpu|startup ...    # one of them
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-
-import torch
 
 from ..registry import DEMO_CLIP, default_checkpoint
 from .options import add_command, options_from
@@ -62,6 +61,11 @@ class GpuBenchOptions:
     out: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class StartupBenchOptions:
+    repeats: int
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     bench = add_command(subparsers, "bench", __doc__, help="benchmarks as ratios against a baseline run side by side")
     bench.add_argument("--quick", action="store_true", help="smoke-test sizes (a minute or two; not the README's numbers)")
@@ -77,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="stage configs whose training step is timed in bf16-mixed vs float32 on --data (default: "
                        "stages/{clip,upsampler,score,captioner,judge}.yaml; the flag alone: none)")  # fmt: skip
     bench.set_defaults(run=lambda args: run_all(options_from(BenchOptions, args)))
-    kinds = bench.add_subparsers(dest="bench_command", metavar="{extraction,sampling,gpu}")
+    kinds = bench.add_subparsers(dest="bench_command", metavar="{extraction,sampling,gpu,startup}")
     extraction = kinds.add_parser(
         "extraction", help="embedding extraction vs a bare encode loop on the same batches"
     )
@@ -109,6 +113,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gpu.add_argument("--quick", action="store_true", help="smoke-test sizes (not the README's numbers)")
     gpu.add_argument("--out", default="runs/bench/gpu.json", help="JSON results (default: runs/bench/gpu.json)")
     gpu.set_defaults(run=lambda args: run_gpu(options_from(GpuBenchOptions, args)))
+    startup = kinds.add_parser("startup", help="the command line's start-up: `t2i --help` vs `python -c pass`, side by side")
+    startup.add_argument("--repeats", type=int, default=5, help="runs of each, alternated (default: 5)")
+    startup.set_defaults(run=lambda args: run_startup(options_from(StartupBenchOptions, args)))
 
 
 def run_all(options: BenchOptions) -> None:
@@ -151,6 +158,8 @@ def run_extraction(options: ExtractionBenchOptions) -> None:
 
 
 def run_gpu(options: GpuBenchOptions) -> None:
+    import torch
+
     from ..bench.gpu import gpu_table, run_gpu_benchmarks
     from ..data.shards import check_writable, resolve_shards, write_json_atomic
 
@@ -174,3 +183,10 @@ def run_gpu(options: GpuBenchOptions) -> None:
     print(f"\nwritten to {options.out}")
 
 
+def run_startup(options: StartupBenchOptions) -> None:
+    from ..bench.startup import bench_startup
+
+    r = bench_startup(options.repeats)
+    verdict = "met" if r["help_s"] <= r["target_s"] else "NOT met"
+    print(f"start-up: t2i --help {r['help_s']:.2f} s vs python -c pass {r['python_s']:.2f} s (median of {r['repeats']} "
+          f"runs each, alternated): ratio {r['ratio']:.1f}; target t2i --help <= {r['target_s']:g} s: {verdict}")  # fmt: skip

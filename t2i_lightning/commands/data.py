@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ..data.shapes.captions import POSITION_PROB
-from ..data.shards import check_writable
+from ..data.shapes.defaults import POSITION_PROB
 from .options import options_from
 
 
@@ -147,6 +146,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_shapes(options: ShapesOptions) -> None:
     from ..data.shapes.generate import ShapesConfig, generate_shapes
+    from ..data.shards import check_writable
 
     check_writable(options.out, directory=True)
     config = ShapesConfig(options.seed, options.size, options.format, options.samples_per_shard, options.position_prob)
@@ -163,6 +163,7 @@ def run_shapes(options: ShapesOptions) -> None:
 
 def run_import(options: ImportOptions) -> None:
     from ..data import importers
+    from ..data.shards import check_writable
 
     check_writable(options.out, directory=True)
     settings = dict(size=options.size, resize=options.resize, image_format=options.format, part=options.part,
@@ -178,6 +179,7 @@ def run_import(options: ImportOptions) -> None:
 
 def run_inspect(options: InspectOptions) -> None:
     from ..data.inspect import inspect_dataset
+    from ..data.shards import check_writable
 
     if options.n <= 0:
         raise ValueError(f"--n must be positive, got {options.n}")

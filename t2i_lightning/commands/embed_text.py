@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..registry import default_checkpoint
 from .options import add_command, add_device_arguments, options_from
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(options: EmbedTextOptions) -> None:
+    import torch
+
     from ..eval.nearest import load_split_embeddings, nearest
     from ..pipeline import TextToImageEmbedding
 

@@ -23,10 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import yaml
-
-from ..data.shards import check_writable
-from ..eval.variants import FIXED, SamplingOptions
+from ..eval.names import FIXED_VARIANTS
 from ..registry import DEMO_CLIP, DEMO_EMBEDDINGS, default_checkpoint
 from .options import add_cfg_argument, add_command, add_device_arguments, add_sampler_argument, options_from
 
@@ -88,7 +85,7 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subset-sizes", type=int, nargs="*", default=[25, 50, 100],
                         help="set sizes for the judge-space distance's small-sample bias (default: 25 50 100)")  # fmt: skip
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS,
-                        help=f"rows: {', '.join(FIXED)}, cfg_<scale>, score_guided_<lambda> "
+                        help=f"rows: {', '.join(FIXED_VARIANTS)}, cfg_<scale>, score_guided_<lambda> "
                              f"(default: {' '.join(DEFAULT_VARIANTS)})")  # fmt: skip
     for stage in ("clip", "translator", "decoder", "upsampler", "decoder_text", "score", "captioner"):
         default, name = default_checkpoint(stage), stage.replace("_", "-")
@@ -125,6 +122,8 @@ def apply_config(args: argparse.Namespace) -> argparse.Namespace:
     defaults: flags still win."""
     if not args.config:
         return args
+    import yaml
+
     with open(args.config) as stream:
         values = yaml.safe_load(stream) or {}
     if not isinstance(values, dict):
@@ -148,10 +147,11 @@ def check_evaluate_args(options: EvaluateOptions) -> None:
         raise ValueError(f"--threshold must be in [0, 1), got {options.threshold}")
     if options.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {options.batch_size}")
-    check_writable(options.out, directory=True)
+    from ..data.shards import check_writable
     from ..eval.variants import variant
     from ..pipeline import checkpoint_stage
 
+    check_writable(options.out, directory=True)
     for name in options.variants:
         variant(name)  # unknown names fail before anything is loaded
     if options.judge != NO_JUDGE and os.path.isfile(options.judge):
@@ -194,7 +194,7 @@ def run(options: EvaluateOptions) -> None:
     from ..eval.feature_cache import weights_identity
     from ..eval.inception import InceptionInstrument, find_inception_weights
     from ..eval.reference import load_evaluation_sets
-    from ..eval.variants import EvalModels, variant
+    from ..eval.variants import EvalModels, SamplingOptions, variant
     from ..nn.clip import create_clip, tokenizer_for
 
     check_evaluate_args(options)

@@ -18,10 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..data.image_io import save_png_atomic, tensor_to_images
-from ..data.inspect import captioned_grid
-from ..data.shards import check_writable, write_json_atomic
-from ..pipeline import DEFAULT_DECODER, load_decoder
+from ..registry import default_checkpoint
 from .options import add_cfg_argument, add_command, add_device_arguments, add_sampler_argument, options_from
 from .sample import check_steps_and_threshold
 
@@ -49,7 +46,7 @@ class DecoderReportOptions:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     report = add_command(subparsers, "evaluate-decoder", __doc__, help="colour and object scores of the decoder's reconstructions of validation images, per guidance scale")
-    report.add_argument("--decoder", default=DEFAULT_DECODER, help=f"decoder checkpoint (default: {DEFAULT_DECODER})")
+    report.add_argument("--decoder", default=default_checkpoint("decoder"), help="decoder checkpoint (default: %(default)s)")
     report.add_argument(
         "--embeddings", default=None,
         help="embedding directory mirroring --data (default: the one the decoder was trained with)",
@@ -94,7 +91,11 @@ def nearest_reference(embeddings: str, references: dict, image_size: int) -> tup
 
 
 def run(options: DecoderReportOptions) -> None:
+    from ..data.image_io import save_png_atomic, tensor_to_images
+    from ..data.inspect import captioned_grid
+    from ..data.shards import check_writable, write_json_atomic
     from ..eval.decoder_report import decoder_report, format_report, validation_references
+    from ..pipeline import load_decoder
 
     if options.n < 2:
         raise ValueError(f"--n must be at least 2 (the baseline pairs each image with another), got {options.n}")

@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+from .options import add_command, add_device_arguments, add_score_options, options_from
 
-from ..data.shards import check_writable, write_json_atomic
-from ..nn.text_encoder import check_captions
-from .options import add_command, add_device_arguments, options_from
-from .score import add_score_options, check_score_args, draw, load_score_pair, warn_unknown_words
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,9 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(options: GuidanceReportOptions) -> None:
+    import torch
+
     from ..data.shapes.captions import parse_caption
     from ..data.shapes.scene import COLOURS
+    from ..data.shards import check_writable, write_json_atomic
     from ..metrics.colour import dominant_object_colour
+    from ..nn.text_encoder import check_captions
+    from .score import check_score_args, draw, load_score_pair, warn_unknown_words
 
     check_score_args(options, options.guidance)
     if options.n <= 0:

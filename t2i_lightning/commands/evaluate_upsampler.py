@@ -10,8 +10,7 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..data.shards import check_writable, write_json_atomic
-from ..pipeline import DEFAULT_UPSAMPLER, load_upsampler
+from ..registry import default_checkpoint
 from .options import add_command, add_device_arguments, add_sampler_argument, options_from
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ class UpsamplerReportOptions:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     report = add_command(subparsers, "evaluate-upsampler", __doc__, help="PSNR/SSIM/sharpness/time of the upsampler vs bicubic on whole validation images")
-    report.add_argument("--upsampler", default=DEFAULT_UPSAMPLER, help=f"upsampler checkpoint (default: {DEFAULT_UPSAMPLER})")
+    report.add_argument("--upsampler", default=default_checkpoint("upsampler"), help="upsampler checkpoint (default: %(default)s)")
     report.add_argument("--data", default="data/shapes", help="dataset with val shards (default: data/shapes)")
     report.add_argument("--n", type=int, default=32, help="validation images (default: 32)")
     report.add_argument("--aug-levels", type=float, nargs="+", default=None, help="levels to sweep (default: its own)")
@@ -47,7 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(options: UpsamplerReportOptions) -> None:
+    from ..data.shards import check_writable, write_json_atomic
     from ..eval.upsampler_report import format_report, upsampler_report
+    from ..pipeline import load_upsampler
 
     if options.n <= 0:
         raise ValueError(f"--n must be positive, got {options.n}")

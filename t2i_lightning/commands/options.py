@@ -1,6 +1,10 @@
 """Options several ``t2i`` commands share, each declared once: the sampler (its choices are
-:data:`t2i_lightning.diffusion.SAMPLERS`), the classifier-free guidance scale, the device and the
-sampling precision, and the conversion of parsed arguments into a command's typed options object."""
+:data:`t2i_lightning.diffusion.SAMPLERS`' names), the classifier-free guidance scale, the device and the
+sampling precision, the score model's sampling settings, and the conversion of parsed arguments into a
+command's typed options object.
+
+Building the parsers imports only light modules (names and defaults, no torch): what a command needs to
+run is imported in its ``run``, so that ``t2i --help`` and argument errors answer at once."""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ import dataclasses
 import re
 from typing import TypeVar
 
-from ..accelerator import AUTO, DEVICE_HELP, inference_device, resolve_precision
-from ..diffusion import DEFAULT_CFG_SCALE, SAMPLERS, SAMPLING_PRECISIONS
+from ..diffusion.names import DEFAULT_CFG_SCALE, GUIDANCE_SCHEDULE_NAMES, SAMPLER_NAMES, SAMPLING_PRECISIONS
+from ..names import AUTO, DEVICE_HELP
+from ..registry import default_checkpoint
 
 Options = TypeVar("Options")
 
@@ -22,6 +27,8 @@ def options_from(cls: type[Options], args: argparse.Namespace) -> Options:
     :func:`resolve_precision` picks for that device."""
     values = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)}
     if "device" in values:
+        from ..accelerator import inference_device, resolve_precision
+
         values["device"] = inference_device(values["device"])
         if "precision" in values:
             values["precision"] = resolve_precision(values["precision"], values["device"].type)
@@ -45,9 +52,9 @@ def non_negative_float(text: str) -> float:
 
 def add_sampler_argument(parser: argparse.ArgumentParser, flag: str = "--sampler", default: str | None = "ddim",
                          help: str = "diffusion sampler") -> None:  # fmt: skip
-    """``--sampler`` (or ``flag``) with every sampler in :data:`SAMPLERS` as its choices."""
+    """``--sampler`` (or ``flag``) with every sampler (:data:`SAMPLER_NAMES`) as its choices."""
     note = f"default: {default}" if default else "default: the checkpoint's own"
-    parser.add_argument(flag, choices=sorted(SAMPLERS), default=default, help=f"{help} ({note})")
+    parser.add_argument(flag, choices=sorted(SAMPLER_NAMES), default=default, help=f"{help} ({note})")
 
 
 def add_cfg_argument(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
@@ -72,3 +79,16 @@ def add_device_arguments(parser: argparse.ArgumentParser, precision: bool = True
             "guidance stay float32) or auto (bf16-mixed where the device computes bf16 natively: a GPU with bf16, a "
             "CPU with AVX-512 BF16 or AMX; else 32-true) (default: auto)",
         )  # fmt: skip
+
+
+def add_score_options(parser: argparse.ArgumentParser) -> None:
+    """The score model, its guiding captioner and their Langevin sampling settings (``t2i sample --method
+    score``, ``t2i evaluate-guidance``)."""
+    parser.add_argument("--score", default=default_checkpoint("score"), help="score model checkpoint (default: %(default)s)")
+    parser.add_argument("--captioner", default=default_checkpoint("captioner"), help="captioner checkpoint (default: %(default)s)")
+    parser.add_argument(
+        "--guidance-schedule", choices=sorted(GUIDANCE_SCHEDULE_NAMES), default="constant",
+        help="how lambda varies over the noise levels (default: constant)",
+    )  # fmt: skip
+    parser.add_argument("--langevin-steps", type=int, default=None, help="Langevin steps per level (default: the model's)")
+    parser.add_argument("--langevin-eps", type=float, default=None, help="Langevin step size epsilon (default: the model's)")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ..data.shards import check_writable
 from .options import add_command, options_from
 
 
@@ -32,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(options: RandomClipOptions) -> None:
+    from ..data.shards import check_writable
     from ..nn.random_clip import save_random_clip
 
     if not options.out.endswith(".safetensors"):

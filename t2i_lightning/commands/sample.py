@@ -27,35 +27,22 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from PIL import Image
-
-from ..data.image_io import grid_image, open_image, save_png_atomic, tensor_to_images, to_rgb
-from ..data.shards import check_writable
-from ..diffusion import ImageGuidance
-from ..nn.text_encoder import check_captions
-from ..pipeline import (
-    DEFAULT_DECODER,
-    DEFAULT_TRANSLATOR,
-    DEFAULT_UPSAMPLER,
-    DirectTextToImage,
-    TextToImage,
-    is_text_decoder,
-    load_chain,
-    load_upsampler,
-)
-from ..registry import make_command
-from ..stages.diffusion import DiffusionStage
+from ..registry import default_checkpoint, make_command
 from .options import (
     add_cfg_argument,
     add_device_arguments,
     add_sampler_argument,
+    add_score_options,
     non_negative_float,
     options_from,
 )
-from .score import add_score_options, run_score_sample
-from .upsample import add_upsampler_options, check_upsampler_args, upsample_tensor
+from .upsample import add_upsampler_options, check_upsampler_args
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..pipeline import DirectTextToImage, TextToImage
+    from ..stages.diffusion import DiffusionStage
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,10 +119,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--ig-scale", type=non_negative_float, default=0.005, help="image-guidance scale w (default: 0.005)")
     sample.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     sample.add_argument("--size", type=int, default=None, help="image side (default: the decoder's)")
-    sample.add_argument("--decoder", default=DEFAULT_DECODER, help=f"decoder checkpoint (default: {DEFAULT_DECODER})")
+    sample.add_argument("--decoder", default=default_checkpoint("decoder"), help="decoder checkpoint (default: %(default)s)")
     sample.add_argument(
-        "--translator", default=DEFAULT_TRANSLATOR,
-        help=f"translator checkpoint (default: {DEFAULT_TRANSLATOR}; unused with a text-conditioned decoder)",
+        "--translator", default=default_checkpoint("translator"),
+        help="translator checkpoint (default: %(default)s; unused with a text-conditioned decoder)",
     )  # fmt: skip
     sample.add_argument("--clip", default=None, help="CLIP weights (default: the one the translator recorded)")
     add_upsampler_options(sample, ", used when it exists")
@@ -147,6 +134,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def check_sample_args(options: SampleOptions) -> None:
     """User errors before any model is loaded; the output's directory is created (and must be writable)."""
+    from ..data.shards import check_writable
+    from ..nn.text_encoder import check_captions
+
     if options.n <= 0:
         raise ValueError(f"--n must be positive, got {options.n}")
     if options.size is not None and options.size <= 0:
@@ -174,6 +164,8 @@ def check_steps_and_threshold(options: SampleOptions | DecoderReportOptions) -> 
 def check_decoder_args(options: SampleOptions) -> None:
     """Options the decoder cannot take, before any model is loaded: a text-conditioned decoder has
     no CLIP image embedding to reconstruct from or to do arithmetic on."""
+    from ..pipeline import is_text_decoder
+
     if options.prompt is None and is_text_decoder(options.decoder):
         raise ValueError(
             f"{options.decoder} is a text-conditioned decoder: it takes --prompt only (--from-image, --mix, --analogy "
@@ -192,6 +184,8 @@ def chain_upsampler(options: SampleOptions, chain: TextToImage | DirectTextToIma
     """The upsampler after the decoder: ``--upsampler``, else the default checkpoint when it exists
     (a note says when it does not), None with ``--no-upsample``. One conditioned on CLIP image
     embeddings must share the decoder's CLIP; a text-conditioned decoder has no embeddings to give it."""
+    from ..pipeline import DEFAULT_UPSAMPLER, load_upsampler
+
     if options.no_upsample:
         return None
     if options.upsampler is None and not os.path.isfile(DEFAULT_UPSAMPLER):
@@ -209,6 +203,8 @@ def chain_upsampler(options: SampleOptions, chain: TextToImage | DirectTextToIma
 
 def target_embeddings(chain: TextToImage, options: SampleOptions) -> torch.Tensor:
     """The raw CLIP image embeddings to decode, one row per image of the grid (not for --prompt)."""
+    import torch
+
     embed = chain.embedder
     if options.from_image:
         return chain.embed_image_file(options.from_image).expand(options.n, -1)
@@ -223,6 +219,16 @@ def target_embeddings(chain: TextToImage, options: SampleOptions) -> torch.Tenso
 
 
 def run(options: SampleOptions) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ..data.image_io import grid_image, open_image, save_png_atomic, tensor_to_images, to_rgb
+    from ..diffusion import ImageGuidance
+    from ..pipeline import load_chain
+    from .score import run_score_sample
+    from .upsample import upsample_tensor
+
     check_sample_args(options)
     if options.method == "score":
         run_score_sample(options)

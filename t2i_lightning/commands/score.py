@@ -5,26 +5,21 @@
 
 Sampling is annealed Langevin dynamics with the score model's score plus λ·∇ log p(prompt | x_σ, σ)
 from the frozen noise-conditioned captioner (Bayes' rule); ``--guidance 0`` is the unguided model.
-The norms of both terms are printed per noise level, so λ can be tuned.
+The norms of both terms are printed per noise level, so λ can be tuned. Those commands import this
+module in their ``run`` (it imports torch and the stages); their parsers' options are
+:func:`t2i_lightning.commands.options.add_score_options`.
 """
 
 from __future__ import annotations
 
-import argparse
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..data.image_io import grid_image, save_png_atomic, tensor_to_images
-from ..diffusion import GUIDANCE_SCHEDULES, GuidanceNorms
+from ..diffusion import GuidanceNorms
 from ..nn.clip import warn_if_truncated
-from ..pipeline import (
-    DEFAULT_CAPTIONER,
-    DEFAULT_SCORE,
-    check_same_noise_levels,
-    load_captioner,
-    load_score_model,
-)
+from ..pipeline import check_same_noise_levels, load_captioner, load_score_model
 from ..stages.captioner import CaptionerStage
 from ..stages.score import ScoreStage
 
@@ -33,19 +28,6 @@ if TYPE_CHECKING:
     from .sample import SampleOptions
 
     ScoreSampling = SampleOptions | GuidanceReportOptions  # what a score-model draw reads
-
-
-def add_score_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--score", default=DEFAULT_SCORE, help=f"score model checkpoint (default: {DEFAULT_SCORE})")
-    parser.add_argument(
-        "--captioner", default=DEFAULT_CAPTIONER, help=f"captioner checkpoint (default: {DEFAULT_CAPTIONER})"
-    )
-    parser.add_argument(
-        "--guidance-schedule", choices=sorted(GUIDANCE_SCHEDULES), default="constant",
-        help="how lambda varies over the noise levels (default: constant)",
-    )  # fmt: skip
-    parser.add_argument("--langevin-steps", type=int, default=None, help="Langevin steps per level (default: the model's)")
-    parser.add_argument("--langevin-eps", type=float, default=None, help="Langevin step size epsilon (default: the model's)")
 
 
 def check_score_args(options: ScoreSampling, guidances: list[float]) -> None:

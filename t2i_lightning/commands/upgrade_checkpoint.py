@@ -16,11 +16,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from ..data.shards import atomic_path
-from ..training.checkpoint_io import INTEGRITY_KEY, AtomicCheckpointIO, error_summary, verify_integrity
-from ..training.checkpoint_upgrade import DIFFUSION_STAGE, is_legacy, upgrade
 from .options import add_command, options_from
 
 BACKUP_SUFFIX = ".pre-diffusion-stage"
@@ -42,6 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def upgrade_file(path: Path, backup: bool) -> str:
     """Upgrade one checkpoint file in place; what was done, in a few words."""
+    import torch
+
+    from ..data.shards import atomic_path
+    from ..training.checkpoint_io import INTEGRITY_KEY, AtomicCheckpointIO, error_summary, verify_integrity
+    from ..training.checkpoint_upgrade import DIFFUSION_STAGE, is_legacy, upgrade
+
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}")
     try:

@@ -15,14 +15,13 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from ..data.image_io import open_image, save_png_atomic, tensor_to_images, to_rgb
-from ..data.shards import check_writable
-from ..pipeline import DEFAULT_UPSAMPLER, clip_image_embeddings, load_recorded_clip, load_upsampler
-from ..stages.diffusion import DiffusionStage
+from ..registry import default_checkpoint
 from .options import add_device_arguments, add_sampler_argument, options_from
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..stages.diffusion import DiffusionStage
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,7 +47,7 @@ if TYPE_CHECKING:
 def add_upsampler_options(parser: argparse.ArgumentParser, default_note: str) -> None:
     """``--upsampler`` and the sampling settings that override the checkpoint's own."""
     parser.add_argument(
-        "--upsampler", default=None, help=f"upsampler checkpoint (default: {DEFAULT_UPSAMPLER}{default_note})"
+        "--upsampler", default=None, help=f"upsampler checkpoint (default: {default_checkpoint('upsampler')}{default_note})"
     )
     add_sampler_argument(parser, "--up-sampler", default=None, help="the upsampler's sampler")
     parser.add_argument(
@@ -76,6 +75,8 @@ def upsample_tensor(
 
     """``images`` (B x 3 x h x w in [-1, 1]) through the upsampler with the command line's settings, on the
     upsampler's device (the noise drawn there)."""
+    import torch
+
     device = upsampler.device
     embeddings = None if image_embeddings is None else image_embeddings.to(device)
     return upsampler.sample(
@@ -103,6 +104,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(options: UpsampleOptions) -> None:
+    import numpy as np
+    import torch
+
+    from ..data.image_io import open_image, save_png_atomic, tensor_to_images, to_rgb
+    from ..data.shards import check_writable
+    from ..pipeline import DEFAULT_UPSAMPLER, clip_image_embeddings, load_recorded_clip, load_upsampler
+
     check_upsampler_args(options)
     if not os.path.isfile(options.input):
         raise FileNotFoundError(f"Image not found: {options.input}")

@@ -26,10 +26,6 @@ def _concat_conditioning(cond: Conditioning, null_cond: Conditioning) -> Conditi
     return torch.cat([cond, null_cond])
 
 
-DEFAULT_CFG_SCALE = 3.0
-"""The classifier-free guidance scale every command, grid and evaluation row uses unless told otherwise."""
-
-
 def classifier_free_guidance(
     model: Callable[[Tensor, Tensor, Conditioning], Tensor],
     cond: Conditioning,
@@ -132,7 +128,7 @@ def gradient_guidance(
     return cond_fn
 
 
-GUIDANCE_SCHEDULES = {
+GUIDANCE_SCHEDULES = {  # its keys are names.GUIDANCE_SCHEDULE_NAMES (tested)
     "constant": lambda sigma, sigma_max, sigma_min: torch.ones_like(sigma),
     "linear": lambda sigma, sigma_max, sigma_min: sigma / sigma_max,
     "inverse": lambda sigma, sigma_max, sigma_min: sigma_min / sigma,

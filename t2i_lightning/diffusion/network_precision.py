@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-SAMPLING_PRECISIONS = ("32-true", "bf16-mixed")
+from .names import SAMPLING_PRECISIONS
 
 
 def network_in_precision(net: Callable[..., torch.Tensor], precision: str) -> Callable[..., torch.Tensor]:

@@ -187,8 +187,9 @@ def annealed_langevin(
 SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample}
 """The one list of the diffusion samplers, all with the signature ``(model_fn, schedule, noise, *,
 parameterization, learn_variance, x0_transform, image_guidance, generator, progress, **extra)``: the
-stages draw with ``SAMPLERS[name]`` and every command's ``--sampler`` choices are its keys, so a new
-sampler is a function here and a name in this dict. (The score model's annealed Langevin dynamics
+stages draw with ``SAMPLERS[name]``; its keys are :data:`~t2i_lightning.diffusion.names.SAMPLER_NAMES`
+(tested), every command's ``--sampler`` choices, so a new sampler is a function here and a name in
+both. (The score model's annealed Langevin dynamics
 works on noise levels, not a schedule: it is ``t2i sample --method score``.)"""
 
 

@@ -211,7 +211,7 @@ def _real(models, ref, real, options, generator):
     return real.images
 
 
-FIXED = {
+FIXED = {  # its keys are names.FIXED_VARIANTS (tested)
     "real": Variant("real", (), _real, seeded=False, own_captions=True),
     "full": Variant("full", CHAIN, _chain_rows("caption")),
     "decoder_only": Variant("decoder_only", CHAIN, _chain_rows("img_emb"), ground_truth=True, reference_embeddings=True),

@@ -21,10 +21,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from ..accelerator import allow_tf32_on, resolve_precision
 from ..data.shards import check_writable, remove_stale_temporaries
 from ..data.writer_lock import lock_directory, release_directory_locks
+from ..names import SUBCOMMANDS
 from .resume import check_explicit_checkpoint, checkpoint_directory, find_resume_point, move_aside
 from .stage_parser import StageArgumentParser
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
 TRAINER_DEFAULTS = "_trainer.yaml"
 
 

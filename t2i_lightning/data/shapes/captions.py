@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .defaults import POSITION_PROB
 from .scene import COLOURS, Scene
 
 KIND_WORDS = {
@@ -119,9 +120,6 @@ def _noun_phrase(group: GroupSpec, rng: np.random.Generator) -> str:
     if group.position:
         phrase += " " + _pick(rng, POSITION_PHRASES[group.position])
     return f"{number} {phrase}"
-
-
-POSITION_PROB = 0.3  # the demo dataset's chance of a position word per single object
 
 
 def describe(scene: Scene, rng: np.random.Generator, position_prob: float = POSITION_PROB) -> str:

@@ -30,7 +30,8 @@ from ..shards import (
     write_shard,
 )
 from . import captions as captions_module
-from .captions import POSITION_PROB, describe
+from .captions import describe
+from .defaults import POSITION_PROB
 from .render import anchor, bbox, render
 from .scene import BACKGROUND_STYLES, COLOURS, KINDS, POSITIONS, RELATIONS, SIZES, Scene, sample_scene
 
