@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from t2i_lightning.accelerator import resolve_precision
 from t2i_lightning.data.decode import decode_image_caption
 from t2i_lightning.data.inspect import read_samples
 from t2i_lightning.data.superres import SuperResDataModule, downsample
@@ -269,7 +270,7 @@ def test_evaluate_upsampler_scores_bicubic_and_each_setting(upsampler, shapes_di
     assert [(r["method"], r.get("aug_level")) for r in rows] == [("bicubic", None), ("upsampler", 0.0), ("upsampler", 0.2)]
     assert 10 < rows[0]["psnr"] < 60 and 0 < rows[0]["ssim"] <= 1 and 0 < rows[0]["sharpness"] < 1  # bicubic blurs
     assert all(r["s_per_image"] > 0 for r in rows) and "PSNR dB" in result.stdout
-    assert "U-Net 32-true" in result.stdout  # the sampling precision is said beside the scores
+    assert f"U-Net {resolve_precision('auto', 'cpu')}" in result.stdout  # the default (auto) precision, resolved, beside the scores
 
 
 class _ZeroNet(SuperResUNet):

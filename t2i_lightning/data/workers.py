@@ -26,11 +26,17 @@ def detach_worker(worker_id: int) -> None:
 
 def kill_workers_left_at_exit() -> None:
     """SIGKILL the daemonic children still alive (DataLoader workers, which ignore SIGTERM) and reap them,
-    before multiprocessing's own exit handler would SIGTERM and join them forever."""
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
-            child.join(timeout=10)
+    before multiprocessing's own exit handler would SIGTERM and join them forever. torch's SIGCHLD handler
+    (which raises when a worker dies) is put back to the default first: it would interrupt the reaping
+    after the first worker and leave the others to that endless join."""
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if not children:
+        return
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join(timeout=10)
 
 
 atexit.register(kill_workers_left_at_exit)  # after multiprocessing's exit handler, so it runs before it
