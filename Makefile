@@ -133,7 +133,7 @@ $(CLIP_DONE): $(DATA)/index.json | $(STAMP)
 embed: $(EMB)/stats.json ## extract CLIP image/text embeddings of $(DATA) -> $(EMB) (resumable)
 
 $(EMB)/stats.json: $(DATA)/index.json $(if $(strip $(CLIP)),,$(CLIP_DONE)) | $(STAMP)
-	$(T2I) predict --config stages/embed.yaml $(TRAINER_FLAGS) --model.init_args.model_name $(CLIP_MODEL) \
+	$(T2I) predict --config stages/embed.yaml $(TRAINER_FLAGS) --trainer.default_root_dir $(RUNS)/embed --model.init_args.model_name $(CLIP_MODEL) \
 	    --model.init_args.pretrained $(CLIP_WEIGHTS) --model.init_args.out $(EMB) \
 	    --model.init_args.replace_other_clip true --data.init_args.predict $(DATA)
 

@@ -54,6 +54,7 @@ def test_demo_real_runs_the_chain_on_coco_photos_and_says_what_was_random(tmp_pa
     splits = json.loads((data / "index.json").read_text())["splits"]
     assert {split: entry["count"] for split, entry in splits.items()} == {"train": 12, "val": 4, "test": 4}
     assert (runs / "samples.png").is_file()
+    assert (runs / "embed" / "config.yaml").is_file()  # every stage's files under RUNS, none in the repository's runs/
     table = json.loads((runs / "eval" / "table.json").read_text())
     assert "random shapes-cnn-micro seed 0" in table["header"]["PATH CHECK"]
     assert table["header"]["judge"].startswith("none:")
