@@ -426,6 +426,7 @@ def identical(a, b) -> bool:
     return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
 
 
+@pytest.mark.slow  # 35 s; a one-time migration (make test-all runs it), to keep make test near 15 minutes
 def test_old_decoder_and_upsampler_checkpoints_are_refused_with_the_command_that_upgrades_them_losslessly(
     upsampler, decoder, tmp_path
 ):
