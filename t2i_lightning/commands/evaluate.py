@@ -182,7 +182,8 @@ def path_check_line(options: EvaluateOptions) -> str | None:
     from ..nn.random_clip import random_init_of
 
     clips = {"the generator's CLIP": options.clip, "the evaluation CLIP": options.eval_clip or options.clip}
-    random = [f"{role} ({path}: random {random_init_of(path)})" for role, path in clips.items() if random_init_of(path)]
+    marks = {role: random_init_of(path) for role, path in clips.items()}
+    random = [f"{role} ({clips[role]}: random {mark})" for role, mark in marks.items() if mark]
     if not random:
         return None
     return f"random weights in {', '.join(random)}: every number below checks that the path runs, none is a result"
