@@ -256,9 +256,16 @@ def test_inspect_names_a_truncated_shard_and_fails_cleanly_when_every_shard_is(s
     shutil.copytree(shapes_dir, data)
     cut = data / "train-000000.tar"
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 2 // 5])  # a copy killed part way
+    import tarfile
+
+    with tarfile.open(data / "val-000000.tar") as tar:  # cut between two samples: tar reads it without error
+        boundary = next(m.offset for m in tar if m.name.startswith("val_0000003."))
+    whole = (data / "val-000000.tar").read_bytes()
+    (data / "val-000000.tar").write_bytes(whole[:boundary])
     main(["data", "inspect", str(data), "--n", "2"])
     out = capsys.readouterr().out
     assert f"damaged: {cut} (ReadError: unexpected end of data, after" in out and "captions (" in out
+    assert f"damaged: {data / 'val-000000.tar'} (the tar ends early, 16 samples recorded, after 3 readable" in out
     for shard in data.glob("*.tar"):
         shard.write_bytes(shard.read_bytes()[:700])
     assert "Every shard of" in fails(["data", "inspect", data], capsys)

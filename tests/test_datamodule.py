@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +17,7 @@ from PIL import Image
 from t2i_lightning.data.datamodule import ShardDataModule
 from t2i_lightning.data.image_io import encode_image
 from t2i_lightning.data.shapes.captions import caption_matches, parse_caption
-from t2i_lightning.data.shards import ShardSpecError, resolve_shards, write_shard
+from t2i_lightning.data.shards import ShardSpecError, recorded_shard_counts, resolve_shards, write_shard
 from t2i_lightning.data.streams import RankWorkerShards
 
 
@@ -34,7 +35,7 @@ def test_batches_have_documented_keys_shapes_and_dtypes(shapes_dir):
     )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"image", "caption", "key", "meta", "skipped", "skipped_shards"}
+    assert set(batch) == {"image", "caption", "key", "meta", "skipped", "skipped_shards", "shard_samples"}
     assert batch["image"].shape == (8, 3, 32, 32) and batch["image"].dtype == torch.float32
     assert -1.0 <= batch["image"].min() and batch["image"].max() <= 1.0
     assert batch["image"].min() < -0.5 and batch["image"].max() > 0.5  # really spans the range
@@ -107,21 +108,83 @@ def test_corrupt_and_incomplete_samples_are_skipped_and_counted(tmp_path, caplog
         batches = _all_batches(dm.val_dataloader())
     assert _keys(batches) == ["ok_0", "ok_1"]
     assert sum(int(b["skipped"]) for b in batches) == 3
-    assert [s for b in batches for s in b["skipped_shards"]] == [str(tmp_path / "val-000000.tar")] * 3
+    assert [b["skipped_shards"] for b in batches if b["skipped_shards"]] == [{str(tmp_path / "val-000000.tar"): 3}]
     text = caplog.text
     assert "bad_image" in text and "no_caption" in text and "empty_caption" in text
 
 
-def test_truncated_shard_is_skipped_with_a_count(tmp_path, shapes_dir):
-    shard = resolve_shards(str(shapes_dir), "val")[0]
-    data = open(shard, "rb").read()
-    (tmp_path / "val-000000.tar").write_bytes(data[: len(data) // 2 + 100])
-    dm = ShardDataModule(train=None, val=str(tmp_path), image_size=16, batch_size=4, num_workers=0)
+def _copy_split(shapes_dir, out, split):
+    """``split``'s shards of the shapes fixture and its index.json, copied to ``out``."""
+    out.mkdir(exist_ok=True)
+    (out / "index.json").write_bytes((shapes_dir / "index.json").read_bytes())
+    for shard in resolve_shards(str(shapes_dir), split):
+        (out / Path(shard).name).write_bytes(Path(shard).read_bytes())
+    return out
+
+
+def _val_batches(root, workers=0):
+    dm = ShardDataModule(train=None, val=str(root), image_size=16, batch_size=4, num_workers=workers)
     dm.setup("validate")
-    batches = _all_batches(dm.val_dataloader())
-    assert sum(int(b["skipped"]) for b in batches) >= 1
-    assert str(tmp_path / "val-000000.tar") in {s for b in batches for s in b["skipped_shards"]}
-    assert 0 < len(_keys(batches)) < 16
+    return _all_batches(dm.val_dataloader())
+
+
+def _member_offsets(shard):
+    """Byte offset of each sample's first tar member, in order."""
+    offsets = {}
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            offsets.setdefault(member.name.split(".", 1)[0], member.offset)
+    return list(offsets.values())
+
+
+@pytest.mark.parametrize("cut", ["mid-member", "member boundary"])
+def test_a_truncated_shard_counts_every_sample_it_lost_once_under_its_path(tmp_path, shapes_dir, caplog, cut):
+    """Before: each read of a cut tar counted 1-2 skips however many samples it lost (a shard cut to 40% lost
+    60, the log said 4), a tar cut between members counted none, and a shard was named twice (once as a
+    ``<_io.BufferedReader ...>``)."""
+    root = _copy_split(shapes_dir, tmp_path / "data", "val")
+    shard = root / "val-000001.tar"  # 16 of the 40 val samples
+    data = shard.read_bytes()
+    end = int(len(data) * 0.4) if cut == "mid-member" else _member_offsets(shard)[5]
+    shard.write_bytes(data[:end])
+    with caplog.at_level("WARNING"):
+        batches = _val_batches(root)
+    read, skipped = len(_keys(batches)), sum(b["skipped"] for b in batches)
+    assert read + skipped == 40  # every sample is either read or counted
+    assert [b["skipped_shards"] for b in batches if b["skipped_shards"]] == [{str(shard): skipped}]
+    assert "of its 16 samples read" in caplog.text and "BufferedReader" not in caplog.text
+    if cut == "member boundary":  # a tar that simply ends: no read error at all, yet 11 samples are gone
+        assert skipped == 11 and "the tar ends early): 5 of its 16 samples read, 11 counted" in caplog.text
+    else:
+        assert skipped >= 9
+
+
+def test_without_a_recorded_count_a_truncated_shard_counts_its_read_errors_as_a_lower_bound(tmp_path, shapes_dir, caplog):
+    root = _copy_split(shapes_dir, tmp_path / "data", "val")
+    (root / "index.json").unlink()
+    shard = root / "val-000000.tar"
+    shard.write_bytes(shard.read_bytes()[: len(shard.read_bytes()) // 2 + 100])
+    with caplog.at_level("WARNING"):
+        batches = _val_batches(root)
+    assert sum(b["skipped"] for b in batches) >= 1 and 24 < len(_keys(batches)) < 40
+    assert "records no count" in caplog.text
+
+
+def test_recorded_shard_counts_from_the_writers_list_or_derived_where_exact(tmp_path, shapes_dir):
+    assert recorded_shard_counts(shapes_dir) == {
+        **{f"train-{k:06d}.tar": 16 for k in range(6)}, "val-000000.tar": 16, "val-000001.tar": 16,
+        "val-000002.tar": 8, "test-000000.tar": 16,
+    }  # fmt: skip
+    index = json.loads((shapes_dir / "index.json").read_text())
+    for entry in index["splits"].values():  # an index written before the counts were listed
+        del entry["shard_counts"]
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    assert recorded_shard_counts(tmp_path) == recorded_shard_counts(shapes_dir)
+    index["splits"]["val"]["skipped"] = [{"file": "x.png", "reason": "unreadable"}]  # which shard lost it: unknown
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    assert "val-000000.tar" not in recorded_shard_counts(tmp_path) and "train-000000.tar" in recorded_shard_counts(tmp_path)
+    (tmp_path / "index.json").write_text("{not json")
+    assert recorded_shard_counts(tmp_path) == {}
 
 
 def test_a_skip_rate_over_the_limit_stops_training_naming_the_bad_shards():
@@ -132,17 +195,40 @@ def test_a_skip_rate_over_the_limit_stops_training_naming_the_bad_shards():
             pass
 
     logger = SkippedSamplesLogger(max_skip_rate=0.05, min_samples=100)
-    clean = {"key": ["k"] * 20, "skipped": torch.tensor(0), "skipped_shards": []}
-    dirty = {"key": ["k"] * 18, "skipped": torch.tensor(2), "skipped_shards": ["data/bad-000007.tar"] * 2}
+    clean = {"key": ["k"] * 20, "skipped": 0, "skipped_shards": {}}
+    dirty = {"key": ["k"] * 18, "skipped": 2, "skipped_shards": {"data/bad-000007.tar": 2}}
     for batch in [clean, clean, clean, clean, dirty]:  # 2 of 100 read: under 5 %
         logger.on_train_batch_end(None, Module(), None, batch, 0)
     resumed = SkippedSamplesLogger(max_skip_rate=0.05, min_samples=100)
     resumed.load_state_dict(logger.state_dict())  # the count survives a resume
-    worse = {"key": ["k"] * 10, "skipped": torch.tensor(10), "skipped_shards": ["data/bad-000007.tar"] * 10}
+    worse = {"key": ["k"] * 10, "skipped": 10, "skipped_shards": {"data/bad-000007.tar": 10}}
     with pytest.raises(
         SkipRateError, match=r"12 of 120 training samples were skipped .*bad-000007.tar \(12\)"
     ):
         resumed.on_train_batch_end(None, Module(), None, worse, 0)
+
+
+def test_training_on_cut_shards_measures_the_share_lost_and_names_each_bad_shard_once(tmp_path, shapes_dir):
+    """2 of the 6 training shards cut to 10% of their bytes: about 30% of the samples are gone, and the skip
+    rate says so (before: each read counted 1-2, so the rate stayed near 1% and training ran on)."""
+    from t2i_lightning.training.data_health import SkippedSamplesLogger, SkipRateError
+
+    root = _copy_split(shapes_dir, tmp_path / "data", "train")
+    cut = [root / "train-000001.tar", root / "train-000004.tar"]
+    for shard in cut:
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 10])
+    dm = ShardDataModule(train=str(root), val=None, image_size=16, batch_size=8, num_workers=0, epoch_size=400)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    taken, skipped = sum(b["shard_samples"] for b in batches), sum(b["skipped"] for b in batches)
+    assert 0.2 < skipped / taken < 0.4  # judged at the shards: the shuffle buffer read ahead of the batches
+    logger = SkippedSamplesLogger(max_skip_rate=0.05, min_samples=taken)  # judged once, on the whole epoch
+    module = SimpleNamespace(log=lambda *args, **kwargs: None)
+    with pytest.raises(SkipRateError) as error:
+        for batch in batches:
+            logger.on_train_batch_end(None, module, None, batch, 0)
+    message = str(error.value)
+    assert all(message.count(str(shard)) == 1 for shard in cut) and "BufferedReader" not in message
 
 
 @pytest.mark.parametrize("spec", ["{root}/nope", "{root}/train-{{000000..000003}}.tar", "{root}/*.tar", ""])

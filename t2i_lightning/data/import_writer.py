@@ -28,7 +28,7 @@ Item = tuple[str, str, str, list[str], dict]
 # A shard job: (shard path, its candidates, size, resize mode, image format); its result:
 # (samples written, skipped (name, reason), candidates done).
 Job = tuple[str, list[Item], int, str, str]
-Result = tuple[int, list[tuple[str, str]], int]
+Result = tuple[str, int, list[tuple[str, str]], int]  # (shard name, written, skipped, items)
 
 JOBS_IN_FLIGHT_PER_WORKER = 2  # one running, one queued: workers never wait for the main process
 SHOWN_SKIPPED = 10  # skipped files the console lists; index.json lists all
@@ -83,7 +83,7 @@ def _make_sample(item: Item, size: int, resize: str, image_format: str) -> dict:
 
 
 def _shard_job(job: Job) -> Result:
-    """Decode the job's images and write the good ones to its shard: (written, skipped, images)."""
+    """Decode the job's images and write the good ones to its shard: (shard name, written, skipped, images)."""
     path, items, size, resize, image_format = job
     skipped: list[tuple[str, str]] = []
 
@@ -96,7 +96,7 @@ def _shard_job(job: Job) -> Result:
                 continue
             yield sample
 
-    return write_shard(path, samples()), skipped, len(items)
+    return Path(path).name, write_shard(path, samples()), skipped, len(items)
 
 
 def shard_options(
@@ -176,14 +176,16 @@ def write_split(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
-    written, shards, unreadable = 0, 0, []
+    counts: dict[str, int] = {}
+    unreadable: list = []
     desc = f"{args['importer']} {split} -> {out}"
     with tqdm(total=total, unit="img", desc=desc, disable=not progress) as bar:
-        for count, bad, done in _run_jobs(_shard_jobs(out, split, items, args), workers):
-            written, shards = written + count, shards + 1
+        for name, count, bad, done in _run_jobs(_shard_jobs(out, split, items, args), workers):
+            counts[name] = count
             unreadable += bad
             bar.update(done)
-    names = [shard_name(split, k) for k in range(shards)]
+    names = [shard_name(split, k) for k in range(len(counts))]
+    written = sum(counts.values())
     for old in out.glob(f"{split}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
         if old.name not in names:  # left by an earlier, larger import of this split
             old.unlink()
@@ -193,6 +195,7 @@ def write_split(
     entry = {
         "count": written,
         "shards": names,
+        "shard_counts": [counts[name] for name in names],
         "skipped": [{"file": n, "reason": r} for n, r in skipped],
         "args": args,
     }  # per split too: the top-level "args" is the latest import's

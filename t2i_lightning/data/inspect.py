@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from .image_io import IMAGE_EXTENSIONS, open_image, save_png_atomic, to_rgb
-from .shards import read_index, resolve_shards
+from .shards import expected_samples, read_index, resolve_shards
 
 SPLITS = ("train", "val", "test")
 
@@ -86,6 +86,11 @@ def inspect_dataset(path: str, out: str | None = None, n_images: int = 16, n_cap
         by_split[split_of(url)].append(url)
     order = [s for s in SPLITS if s in by_split] + sorted(set(by_split) - set(SPLITS))
     scans = {url: scan_shard(url) for url in urls}
+    recorded = expected_samples(urls)
+    scans = {  # a tar cut between two samples reads without an error: its index count tells
+        url: (count, why or (f"the tar ends early, {recorded[url]} samples recorded" if count < recorded.get(url, 0) else None))
+        for url, (count, why) in scans.items()
+    }
     lines.append(f"  {'split':<8}{'shards':>8}{'samples':>10}")
     for split in order:
         lines.append(f"  {split:<8}{len(by_split[split]):>8}{sum(scans[u][0] for u in by_split[split]):>10}")

@@ -124,6 +124,47 @@ def update_index(root: str | os.PathLike, split: str, entry: dict[str, Any], **t
     return index
 
 
+def recorded_shard_counts(root: str | os.PathLike) -> dict[str, int]:
+    """The number of samples each shard of dataset ``root`` holds (by file name), as its ``index.json`` records
+    it: ``shard_counts`` where the writer listed them, else derived where that is exact (a split of one shard
+    holds ``count``; with nothing skipped at import, every shard but the last holds ``samples_per_shard``).
+    Shards it cannot tell about are absent; a dataset without an index gives {}."""
+    try:
+        index = read_index(root) or {}
+    except (OSError, ValueError):  # an unreadable index: no counts, the reader counts read errors instead
+        return {}
+    counts: dict[str, int] = {}
+    for entry in index.get("splits", {}).values():
+        names, recorded = entry.get("shards", []), entry.get("shard_counts")
+        if recorded is not None and len(recorded) == len(names):
+            counts.update(zip(names, recorded, strict=True))
+        elif len(names) == 1:
+            counts[names[0]] = entry["count"]
+        elif names and not entry.get("skipped"):
+            per = (entry.get("args") or index.get("args") or {}).get("samples_per_shard")
+            last = entry["count"] - (len(names) - 1) * per if per else 0
+            if 0 < last <= per:
+                counts.update(dict.fromkeys(names[:-1], per))
+                counts[names[-1]] = last
+    return counts
+
+
+def expected_samples(urls: Iterable[str]) -> dict[str, int]:
+    """``url -> samples`` for the local shards among ``urls`` whose dataset index records their count."""
+    by_directory: dict[str, dict[str, int]] = {}
+    expected = {}
+    for url in urls:
+        if _is_remote(url):
+            continue
+        directory = os.path.dirname(url) or "."
+        if directory not in by_directory:
+            by_directory[directory] = recorded_shard_counts(directory)
+        count = by_directory[directory].get(os.path.basename(url))
+        if count is not None:
+            expected[url] = count
+    return expected
+
+
 def _is_remote(spec: str) -> bool:
     return spec.startswith(REMOTE_PREFIXES)
 

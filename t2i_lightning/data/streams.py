@@ -2,10 +2,11 @@
 
 Training streams resample shards forever from this rank's share (``resampled``) and are cut
 into epochs by ``with_epoch``; evaluation streams read each shard of this rank's share once,
-in order. Corrupt or incomplete samples are skipped with a warning, and the number of skips
-(samples, or unreadable stretches of a damaged tar) travels with a batch as
-``batch["skipped"]``, and the shard of each as ``batch["skipped_shards"]``, so the main process
-can log them and name bad shards, whatever the number of worker processes.
+in order. Corrupt or incomplete samples are skipped with a warning, and the number of skipped
+samples (those that fail to decode, and those a damaged tar lost, counted against the dataset's
+index) travels with a batch as ``batch["skipped"]``, and the count per shard as
+``batch["skipped_shards"]``, so the main process can log them and name bad shards, whatever the
+number of worker processes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Callable, Iterator
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -21,6 +24,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .decode import ShardMismatchError
+from .shards import expected_samples
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +76,6 @@ class RankWorkerShards(IterableDataset):
             yield {"url": rng.choice(mine)}
 
 
-def shard_of(error: BaseException) -> str:
-    """The shard an error of the data pipeline came from: set by :func:`tagged_with_shard`, or the URL
-    webdataset appends to the arguments of a tar-reading error; "?" when neither says."""
-    url = getattr(error, "shard_url", None)
-    if url:
-        return str(url)
-    strings = [arg for arg in getattr(error, "args", ()) if isinstance(arg, str)]
-    return next((arg for arg in reversed(strings) if ".tar" in arg), "?")
-
-
 def tagged_with_shard(decode: Callable[[dict], dict]) -> Callable[[dict], dict]:
     """``decode`` whose errors carry ``shard_url``, the shard of the sample that failed."""
 
@@ -97,30 +91,81 @@ def tagged_with_shard(decode: Callable[[dict], dict]) -> Callable[[dict], dict]:
 
 
 class SkipCounter:
-    """Counts and reports skipped samples, per shard, inside one worker process (a webdataset handler).
+    """Counts and reports skipped samples, per shard, inside one worker process.
 
-    Errors that mean the data is wrong as a whole rather than one sample being bad
-    (``fatal``, e.g. image and embedding shards that do not mirror each other) are re-raised.
+    As a webdataset handler it counts one skip per sample that fails to decode; :meth:`lost` counts the
+    samples a damaged shard did not deliver. Errors that mean the data is wrong as a whole rather than
+    one sample being bad (``fatal``, e.g. image and embedding shards that do not mirror each other) are
+    re-raised.
     """
 
     fatal: tuple[type[BaseException], ...] = (ShardMismatchError,)
 
     def __init__(self) -> None:
-        self.shards: list[str] = []
+        self.shards: Counter[str] = Counter()
+        self.taken = 0  # samples taken from the shards, read or lost
 
     def __call__(self, error: BaseException) -> bool:
         if isinstance(error, self.fatal):
             raise error
-        self.shards.append(shard_of(error))
+        self.shards[str(getattr(error, "shard_url", None) or "?")] += 1
         log.warning("skipping: %s", error)
         return True
 
+    def lost(self, url: str, read: int, expected: int | None, errors: list[BaseException]) -> None:
+        """Count what shard ``url`` lost: ``expected - read`` samples where its dataset index records how
+        many it holds, else one per read error (a lower bound: the rest of the tar is unreadable)."""
+        missing = expected - read if expected is not None else len(errors)
+        why = re.sub(r" @ <[^>]*>", "", f"{type(errors[0]).__name__}: {errors[0]}") if errors else "the tar ends early"
+        if missing <= 0:
+            if errors:
+                log.warning("%s: read error after all of its samples (%s)", url, why)
+            return
+        self.shards[url] += missing
+        self.taken += missing
+        if expected is None:
+            told = f"{read} samples read; its index.json records no count, so {missing} counted (at least that many lost)"
+        else:
+            told = f"{read} of its {expected} samples read, {missing} counted as skipped"
+        log.warning("shard %s is damaged (%s): %s", url, why, told)
+
     def take(self) -> dict[str, Any]:
-        """The skips since the last call, as batch entries: ``skipped`` (a count, a Python int, so that
-        reading it never waits on the device the batch was moved to) and ``skipped_shards`` (the shard of
-        each skip)."""
-        shards, self.shards = self.shards, []
-        return {"skipped": len(shards), "skipped_shards": shards}
+        """The counts since the last call, as batch entries (Python ints, so that reading them never waits on
+        the device the batch was moved to): ``skipped``, ``skipped_shards`` (``shard -> skips``) and
+        ``shard_samples``, the samples taken from the shards, read or lost. A skip rate is ``skipped /
+        shard_samples``: both count at the shards, while a batch's own examples leave a shuffle buffer
+        that read ahead."""
+        shards, self.shards = self.shards, Counter()
+        taken, self.taken = self.taken, 0
+        return {"skipped": sum(shards.values()), "skipped_shards": dict(shards), "shard_samples": taken}
+
+
+def _collect(errors: list[BaseException]) -> Callable[[BaseException], bool]:
+    def handler(error: BaseException) -> bool:
+        errors.append(error)
+        return True
+
+    return handler
+
+
+def shard_samples(shards: Iterable[dict], counter: SkipCounter, expected: dict[str, int]) -> Iterator[dict]:
+    """Tar shards (``{"url": ...}``) -> samples, counting into ``counter`` what each damaged shard lost.
+
+    webdataset stops reading a tar at its damage and reports one error however many samples lay behind
+    it, and a tar cut at a member boundary reports none. So each shard's samples are counted against
+    ``expected`` (``url -> samples``, from the dataset's index: :func:`~.shards.expected_samples`), and
+    the shortfall is counted as skipped samples of that shard.
+    """
+    for shard in shards:
+        errors: list[BaseException] = []
+        read = 0
+        for sample in wds.tarfile_to_samples(handler=_collect(errors))([shard]):
+            read += 1
+            counter.taken += 1
+            yield sample
+        url = shard["url"]
+        if errors or read < expected.get(url, 0):
+            counter.lost(url, read, expected.get(url), errors)
 
 
 def batches_with_skips(
@@ -169,7 +214,8 @@ def build_stream(
 ) -> wds.DataPipeline:
     """shards -> tar members -> samples -> (shuffle) -> decode -> batches with skip counts."""
     counter = SkipCounter()
-    stages: list = [shards, wds.tarfile_to_samples(handler=counter)]
+    expected = expected_samples(shards.urls)
+    stages: list = [shards, functools.partial(shard_samples, counter=counter, expected=expected)]
     if shuffle_buffer > 0:
         stages.append(functools.partial(seeded_shuffle, bufsize=shuffle_buffer, seed=seed))
     stages.append(wds.map(tagged_with_shard(decode), handler=counter))
@@ -209,11 +255,12 @@ class ShardAlignedBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, workers, _ = worker_position()
+        expected = expected_samples(self.urls)
         for url in share(share(self.urls, self.rank, self.world_size), worker, workers):
             counter = SkipCounter()
             samples = wds.DataPipeline(
-                wds.SimpleShardList([url]),
-                wds.tarfile_to_samples(handler=counter),
+                [{"url": url}],
+                functools.partial(shard_samples, counter=counter, expected=expected),
                 wds.map(tagged_with_shard(self.decode), handler=counter),
             )
             held: list[dict] | None = None

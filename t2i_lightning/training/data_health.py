@@ -2,8 +2,9 @@
 
 A few bad samples in web-scraped data are normal and are skipped; many mean a broken download or
 a wrong path, and training on what is left would quietly give a different dataset. So when more
-than ``max_skip_rate`` of the training samples seen so far (once ``min_samples`` have been read)
-were skipped, the run stops with :class:`SkipRateError`, naming the shards the skips came from.
+than ``max_skip_rate`` of the training samples taken from the shards so far (read or lost, once
+``min_samples`` were) were skipped, the run stops with :class:`SkipRateError`, naming the shards
+the skips came from.
 
 Under DDP every rank reads its own shards, so a broken shard may be one rank's alone: the counts are
 summed over the ranks every ``sync_every`` batches (one small all-reduce) and every rank judges the
@@ -44,7 +45,7 @@ class SkippedSamplesLogger(pl.Callback):
         if sync_every < 1:
             raise ValueError(f"sync_every must be at least 1, got {sync_every}")
         self.max_skip_rate, self.min_samples, self.sync_every = max_skip_rate, min_samples, sync_every
-        self.train_total = self.train_seen = self.train_epoch = self.val_epoch = self.batches = 0
+        self.train_total = self.train_read = self.train_epoch = self.val_epoch = self.batches = 0
         self.bad_shards: Counter[str] = Counter()
 
     @staticmethod
@@ -59,7 +60,7 @@ class SkippedSamplesLogger(pl.Callback):
         self.train_total += skipped
         self.train_epoch += skipped
         if isinstance(batch, dict):
-            self.train_seen += len(batch.get("key", ()))
+            self.train_read += batch.get("shard_samples", len(batch.get("key", ())) + skipped)
             self.bad_shards.update(batch.get("skipped_shards", ()))
         pl_module.log(
             "data/skipped_train", float(self.train_total), on_step=True, on_epoch=False, reduce_fx="max"
@@ -75,7 +76,7 @@ class SkippedSamplesLogger(pl.Callback):
     def _check_rate(self, device: torch.device | None) -> None:
         """Stop when the skip rate is over the limit: this process's counts, or with ``device`` (several
         ranks) all ranks' sums, reduced on ``device`` so every rank comes to the same decision."""
-        skipped, read, bad_shards = self.train_total, self.train_seen + self.train_total, self.bad_shards
+        skipped, read, bad_shards = self.train_total, self.train_read, self.bad_shards
         if device is not None:
             counts = torch.tensor([skipped, read], dtype=torch.float64, device=device)
             dist.all_reduce(counts)
@@ -108,11 +109,11 @@ class SkippedSamplesLogger(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "train_total": self.train_total,
-            "train_seen": self.train_seen,
+            "train_read": self.train_read,
             "bad_shards": dict(self.bad_shards),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_total = state_dict.get("train_total", 0)
-        self.train_seen = state_dict.get("train_seen", 0)
+        self.train_read = state_dict.get("train_read", state_dict.get("train_seen", 0) + self.train_total)
         self.bad_shards = Counter(state_dict.get("bad_shards", {}))

@@ -219,6 +219,7 @@ def generate_shapes(
             split: {
                 "count": count,
                 "shards": [Path(job[4]).name for job in jobs if job[1] == split],
+                "shard_counts": [job[3] - job[2] for job in jobs if job[1] == split],
             }
             for split, count in counts.items()
         },
