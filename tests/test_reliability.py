@@ -509,3 +509,49 @@ def test_a_main_process_exiting_with_its_loader_alive_does_not_wait_on_the_worke
     result = subprocess.run([sys.executable, "-c", EXIT_WITH_LIVE_WORKERS], cwd=ROOT, capture_output=True, text=True,
                             timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert result.returncode == 1 and "stopped with the loader's workers alive" in result.stderr
+
+
+def wait_until_group_is_gone(pgid: int, timeout: float = 20) -> float:
+    """Seconds until no process of group ``pgid`` is left (the test fails past ``timeout``)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return time.monotonic() - start
+        time.sleep(0.2)
+    os.killpg(pgid, signal.SIGKILL)
+    raise AssertionError(f"processes of group {pgid} outlived their killed parent by {timeout} s")
+
+
+def children_of(pid: int) -> list[int]:
+    found = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in found.read_text().split()] if found.exists() else []
+
+
+@pytest.mark.parametrize("job", ["data", "fit"])
+def test_workers_exit_when_their_main_process_is_killed_outright(tmp_path, shapes_dir, job):
+    """kill -9 (or the OOM killer) runs no exit handler. `t2i data`'s pool workers used to finish their shard and
+    then wait on their job queue forever (~300 MB each); DataLoader workers must not outlive a fit either."""
+    if job == "data":
+        args = [T2I, "data", "shapes", "--out", str(tmp_path / "data"), "--train", "200000", "--val", "0",
+                "--test", "0", "--size", "64", "--workers", "2", "--samples-per-shard", "100"]  # fmt: skip
+        process = popen(args, new_group=True)
+        deadline = time.monotonic() + 60
+        while len(children_of(process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        while not list((tmp_path / "data").glob("train-*.tar")) and time.monotonic() < deadline:
+            time.sleep(0.2)  # the pool is at work
+    else:
+        beat = tmp_path / "beat"
+        args = tiny_fit_args(
+            tmp_path / "runs", shapes_dir, "--trainer.max_steps", "500", "--data.init_args.num_workers", "2",
+            "--trainer.callbacks+=tests.tiny_modules.Heartbeat", "--trainer.callbacks.path", str(beat),
+        )  # fmt: skip
+        process = popen(args, new_group=True)
+        wait_for_step(beat, 3, process)
+    workers = children_of(process.pid)
+    assert len(workers) >= 2, workers
+    process.kill()
+    process.wait(timeout=30)
+    wait_until_group_is_gone(process.pid)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .image_io import encode_image, open_image, resize_square, to_rgb
 from .shards import remove_stale_temporaries, shard_name, update_index, write_shard
+from .workers import exit_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +152,7 @@ def _run_jobs(jobs: Iterator[Job], workers: int) -> Iterator[Result]:
     if workers <= 1:
         yield from map(_shard_job, jobs)
         return
-    pool = ProcessPoolExecutor(max_workers=workers)
+    pool = ProcessPoolExecutor(workers, initializer=exit_with_parent, initargs=(os.getpid(),))
     pending: set = set()
     try:
         for job in jobs:

@@ -29,6 +29,7 @@ from ..shards import (
     write_json_atomic,
     write_shard,
 )
+from ..workers import exit_with_parent
 from . import captions as captions_module
 from .captions import describe
 from .defaults import POSITION_PROB
@@ -209,7 +210,7 @@ def generate_shapes(
             for job in todo:
                 bar.update(_write_shard_job(job))
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(workers, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
                 for future in as_completed([pool.submit(_write_shard_job, job) for job in todo]):
                     bar.update(future.result())
     index = {
