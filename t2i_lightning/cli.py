@@ -68,6 +68,7 @@ BUILTIN_USER_ERRORS = (
 PACKAGE_USER_ERRORS = (
     ("t2i_lightning.training.finite_guard", "NonFiniteLossError"),
     ("t2i_lightning.data.decode", "ShardMismatchError"),
+    ("t2i_lightning.data.shards", "DiskFullError"),
 )
 """The package's own errors a user can fix (a diverged run, embeddings of another dataset), by the
 module that defines and raises each."""

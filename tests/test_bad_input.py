@@ -242,6 +242,50 @@ def test_fit_into_an_unwritable_run_directory_fails_before_training(blocked, sha
     assert f"Cannot write output {blocked / 'runs' / 'tiny'}: {blocked} is a file, not a directory" in message
 
 
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every atomic write lands on /dev/full, where the kernel answers ENOSPC as on a full file system."""
+    import tempfile
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    real_mkstemp = tempfile.mkstemp
+
+    def onto_dev_full(*args, **kwargs):
+        fd, name = real_mkstemp(*args, **kwargs)
+        os.unlink(name)
+        os.symlink("/dev/full", name)
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", onto_dev_full)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_what_was_there(full_disk, shapes_dir, tmp_path, capsys):
+    """Before: chained tracebacks ending in torch's 'unexpected pos 29469696 vs 29469584', no path named."""
+    from t2i_lightning.data.shards import DiskFullError, write_json_atomic
+
+    message = fails(["data", "shapes", "--out", tmp_path / "data", "--train", "4", "--val", "0", "--test", "0",
+                     "--size", "32"], capsys)  # fmt: skip
+    assert message.count("\n") <= 1 and f"No space left on the device to write {tmp_path / 'data'}/" in message
+    assert "train-000000.tar" in message or "pending" in message
+
+    checkpoint = tmp_path / "last.ckpt"
+    checkpoint.write_bytes(b"the previous checkpoint")
+    with pytest.raises(DiskFullError, match=f"No space left on the device to write {checkpoint} "):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(100_000)}}, checkpoint)
+    assert checkpoint.read_bytes() == b"the previous checkpoint" and os.listdir(tmp_path) != []
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temporary left behind
+    with pytest.raises(DiskFullError, match="stats.json"):
+        write_json_atomic(tmp_path / "stats.json", {"count": 1})
+
+
+def test_a_fit_whose_checkpoint_hits_a_full_disk_stops_in_one_line(full_disk, shapes_dir, tmp_path, capsys):
+    message = fails(["fit", "--config", "stages/_trainer.yaml", "--config", "tests/configs/tiny_fit.yaml",
+                     "--data.init_args.train", shapes_dir, "--data.init_args.val", shapes_dir, "--trainer.max_steps", "2",
+                     "--trainer.logger.init_args.save_dir", tmp_path / "runs"], capsys)  # fmt: skip
+    assert f"No space left on the device to write {tmp_path / 'runs' / 'tiny'}" in message and ".ckpt" in message
+
+
 def test_an_output_that_is_a_directory_is_refused_and_a_missing_directory_is_created(shapes_dir, tmp_path, capsys):
     assert "is a directory: give a file name" in fails(["sample", "--prompt", "a red circle", "--out", tmp_path], capsys)
     grid = tmp_path / "new" / "dir" / "grid.png"

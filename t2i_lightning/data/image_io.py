@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .shards import atomic_path
+
 ResizeMode = Literal["border", "center-crop"]
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
@@ -101,10 +103,8 @@ def tensor_to_images(batch: torch.Tensor) -> list[Image.Image]:
 def save_png_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
     """Write ``image`` as PNG to ``path`` (parents created) under a temporary name, then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
     return path
 
 

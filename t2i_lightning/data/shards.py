@@ -8,10 +8,12 @@ same samples always give byte-identical shards.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -37,20 +39,59 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
+class DiskFullError(OSError):
+    """An output could not be written because its file system is full (or over quota)."""
+
+
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def full_disk_error(error: BaseException) -> OSError | None:
+    """The "no space left" error behind ``error`` (itself or what it was raised from or while handling:
+    torch.save's writer, failing on a full disk, raises "unexpected pos ..." over the ENOSPC), else None."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in FULL_DISK_ERRNOS:
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _free_space(directory: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(directory).free / 2**20:.0f} MiB free there"
+    except OSError:
+        return "free space unknown"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A full file system, however the writer reports it, becomes one :class:`DiskFullError` naming
+    ``path``; the temporary file is removed and an earlier file under ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
+    except Exception as error:
+        full = full_disk_error(error)
+        if full is None:
+            raise
+        raise DiskFullError(
+            f"No space left on the device to write {path} ({full.strerror}; {_free_space(path.parent)}): free "
+            "some space or write the output elsewhere, then run the same command again (finished files are kept)"
+        ) from error
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
 
 
 def check_writable(path: str | os.PathLike, directory: bool = False) -> Path:
