@@ -159,6 +159,22 @@ def test_a_truncated_shard_counts_every_sample_it_lost_once_under_its_path(tmp_p
         assert skipped >= 9
 
 
+def test_shard_aligned_batches_count_a_cut_shards_lost_samples_on_that_shard(tmp_path, shapes_dir):
+    """The extraction's stream (one output per input shard) counts what a cut shard lost, on that shard."""
+    from t2i_lightning.data.datamodule import collate
+    from t2i_lightning.data.decode import decode_image_caption
+    from t2i_lightning.data.streams import ShardAlignedBatches
+
+    root = _copy_split(shapes_dir, tmp_path / "data", "val")
+    cut = root / "val-000001.tar"
+    cut.write_bytes(cut.read_bytes()[: _member_offsets(cut)[5]])
+    urls = resolve_shards(str(root), "val")
+    batches = list(ShardAlignedBatches(urls, lambda s: decode_image_caption(s, 16), collate, 4))
+    by_shard = {url: (sum(len(b["key"]) for b in batches if b["shard"] == url),
+                      sum(b["skipped"] for b in batches if b["shard"] == url)) for url in urls}  # fmt: skip
+    assert by_shard == {urls[0]: (16, 0), str(cut): (5, 11), urls[2]: (8, 0)}
+
+
 def test_without_a_recorded_count_a_truncated_shard_counts_its_read_errors_as_a_lower_bound(tmp_path, shapes_dir, caplog):
     root = _copy_split(shapes_dir, tmp_path / "data", "val")
     (root / "index.json").unlink()

@@ -259,7 +259,7 @@ class ShardAlignedBatches(IterableDataset):
         for url in share(share(self.urls, self.rank, self.world_size), worker, workers):
             counter = SkipCounter()
             samples = wds.DataPipeline(
-                [{"url": url}],
+                wds.SimpleShardList([url]),
                 functools.partial(shard_samples, counter=counter, expected=expected),
                 wds.map(tagged_with_shard(self.decode), handler=counter),
             )
