@@ -56,6 +56,11 @@ UPSAMPLER_CKPT ?= $(RUNS)/upsampler/checkpoints/last.ckpt
 SCORE_CKPT   ?= $(RUNS)/score/checkpoints/last.ckpt
 CAPTIONER_CKPT ?= $(RUNS)/captioner/checkpoints/last.ckpt
 JUDGE_CKPT   ?= $(RUNS)/judge/checkpoints/last.ckpt
+# The latent route: an autoencoder trained here, the latents of DATA it encodes, and decoders on them.
+AUTOENCODER_CKPT ?= $(RUNS)/autoencoder/checkpoints/last.ckpt
+LATENTS      ?= $(DATA)/latents
+DECODER_LATENT_CKPT ?= $(RUNS)/decoder_latent/checkpoints/last.ckpt
+DECODER_TEXT_LATENT_CKPT ?= $(RUNS)/decoder_text_latent/checkpoints/last.ckpt
 GUIDANCE     ?= 3
 PROMPT       ?= a red circle
 N            ?= 8
@@ -78,7 +83,7 @@ TRAINER_FLAGS = --trainer.accelerator $(ACCELERATOR) --trainer.devices $(DEVICES
 # translator, the text decoder and embedding extraction keep their configs' float32.
 PRECISION    ?= auto
 
-.PHONY: help install data inspect clip embed probe-layout train-translator embed-text train-decoder evaluate-decoder train-decoder-text train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo demo-quick demo-real real-chain test test-all bench bench-gpu lint tensorboard clean
+.PHONY: help install data inspect clip embed probe-layout train-translator embed-text train-decoder evaluate-decoder train-decoder-text train-autoencoder encode-latents train-decoder-latent train-decoder-text-latent train-upsampler evaluate-upsampler train-score train-captioner sample-score evaluate-guidance judge evaluate sample demo-samples demo demo-quick demo-real real-chain test test-all bench bench-gpu lint tensorboard clean
 
 help: ## list the targets (this message)
 	@echo "t2i_lightning: staged text-to-image diffusion with PyTorch Lightning"
@@ -118,6 +123,9 @@ UPSAMPLER_DONE  := $(RUNS)/upsampler/done.stamp
 SCORE_DONE      := $(RUNS)/score/done.stamp
 CAPTIONER_DONE  := $(RUNS)/captioner/done.stamp
 JUDGE_DONE      := $(RUNS)/judge/done.stamp
+AUTOENCODER_DONE := $(RUNS)/autoencoder/done.stamp
+DECODER_LATENT_DONE := $(RUNS)/decoder_latent/done.stamp
+DECODER_TEXT_LATENT_DONE := $(RUNS)/decoder_text_latent/done.stamp
 
 $(DATA)/index.json: | $(STAMP)
 	$(MAKE) --no-print-directory data
@@ -174,6 +182,42 @@ $(DECODER_TEXT_DONE): $(DATA)/index.json $(if $(strip $(CLIP)),,$(CLIP_DONE)) | 
 	    --model.init_args.conditioning.init_args.text_encoder.init_args.model_name $(CLIP_MODEL) \
 	    --model.init_args.conditioning.init_args.text_encoder.init_args.pretrained $(CLIP_WEIGHTS) \
 	    --data.init_args.train $(DATA) --data.init_args.val $(DATA)
+	@touch $@
+
+train-autoencoder: $(AUTOENCODER_DONE) ## train the latent route's autoencoder on $(DATA) -> $(AUTOENCODER_CKPT) (grids in $(RUNS)/autoencoder/samples/)
+
+$(AUTOENCODER_DONE): $(DATA)/index.json | $(STAMP)
+	$(T2I) fit --config stages/autoencoder.yaml $(call overlay,autoencoder) $(TRAINER_FLAGS) --trainer.precision $(PRECISION) \
+	    --trainer.logger.init_args.save_dir $(RUNS) --data.init_args.train $(DATA) --data.init_args.val $(DATA)
+	@touch $@
+
+encode-latents: $(LATENTS)/stats.json ## encode $(DATA) with the autoencoder -> latent shards in $(LATENTS) (resumable)
+
+$(LATENTS)/stats.json: $(DATA)/index.json $(AUTOENCODER_DONE) | $(STAMP)
+	$(T2I) predict --config stages/encode_latents.yaml $(TRAINER_FLAGS) --trainer.default_root_dir $(RUNS)/encode \
+	    --model.init_args.autoencoder $(AUTOENCODER_CKPT) --model.init_args.out $(LATENTS) \
+	    --model.init_args.replace_other_autoencoder true --data.init_args.predict $(DATA)
+
+train-decoder-latent: $(DECODER_LATENT_DONE) ## train the unCLIP decoder on the latents $(LATENTS) + $(EMB) -> $(DECODER_LATENT_CKPT)
+
+$(DECODER_LATENT_DONE): $(LATENTS)/stats.json $(EMB)/stats.json $(TRANSLATOR_DONE) | $(STAMP)
+	$(T2I) fit --config stages/decoder_latent.yaml $(call overlay,decoder_latent) $(TRAINER_FLAGS) --trainer.precision $(PRECISION) \
+	    --trainer.logger.init_args.save_dir $(RUNS) --model.init_args.conditioning.init_args.stats $(EMB)/stats.json \
+	    --model.init_args.space.init_args.stats $(LATENTS)/stats.json --model.init_args.space.init_args.autoencoder $(AUTOENCODER_CKPT) \
+	    --model.init_args.samples.init_args.translator $(TRANSLATOR_CKPT) --data.init_args.latents $(LATENTS) \
+	    --data.init_args.embeddings $(EMB) --data.init_args.train $(DATA) --data.init_args.val $(DATA) \
+	    --model.init_args.net.init_args.cond_dim $(EMB_DIM)
+	@touch $@
+
+train-decoder-text-latent: $(DECODER_TEXT_LATENT_DONE) ## train the text-conditioned decoder on the latents $(LATENTS) -> $(DECODER_TEXT_LATENT_CKPT)
+
+$(DECODER_TEXT_LATENT_DONE): $(LATENTS)/stats.json $(if $(strip $(CLIP)),,$(CLIP_DONE)) | $(STAMP)
+	$(T2I) fit --config stages/decoder_text_latent.yaml $(call overlay,decoder_text_latent) $(TRAINER_FLAGS) --trainer.precision $(PRECISION) \
+	    --trainer.logger.init_args.save_dir $(RUNS) \
+	    --model.init_args.conditioning.init_args.text_encoder.init_args.model_name $(CLIP_MODEL) \
+	    --model.init_args.conditioning.init_args.text_encoder.init_args.pretrained $(CLIP_WEIGHTS) \
+	    --model.init_args.space.init_args.stats $(LATENTS)/stats.json --model.init_args.space.init_args.autoencoder $(AUTOENCODER_CKPT) \
+	    --data.init_args.latents $(LATENTS) --data.init_args.train $(DATA) --data.init_args.val $(DATA)
 	@touch $@
 
 train-upsampler: $(UPSAMPLER_DONE) ## train the 64->256 upsampler on $(DATA) -> $(UPSAMPLER_CKPT) (grids in $(RUNS)/upsampler/samples/)

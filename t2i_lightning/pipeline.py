@@ -12,22 +12,23 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import lightning.pytorch as pl
 import torch
 from PIL import Image
 
 from .data.image_io import open_image, to_rgb
 from .nn.clip import create_clip, file_digest, preprocess_for, tokenizer_for, warn_if_truncated
-from .registry import default_checkpoint, made_by, missing_checkpoint_message
+from .registry import default_checkpoint
 from .registry import stage as registry_stage
-from .registry import stage_class as registry_class
 from .stages.captioner import CaptionerStage
 from .stages.diffusion import DiffusionStage
 from .stages.judge import JudgeStage
 from .stages.score import ScoreStage
 from .stages.translator import TranslatorStage
-from .training.checkpoint_io import error_summary, read_checkpoint, stage_name, verify_integrity
-from .training.checkpoint_upgrade import is_legacy, legacy_message
+from .training.stage_loading import (
+    checkpoint_hparams,
+    load_frozen_stage,
+    require_checkpoint,
+)
 
 DEFAULT_CLIP = default_checkpoint("clip")
 DEFAULT_TRANSLATOR = default_checkpoint("translator")
@@ -37,56 +38,14 @@ DEFAULT_SCORE = default_checkpoint("score")
 DEFAULT_CAPTIONER = default_checkpoint("captioner")
 DEFAULT_JUDGE = default_checkpoint("judge")
 NOISE_LEVEL_KEYS = ("sigma_max", "sigma_min", "num_levels")
-
-
-def require_checkpoint(path: str, stage: str) -> None:
-    """Fail with the path and the make target that produces it (from the registry) when the named
-    stage's checkpoint is missing."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(missing_checkpoint_message(path, stage))
-
-
-def checkpoint_hparams(path: str, stage: str) -> dict:
-    """The hyperparameters a stage checkpoint saved (memory-mapped: its weights are not read); a file that
-    is not a checkpoint is refused naming it."""
-    require_checkpoint(path, stage)
-    try:
-        checkpoint = read_checkpoint(path)
-    except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        raise ValueError(f"{path} is not a readable checkpoint ({error_summary(error)})") from error
-    return checkpoint.get("hyper_parameters") or {}
+OTHER_DECODERS = ("decoder_text", "decoder_latent", "decoder_text_latent")
+"""The stages whose checkpoints a ``--decoder`` also takes: the text decoder and the latent decoders."""
 
 
 def is_text_decoder(path: str) -> bool:
-    """Whether a decoder checkpoint is text-conditioned (the text decoder's, in the registry's terms)."""
-    return registry_stage("decoder_text").made(checkpoint_hparams(path, "decoder"))
-
-
-def load_frozen_stage(path: str, stage: str, *others: str, device: torch.device | str = "cpu") -> pl.LightningModule:
-    """A stage from its checkpoint (EMA weights where it has them), frozen for inference on ``device``. ``stage`` is its
-    name in the registry; the checkpoint must be that stage's (or one of ``others``'), as the registry
-    tells them apart (class path and, for a diffusion stage, conditioning), else the error names whose it is."""
-    written_by = checkpoint_stage(path, stage, *others)
-    verify_integrity(read_checkpoint(path), path)
-    loaded = registry_class(written_by).load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    return loaded.eval().requires_grad_(False).to(device)
-
-
-def checkpoint_stage(path: str, stage: str, *others: str) -> str:
-    """Which of ``stage`` and ``others`` wrote the checkpoint at ``path`` (from its hyperparameters alone,
-    no weights loaded); an error naming the stage that did write it otherwise."""
-    hparams = checkpoint_hparams(path, stage)
-    written_by = next((name for name in (stage, *others) if registry_stage(name).made(hparams)), None)
-    if written_by is None and is_legacy(hparams):
-        raise ValueError(legacy_message(path))
-    if written_by is None:
-        found = made_by(hparams)
-        found = f"the {found} stage" if found else stage_name(hparams)
-        raise ValueError(
-            f"{path} is not a checkpoint of the {stage} stage" + (f" but of {found}" if found else "")
-            + f" (`make {registry_stage(stage).make_target}` writes one)"
-        )
-    return written_by
+    """Whether a decoder checkpoint is text-conditioned (the text decoder's, pixel or latent, in the registry's terms)."""
+    hparams = checkpoint_hparams(path, "decoder")
+    return any(registry_stage(name).made(hparams) for name in ("decoder_text", "decoder_text_latent"))
 
 
 def load_upsampler(path: str = DEFAULT_UPSAMPLER, device: torch.device | str = "cpu") -> DiffusionStage:
@@ -119,8 +78,8 @@ def load_judge(path: str = DEFAULT_JUDGE, device: torch.device | str = "cpu") ->
 
 def load_decoder(path: str = DEFAULT_DECODER, device: torch.device | str = "cpu") -> DiffusionStage:
     """A 64px decoder of a checkpoint (EMA weights), frozen, on ``device``: conditioned on CLIP image
-    embeddings (the decoder stage) or on captions (the text decoder)."""
-    return load_frozen_stage(path, "decoder", "decoder_text", device=device)
+    embeddings (the decoder stage) or on captions (the text decoder), in pixels or in an autoencoder's latents."""
+    return load_frozen_stage(path, "decoder", *OTHER_DECODERS, device=device)
 
 
 def load_recorded_clip(

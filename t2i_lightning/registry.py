@@ -20,6 +20,7 @@ DEMO_CLIP = "shapes-cnn-tiny"
 DEMO_EMBEDDINGS = f"data/shapes/emb-{DEMO_CLIP}"
 """The directory ``make embed`` writes the demo's embeddings to."""
 DIFFUSION = "t2i_lightning.stages.diffusion.DiffusionStage"
+LATENT_SPACE = "t2i_lightning.stages.latent_space.LatentSpace"
 """The one LightningModule of the diffusion stages (decoder, text decoder, upsampler); they differ by conditioning."""
 
 
@@ -27,7 +28,8 @@ DIFFUSION = "t2i_lightning.stages.diffusion.DiffusionStage"
 class Stage:
     """One stage of the pipeline. ``name`` is its run folder under ``runs/`` (the TensorBoard logger's
     name in its config); ``needs`` names the stages whose outputs it reads; ``conditioning`` is the class
-    path of a diffusion stage's injected conditioning (None: unconditional, or not a diffusion stage)."""
+    path of a diffusion stage's injected conditioning (None: unconditional, or not a diffusion stage) and
+    ``space`` that of its injected space (None: pixels)."""
 
     name: str
     class_path: str
@@ -37,12 +39,17 @@ class Stage:
     output: str
     trains: bool = True
     conditioning: str | None = None
+    space: str | None = None
 
     def made(self, hparams: dict) -> bool:
         """Whether a checkpoint's hyperparameters (as the CLI recorded them) are this stage's."""
-        recorded = hparams.get("conditioning")
-        recorded = recorded.get("class_path") if isinstance(recorded, dict) else None
-        return hparams.get("_class_path") == self.class_path and recorded == self.conditioning
+
+        def class_path(key: str) -> str | None:
+            recorded = hparams.get(key)
+            return recorded.get("class_path") if isinstance(recorded, dict) else None
+
+        injected = (class_path("conditioning"), class_path("space"))
+        return hparams.get("_class_path") == self.class_path and injected == (self.conditioning, self.space)
 
     def checkpoint(self, runs: str = RUNS) -> str:
         """The checkpoint the next stage reads: ``<runs>/<name>/checkpoints/last.ckpt``."""
@@ -69,6 +76,16 @@ STAGES: dict[str, Stage] = {
         Stage("decoder_text", DIFFUSION, "stages/decoder_text.yaml", "train-decoder-text", ("clip",),
               "64px decoder conditioned on text tokens (Imagen-like)",
               conditioning="t2i_lightning.stages.text_tokens.TextTokens"),
+        Stage("autoencoder", "t2i_lightning.stages.autoencoder.AutoencoderStage", "stages/autoencoder.yaml",
+              "train-autoencoder", (), "KL autoencoder of the latent route (64px -> 16x16x4)"),
+        Stage("encode", "t2i_lightning.stages.encode_latents.LatentEncodeStage", "stages/encode_latents.yaml",
+              "encode-latents", ("autoencoder",), "latent shards mirroring the image shards + stats.json", trains=False),
+        Stage("decoder_latent", DIFFUSION, "stages/decoder_latent.yaml", "train-decoder-latent",
+              ("encode", "embed", "translator"), "latent decoder conditioned on the image embedding",
+              conditioning="t2i_lightning.stages.conditioning.ImageEmbedding", space=LATENT_SPACE),
+        Stage("decoder_text_latent", DIFFUSION, "stages/decoder_text_latent.yaml", "train-decoder-text-latent",
+              ("encode", "clip"), "latent decoder conditioned on text tokens",
+              conditioning="t2i_lightning.stages.text_tokens.TextTokens", space=LATENT_SPACE),
         Stage("upsampler", DIFFUSION, "stages/upsampler.yaml", "train-upsampler", (),
               "64 -> 256 diffusion upsampler", conditioning="t2i_lightning.stages.low_res_image.LowResImage"),
         Stage("score", "t2i_lightning.stages.score.ScoreStage", "stages/score.yaml", "train-score", (),
@@ -117,7 +134,7 @@ def missing_checkpoint_message(path: str, name: str) -> str:
 
 def table() -> str:
     """The stages one a line, as ``make help`` prints them."""
-    rows = [f"  {s.name:<13}{s.config:<26}make {s.make_target:<20}{s.output}" for s in STAGES.values()]
+    rows = [f"  {s.name:<20}{s.config:<33}make {s.make_target:<26}{s.output}" for s in STAGES.values()]
     return "\n".join(["Stages (config, make target, output):", *rows])
 
 

@@ -274,15 +274,19 @@ def message_strings(path: Path) -> list[str]:
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]  # fmt: skip
 
 
-def test_the_diffusion_stages_differ_by_their_conditioning_not_by_subclass():
-    """The decoder, the text decoder and the upsampler are one LightningModule with an injected conditioning;
-    no module of the package subclasses it, and every stage config (the paper's too) names its conditioning."""
+def test_the_diffusion_stages_differ_by_their_conditioning_and_space_not_by_subclass():
+    """The decoders (pixel and latent), the text decoders and the upsampler are one LightningModule with an
+    injected conditioning and space; no module of the package subclasses it, and every stage config (the
+    paper's too) names its conditioning."""
     from t2i_lightning.stages.conditioning import Conditioning
     from t2i_lightning.stages.diffusion import DiffusionStage
 
     diffusion = {name: s for name, s in STAGES.items() if s.class_path.endswith(".DiffusionStage")}
-    assert set(diffusion) == {"decoder", "decoder_text", "upsampler"}
-    assert len({s.conditioning for s in diffusion.values()}) == 3
+    assert set(diffusion) == {"decoder", "decoder_text", "upsampler", "decoder_latent", "decoder_text_latent"}
+    assert len({(s.conditioning, s.space) for s in diffusion.values()}) == 5
+    for name in ("decoder_latent", "decoder_text_latent"):
+        config = yaml.safe_load((ROOT / diffusion[name].config).read_text())["model"]["init_args"]
+        assert config["space"]["class_path"] == diffusion[name].space
     for stage in diffusion.values():
         module, _, cls = stage.conditioning.rpartition(".")
         assert issubclass(getattr(__import__(module, fromlist=[cls]), cls), Conditioning)

@@ -20,6 +20,7 @@ import torch
 from ..registry import DEMO_CLIP
 from .extraction import bench_extraction
 from .input_pipeline import bench_input
+from .latent_step import bench_latent_step
 from .sampling import bench_sampling
 from .stage_log import demo_summary
 from .stage_precision import bench_stage_precision
@@ -76,6 +77,7 @@ def run_benchmarks(
     size = SIZES["quick" if quick else "full"]
     results: dict = {"machine": machine(), "quick": quick}
     results["training"] = bench_training(config, size["steps"], size["warmup"], size["train_batch"])
+    results["latent"] = bench_latent_step(size["steps"], size["warmup"], size["train_batch"])
     results["input"] = bench_input(config, data, size["input_batches"])
     results["input"]["ratio_to_training"] = (
         results["input"]["samples_per_s"] / results["training"]["lightning_img_per_s"]
@@ -112,6 +114,10 @@ def table(results: dict) -> str:
              t["ratio"], "<= 1.05x", t["ratio"] <= 1.05),
         table_row("decoder training step: bf16 autocast vs float32, bare loop (speed-up)",
              f"{t['bf16_img_per_s']:.1f} vs {t['bare_img_per_s']:.1f} img/s", t["bf16_speedup"], "-", None),
+        table_row("decoder training step: latent (16x16x4) vs pixel (64px) at equal batch, bare loop (speed-up)",
+             f"{results['latent']['latent_img_per_s']:.1f} vs {results['latent']['pixel_img_per_s']:.1f} img/s float32, "
+             f"{results['latent']['latent_bf16_img_per_s']:.1f} vs {results['latent']['pixel_bf16_img_per_s']:.1f} bf16 "
+             f"(batch {results['latent']['batch_size']})", results["latent"]["speedup"], ">= 3x", results["latent"]["speedup"] >= 3),
         table_row("input pipeline vs training consumption",
              f"{i['samples_per_s']:.0f} samples/s ({i['datamodule']}, {i['num_workers']} worker(s))",
              i["ratio_to_training"], ">= 5x", i["ratio_to_training"] >= 5),

@@ -149,7 +149,7 @@ def check_evaluate_args(options: EvaluateOptions) -> None:
         raise ValueError(f"--batch-size must be positive, got {options.batch_size}")
     from ..data.shards import check_writable
     from ..eval.variants import variant
-    from ..pipeline import checkpoint_stage
+    from ..training.stage_loading import checkpoint_stage
 
     check_writable(options.out, directory=True)
     for name in options.variants:

@@ -43,6 +43,23 @@ def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
+def decode_caption(sample: dict[str, Any]) -> dict[str, Any]:
+    """The ``caption``, ``key`` and ``meta`` of one raw sample, its image left undecoded (the latent route's
+    training reads the latent instead). Raises :class:`SampleError` on a missing or empty caption or bad metadata."""
+    if "txt" not in sample:
+        raise SampleError(f"{sample_where(sample)} has no .txt caption")
+    caption = " ".join(sample["txt"].decode("utf-8", errors="replace").split())
+    if not caption:
+        raise SampleError(f"{sample_where(sample)} has an empty caption")
+    meta: dict = {}
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"])
+        except ValueError as error:
+            raise SampleError(f"{sample_where(sample)}: invalid .json ({error})") from error
+    return {"caption": caption, "key": sample["__key__"], "meta": meta}
+
+
 def decode_image_caption(
     sample: dict[str, Any],
     image_size: int,
@@ -64,17 +81,8 @@ def decode_image_caption(
         image = to_rgb(open_image(sample[ext]))
     except Exception as error:  # PIL raises many types for bad bytes
         raise SampleError(f"{sample_where(sample)}: undecodable .{ext} ({error})") from error
-    if "txt" not in sample:
-        raise SampleError(f"{sample_where(sample)} has no .txt caption")
-    caption = " ".join(sample["txt"].decode("utf-8", errors="replace").split())
-    if not caption:
-        raise SampleError(f"{sample_where(sample)} has an empty caption")
-    meta: dict = {}
-    if "json" in sample:
-        try:
-            meta = json.loads(sample["json"])
-        except ValueError as error:
-            raise SampleError(f"{sample_where(sample)}: invalid .json ({error})") from error
+    text = decode_caption(sample)
+    caption, meta = text["caption"], text["meta"]
     if hflip and (rng or random).random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         caption = flip_caption(caption)

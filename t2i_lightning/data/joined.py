@@ -25,52 +25,57 @@ from .inspect import read_samples
 
 
 class EmbeddingLookup:
-    """``key -> (image embedding, text embedding)`` of the embedding shard mirroring an image shard.
+    """``key -> (image embedding, text embedding)`` of the embedding shard mirroring an image shard (the
+    arrays of ``members``, made by ``make_target``'s stage: a subclass looks up other mirrored arrays).
 
     Keeps the ``capacity`` most recently used embedding shards. The shuffle buffer sits before
     decoding, so consecutive samples come from the two or three image shards the buffer spans: a
     single-shard cache would re-read an embedding shard for almost every sample.
     """
 
+    members: tuple[str, ...] = (IMAGE_MEMBER, TEXT_MEMBER)
+    made_by = "embed"
+    what = "embedding"
+
     def __init__(self, directory: str | os.PathLike, capacity: int = 8):
         self.directory = Path(directory)
         self.capacity = capacity
-        self._tables: OrderedDict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = OrderedDict()
+        self._tables: OrderedDict[str, dict[str, tuple[np.ndarray, ...]]] = OrderedDict()
         self._checked: set[str] = set()  # image shards whose embeddings were checked to be theirs
         self.shard_reads = 0
 
     def mirror_of(self, image_shard: str) -> Path:
         return self.directory / Path(image_shard).name
 
-    def _table(self, image_shard: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def _table(self, image_shard: str) -> dict[str, tuple[np.ndarray, ...]]:
         if image_shard in self._tables:
             self._tables.move_to_end(image_shard)
             return self._tables[image_shard]
         path = self.mirror_of(image_shard)
         if not path.is_file():
             raise ShardMismatchError(
-                f"Image shard {image_shard} has no embedding shard {path}: run {make_command('embed')} for this dataset"
+                f"Image shard {image_shard} has no {self.what} shard {path}: run {make_command(self.made_by)} for this dataset"
             )
         if image_shard not in self._checked:
             if source_changed(path, image_shard):
                 raise ShardMismatchError(
-                    f"Embedding shard {path} was extracted from another version of {image_shard} (its images have "
-                    f"changed since, e.g. re-imported): re-run {make_command('embed')}"
+                    f"{self.what.capitalize()} shard {path} was extracted from another version of {image_shard} (its "
+                    f"images have changed since, e.g. re-imported): re-run {make_command(self.made_by)}"
                 )
             self._checked.add(image_shard)
-        table = {s["__key__"]: (load_npy(s[IMAGE_MEMBER]), load_npy(s[TEXT_MEMBER])) for s in read_samples(str(path))}
+        table = {s["__key__"]: tuple(load_npy(s[m]) for m in self.members) for s in read_samples(str(path))}
         self.shard_reads += 1
         self._tables[image_shard] = table
         if len(self._tables) > self.capacity:
             self._tables.popitem(last=False)
         return table
 
-    def __call__(self, image_shard: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image_shard: str, key: str) -> tuple[np.ndarray, ...]:
         table = self._table(image_shard)
         if key not in table:
             raise ShardMismatchError(
-                f"Key '{key}' of image shard {image_shard} is missing from embedding shard "
-                f"{self.mirror_of(image_shard)}: the embeddings were extracted from other shards; re-run {make_command('embed')}"
+                f"Key '{key}' of image shard {image_shard} is missing from {self.what} shard "
+                f"{self.mirror_of(image_shard)}: it was extracted from other shards; re-run {make_command(self.made_by)}"
             )
         return table[key]
 

@@ -210,6 +210,7 @@ def draw_samples(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    bounded: bool = True,
 ) -> Tensor:
     """Run ``SAMPLERS[sampler]`` with ``model_fn(x_t, t)`` from Gaussian noise of ``shape`` (float32, from
     ``generator`` on ``device``) over ``schedule`` respaced to ``steps`` ("all": every training step; a
@@ -218,13 +219,22 @@ def draw_samples(
     images clamped to [-1, 1].
 
     ``offset``, ``scale``: when the process runs on the scaled residual scale·(image − offset) (residual
-    diffusion), the image offset + x̂_0/scale is what is thresholded and offset + sample/scale is returned."""
+    diffusion), the image offset + x̂_0/scale is what is thresholded and offset + sample/scale is returned.
+
+    ``bounded``: whether the data live in [-1, 1] (pixels). Latents scaled to unit variance do not
+    (Rombach et al. 2022): with ``bounded=False`` x̂_0 is neither thresholded nor clipped and the sample is
+    returned as drawn; static or dynamic thresholding to [-1, 1] would cut a third of their values."""
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
     if str(steps) != "all":
         schedule = schedule.respace(f"ddim{steps}" if sampler == "ddim" and str(steps).isdigit() else steps)
     noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
     extra = {"eta": eta} if sampler == "ddim" else {}
+    if not bounded:
+        return SAMPLERS[sampler](
+            model_fn, schedule, noise, parameterization=parameterization, learn_variance=learn_variance,
+            x0_transform=None, image_guidance=image_guidance, generator=generator, progress=progress, **extra,
+        )  # fmt: skip
     to_image = (lambda x0: dynamic_threshold(x0, threshold)) if threshold else static_threshold
     base = 0.0 if offset is None else offset.to(device, torch.float32)
     sample = SAMPLERS[sampler](

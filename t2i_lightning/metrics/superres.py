@@ -15,6 +15,13 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 EDGE_THRESHOLD = 0.05  # a ground-truth pixel is on an edge where its gradient magnitude exceeds this ([0, 1] images)
 
 
+def psnr_per_image(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per image, the peak signal-to-noise ratio in dB of ``images`` against ``reference`` (B x C x H x W in
+    [-1, 1], ``images`` clamped to it), compared in [0, 1]: 10 log10(1 / MSE)."""
+    error = ((images.float().clamp(-1, 1) - reference.float()) / 2).pow(2).flatten(1).mean(dim=1)
+    return -10 * torch.log10(error.clamp_min(1e-10))
+
+
 def gradient_magnitude(images: torch.Tensor) -> torch.Tensor:
     """Per pixel, √(∂x² + ∂y²) (forward differences) averaged over channels: B x (H-1) x (W-1)."""
     images = images.float()

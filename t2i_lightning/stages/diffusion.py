@@ -14,7 +14,8 @@ dynamic or static thresholding, image guidance, in batches of at most the condit
 
 What the stage is conditioned on is its ``conditioning`` (stages/decoder.yaml: the CLIP image
 embedding; stages/decoder_text.yaml: text tokens; stages/upsampler.yaml: the low-resolution image);
-the network is its ``net``. All the diffusion math is in :mod:`t2i_lightning.diffusion`; this file
+where it diffuses is its ``space`` (None: pixels; :class:`~t2i_lightning.stages.latent_space.LatentSpace`:
+an autoencoder's latents, stages/decoder_latent.yaml); the network is its ``net``. All the diffusion math is in :mod:`t2i_lightning.diffusion`; this file
 unpacks batches, calls it and logs.
 """
 
@@ -42,6 +43,7 @@ from ..diffusion import (
 )
 from ..training.stage_training import GENERATIVE, StageTraining, fixed_seed
 from .conditioning import Conditioning
+from .latent_space import LatentSpace
 
 STAGE_DEFAULT = "stage"
 """``sample``'s default for settings the stage holds (``threshold``, ``max_batch_pixels``), where None means something."""
@@ -64,6 +66,8 @@ class DiffusionStage(StageTraining, pl.LightningModule):
     ema_decay, ema_start_step: EMA of the weights (copied from the raw weights at the start step).
     samples: a sample-grid callback (``t2i_lightning.callbacks``), run at each validation with the EMA
         weights; not saved in the checkpoint.
+    space: where the diffusion runs: None for pixels, or a
+        :class:`~t2i_lightning.stages.latent_space.LatentSpace` (samples are decoded to images).
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class DiffusionStage(StageTraining, pl.LightningModule):
         ema_decay: float = GENERATIVE.ema_decay,
         ema_start_step: int = GENERATIVE.ema_start_step,
         samples: pl.Callback | None = None,
+        space: LatentSpace | None = None,
     ):
         super().__init__()
         if sampler not in SAMPLERS:
@@ -99,6 +104,9 @@ class DiffusionStage(StageTraining, pl.LightningModule):
         if conditioning is not None:
             conditioning.bind(net)
         self.samples = samples
+        self.space = space
+        if space is not None:
+            space.bind(net)
         self.schedule = NoiseSchedule.from_name(schedule, timesteps, schedule_shift)
 
     # --- what the stage is conditioned on (read by the pipeline, the commands and the callbacks) ------
@@ -132,21 +140,26 @@ class DiffusionStage(StageTraining, pl.LightningModule):
         own = {id(p) for _, p in conditioning.named_parameters(recurse=False)}
         yield from (("conditioning." + name, p) for name, p in conditioning.named_parameters() if id(p) not in own)
 
+    def _injected(self) -> list[nn.Module]:
+        return [part for part in (self.conditioning, self.space) if part is not None]
+
     def on_fit_start(self) -> None:
-        if self.conditioning is not None:
-            self.conditioning.on_fit_start()
+        for part in self._injected():
+            part.on_fit_start()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.conditioning is not None:
-            self.conditioning.on_save_checkpoint(checkpoint)
+        for part in self._injected():
+            part.on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.conditioning is not None:
-            self.conditioning.on_load_checkpoint(checkpoint)
+        for part in self._injected():
+            part.on_load_checkpoint(checkpoint)
 
     # --- training -----------------------------------------------------------------------------
 
     def _losses(self, batch: dict[str, Any], drop_prob: float) -> dict[str, torch.Tensor]:
+        if self.space is not None:  # the conditioning's target is then the scaled latent
+            batch = {**batch, "image": self.space.x0(batch)}
         image = batch["image"]
         n = image.shape[0]
         drop = torch.rand(n, device=image.device) < drop_prob
@@ -231,7 +244,9 @@ class DiffusionStage(StageTraining, pl.LightningModule):
             raise ValueError("This diffusion model is unconditional: give a sample count n, not inputs")
         conditioning, hp = self.conditioning, self.hparams
         n = len(inputs) if inputs is not None else n
-        size = conditioning.output_size(inputs, self.net) if inputs is not None else None
+        size = conditioning.output_size(inputs, self.net) if inputs is not None and conditioning is not None else None
+        if self.space is not None:  # ``image_size`` is the decoded images'
+            image_size = self.space.latent_side(image_size) if image_size else None
         size = size or (image_size or self.net.image_size,) * 2
         if max_batch_pixels == STAGE_DEFAULT:
             max_batch_pixels = conditioning.max_batch_pixels if conditioning is not None else None
@@ -256,15 +271,17 @@ class DiffusionStage(StageTraining, pl.LightningModule):
             return self.draw(model_fn, (count, self.net.in_channels, *size), offset=offset, scale=scale, **settings)
 
         per = n if max_batch_pixels is None else max(1, max_batch_pixels // (size[0] * size[1]))
-        return torch.cat([draw_rows(slice(i, i + per)) for i in range(0, n, per)])
+        drawn = torch.cat([draw_rows(slice(i, i + per)) for i in range(0, n, per)])
+        return drawn if self.space is None else self.space.decode(drawn)
 
     def draw(self, model_fn: Any, shape: tuple[int, ...], **settings: Any) -> torch.Tensor:
         """Images of ``shape`` drawn with ``model_fn(x_t, t)`` (:func:`t2i_lightning.diffusion.draw_samples`
         with this stage's schedule, parameterization and device; ``settings``: sampler, steps, threshold,
         eta, image_guidance, offset, scale, generator, progress)."""
+        bounded = self.space is None or self.space.bounded
         return draw_samples(
             model_fn, self.schedule, shape, parameterization=self.hparams.parameterization,
-            learn_variance=self.net.learn_variance, device=self.device, **settings,
+            learn_variance=self.net.learn_variance, device=self.device, bounded=bounded, **settings,
         )  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """Embedding extraction stage (``t2i predict --config stages/embed.yaml``, ``make embed``).
 
 A frozen CLIP encodes every image (with CLIP's own preprocessing) and its ``.txt`` caption;
-:class:`~t2i_lightning.data.embedding_writer.EmbeddingShardWriter` writes the results as
+:class:`~t2i_lightning.data.mirror_writer.MirrorShardWriter` writes the results as
 embedding shards that mirror the image shards. Lightning's predict loop splits the shards
 across ranks (``devices=N``, several nodes), and each shard is written by the one rank that read it.
 """
@@ -15,14 +15,15 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ..data.embedding_writer import EmbeddingShardWriter
+from ..data.embeddings import IMAGE_MEMBER, TEXT_MEMBER, Moments
+from ..data.mirror_writer import MirrorExtraction, MirrorShardWriter
 from ..nn.clip import batched_preprocess_for, clip_id, create_clip, file_digest, tokenizer_for
 from ..registry import DEMO_CLIP, default_checkpoint, make_command
 
 DEFAULT_CLIP_CHECKPOINT = default_checkpoint("clip")
 
 
-class EmbedStage(pl.LightningModule):
+class EmbedStage(MirrorExtraction, pl.LightningModule):
     """CLIP image and text embeddings of image shards.
 
     Args:
@@ -61,8 +62,32 @@ class EmbedStage(pl.LightningModule):
             or (model_name if is_file and pretrained.endswith(".ckpt") else clip_id(model_name, pretrained)),
         }
 
+    members = {"img": IMAGE_MEMBER, "txt": TEXT_MEMBER}
+    what = "embeddings"
+    maker = "CLIP"
+    replace_option = "model.init_args.replace_other_clip"
+
+    @property
+    def replace_other(self) -> bool:
+        return self.hparams.replace_other_clip
+
+    def same_maker(self, recorded: dict) -> bool:
+        """The same CLIP weights: the same model and, where both record a weights file's hash, the same hash
+        wherever the file lies; else the same pretrained tag or path."""
+        ours = self.identity
+        if recorded.get("model") != ours.get("model"):
+            return False
+        if recorded.get("checkpoint_sha256") and ours.get("checkpoint_sha256"):
+            return recorded["checkpoint_sha256"] == ours["checkpoint_sha256"]
+        keys = ("checkpoint_sha256", "pretrained")
+        return tuple(recorded.get(k) for k in keys) == tuple(ours.get(k) for k in keys)
+
+    def stats(self, moments: dict[str, Moments]) -> dict:
+        (mean_img, std_img), (mean_txt, std_txt) = moments["img"].mean_std(), moments["txt"].mean_std()
+        return {"dim": len(mean_img), "mean_img": mean_img, "std_img": std_img, "mean_txt": mean_txt, "std_txt": std_txt}
+
     def configure_callbacks(self) -> list[pl.Callback]:
-        return [EmbeddingShardWriter()]
+        return [MirrorShardWriter()]
 
     def output_dir(self, dataset_dir: str | os.PathLike) -> Path:
         return (

@@ -1,6 +1,9 @@
-"""Writes embedding shards that mirror image shards, resumably and atomically, and ``stats.json``.
+"""Writes shards that mirror image shards (CLIP embeddings, autoencoder latents), resumably and atomically,
+and ``stats.json``.
 
-One extraction at a time writes into an output directory (:mod:`~t2i_lightning.data.writer_lock`): a
+What is written comes from the predict stage (:class:`MirrorExtraction`): the arrays of each batch, the
+tar members they go to, the identity of the model that made them, and the statistics it derives. One
+extraction at a time writes into an output directory (:mod:`~t2i_lightning.data.writer_lock`): a
 second one used to delete the first's temporary files, and the first died with ``[Errno 2]``.
 
 SIGTERM (preemption, ``docker stop``) stops an extraction at the next batch: the shards already
@@ -26,10 +29,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm.auto import tqdm
 
 from .embeddings import (
-    IMAGE_MEMBER,
     SOURCE_SUFFIX,
     STATS_NAME,
-    TEXT_MEMBER,
     Moments,
     load_npy,
     npy_bytes,
@@ -41,29 +42,52 @@ from .shards import check_writable, read_index, remove_stale_temporaries, write_
 from .writer_lock import lock_directory, release_directory
 
 log = logging.getLogger(__name__)
-IN_PROGRESS_NAME = ".extracting.json"  # the CLIP identity of an unfinished extraction
+IN_PROGRESS_NAME = ".extracting.json"  # the identity of the model of an unfinished extraction
 
 
-def same_clip(a: dict, b: dict) -> bool:
-    """Whether two CLIP identities name the same weights: the same model and, where both record a weights
-    file's hash, the same hash wherever the file lies; else the same pretrained tag or path."""
-    if a.get("model") != b.get("model"):
-        return False
-    if a.get("checkpoint_sha256") and b.get("checkpoint_sha256"):
-        return a["checkpoint_sha256"] == b["checkpoint_sha256"]
-    return (a.get("checkpoint_sha256"), a.get("pretrained")) == (b.get("checkpoint_sha256"), b.get("pretrained"))
+class MirrorExtraction:
+    """What a predict stage tells :class:`MirrorShardWriter` (a mixin of the LightningModule).
+
+    ``members``: prediction key -> tar member (``{"img": "img.npy", "txt": "txt.npy"}``); ``predict_step``
+    returns ``{"key": [...], <prediction key>: B x ... float tensor, ...}``. ``identity``: what made the arrays
+    (recorded in ``stats.json``; an output directory holding another model's arrays is refused, or
+    replaced with ``replace_other``). ``what``: the arrays' name in messages ("embeddings"); ``maker``: the
+    model's ("CLIP").
+    ``replace_option``: the setting that replaces another model's arrays.
+    """
+
+    members: dict[str, str]
+    identity: dict
+    what: str
+    maker: str
+    replace_option: str
+
+    def output_dir(self, dataset_dir: str | os.PathLike) -> Path:
+        raise NotImplementedError
+
+    @property
+    def replace_other(self) -> bool:
+        raise NotImplementedError
+
+    def same_maker(self, recorded: dict) -> bool:
+        """Whether arrays recorded with identity ``recorded`` were made by this stage's model."""
+        return recorded == self.identity
+
+    def stats(self, moments: dict[str, Moments]) -> dict:
+        """``stats.json``'s fields from the combined moments of each prediction key (rows flattened)."""
+        raise NotImplementedError
 
 
-class EmbeddingShardWriter(BasePredictionWriter):
-    """Collects a predict stage's per-batch embeddings by shard and writes each finished shard.
+class MirrorShardWriter(BasePredictionWriter):
+    """Collects a predict stage's per-batch arrays by shard and writes each finished shard.
 
     Output shard ``<out>/<name>.tar`` mirrors image shard ``<name>.tar``: the same keys in the
-    same order, ``KEY.img.npy`` and ``KEY.txt.npy`` as float16. A shard whose output exists
+    same order, one ``.npy`` member per array (float16). A shard whose output exists
     is complete (atomic rename) and is not read again, so a killed extraction resumes where it
     stopped and ends with the same bytes. Each rank keeps the float64 moments of the shards it
-    writes (:class:`~t2i_lightning.data.embeddings.Moments`); when every shard is done, rank 0
-    gathers them, reads back only the shards an earlier run wrote, and combines all in shard
-    order into ``stats.json``.
+    writes (:class:`~t2i_lightning.data.embeddings.Moments`, over each array's flattened rows); when
+    every shard is done, rank 0 gathers them, reads back only the shards an earlier run wrote, and
+    combines all in shard order into ``stats.json``.
     """
 
     def __init__(self) -> None:
@@ -71,7 +95,8 @@ class EmbeddingShardWriter(BasePredictionWriter):
         self.out: Path | None = None
         self.pending: dict[str, dict[str, list]] = {}
         self.sources: list[str] = []
-        self.moments: dict[str, tuple[Moments, Moments]] = {}  # output shard name -> (image, text)
+        self.members: dict[str, str] = {}
+        self.moments: dict[str, dict[str, Moments]] = {}  # output shard name -> prediction key -> moments
         self.written = self.samples = self.skipped = 0
         self.bar = None
 
@@ -83,26 +108,27 @@ class EmbeddingShardWriter(BasePredictionWriter):
         self.sources = list(datamodule.urls["predict"])
         dataset_dir = os.path.commonpath([os.path.dirname(os.path.abspath(u)) for u in self.sources])
         self.out = pl_module.output_dir(dataset_dir)
+        self.members = dict(pl_module.members)
         check_writable(self.out, directory=True)
         if trainer.is_global_zero:
-            lock_directory(self.out, "an embedding extraction", "set model.init_args.out to another directory")
-            self._check_identity(pl_module.identity, pl_module.hparams.replace_other_clip)
+            lock_directory(self.out, f"an extraction of {pl_module.what}", "set model.init_args.out to another directory")
+            self._check_identity(pl_module)
             remove_stale_temporaries(self.out)
             write_json_atomic(self.out / IN_PROGRESS_NAME, pl_module.identity)
-            self._redo_changed_sources()
+            self._redo_changed_sources(pl_module.what)
         trainer.strategy.barrier()
         done = self._done()
         datamodule.exclude_shards(done)
         if trainer.is_global_zero:
-            print(f"embeddings -> {self.out}: {len(done)} of {len(self.sources)} shards already done")
+            print(f"{pl_module.what} -> {self.out}: {len(done)} of {len(self.sources)} shards already done")
             self.bar = tqdm(total=len(self.sources), initial=len(done), unit="shard", desc="extract")
 
     def _done(self) -> set[str]:
         """The source shards whose embedding shard exists."""
         return {u for u in self.sources if self.output_path(u).exists()}
 
-    def _redo_changed_sources(self) -> None:
-        """Remove the embedding shards whose image shards have changed since they were extracted (a
+    def _redo_changed_sources(self, what: str) -> None:
+        """Remove the output shards whose image shards have changed since they were extracted (a
         re-import in place), so they are extracted again rather than kept as done."""
         changed = [u for u in self.sources if self.output_path(u).exists() and source_changed(self.output_path(u), u)]
         if not changed:
@@ -111,24 +137,25 @@ class EmbeddingShardWriter(BasePredictionWriter):
         for source in changed:
             self.output_path(source).unlink()
             source_record(self.output_path(source)).unlink(missing_ok=True)
-        print(f"{len(changed)} image shard(s) changed since their embeddings were extracted (e.g. "
+        print(f"{len(changed)} image shard(s) changed since their {what} were extracted (e.g. "
               f"{Path(changed[0]).name}): extracting them again")  # fmt: skip
 
-    def _check_identity(self, identity: dict, replace: bool) -> None:
-        """Refuse (or, with ``replace``, delete) embeddings that another CLIP wrote in ``out``."""
+    def _check_identity(self, extraction: MirrorExtraction) -> None:
+        """Refuse (or, with ``extraction.replace_other``, delete) arrays that another model wrote in ``out``."""
         previous = None
         for name in (STATS_NAME, IN_PROGRESS_NAME):
             if (self.out / name).exists():
                 previous = json.loads((self.out / name).read_text())
                 break
-        if previous is None or same_clip(previous, identity):
+        if previous is None or extraction.same_maker(previous):
             return
-        if not replace:
+        what = extraction.what
+        if not extraction.replace_other:
             raise FileExistsError(
-                f"'{self.out}' holds embeddings of another CLIP ({previous.get('model')}, {previous.get('pretrained')}); "
-                "remove it, set model.init_args.out to another directory, or set model.init_args.replace_other_clip true"
+                f"'{self.out}' holds {what} of another {extraction.maker} ({previous.get('model')}, {previous.get('pretrained')}); "
+                f"remove it, set model.init_args.out to another directory, or set {extraction.replace_option} true"
             )
-        log.warning("replacing embeddings of another CLIP in %s", self.out)
+        log.warning("replacing %s of another %s in %s", what, extraction.maker, self.out)
         for path in [*self.out.glob("*.tar"), *self.out.glob(f"*.tar{SOURCE_SUFFIX}"), self.out / STATS_NAME,
                      self.out / IN_PROGRESS_NAME]:  # fmt: skip
             path.unlink(missing_ok=True)
@@ -137,12 +164,12 @@ class EmbeddingShardWriter(BasePredictionWriter):
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ):
         shard = batch["shard"]
-        entry = self.pending.setdefault(shard, {"key": [], "img": [], "txt": [], "skipped": 0})
+        entry = self.pending.setdefault(shard, {"key": [], "skipped": 0, **{name: [] for name in self.members}})
         entry["skipped"] += int(batch["skipped"])
         if prediction["key"]:
             entry["key"] += prediction["key"]
-            entry["img"].append(prediction["img"].numpy().astype(np.float16))
-            entry["txt"].append(prediction["txt"].numpy().astype(np.float16))
+            for name in self.members:
+                entry[name].append(prediction[name].numpy().astype(np.float16))
         if batch["shard_done"]:
             self._write(self.pending.pop(shard), shard)
         self._stop_on_sigterm(trainer)
@@ -153,16 +180,17 @@ class EmbeddingShardWriter(BasePredictionWriter):
             raise SIGTERMException
 
     def _write(self, entry: dict, shard: str) -> None:
-        img = np.concatenate(entry["img"]) if entry["img"] else np.zeros((0, 0), np.float16)
-        txt = np.concatenate(entry["txt"]) if entry["txt"] else np.zeros((0, 0), np.float16)
+        arrays = {
+            name: np.concatenate(entry[name]) if entry[name] else np.zeros((0, 0), np.float16) for name in self.members
+        }
         samples = (
-            {"__key__": key, IMAGE_MEMBER: npy_bytes(img[i]), TEXT_MEMBER: npy_bytes(txt[i])}
+            {"__key__": key, **{member: npy_bytes(arrays[name][i]) for name, member in self.members.items()}}
             for i, key in enumerate(entry["key"])
         )
         # the source's fingerprint first: a shard on disk without one is from before the records existed
         write_json_atomic(source_record(self.output_path(shard)), {"source": shard, **shard_fingerprint(shard)})
         write_shard(self.output_path(shard), samples)
-        self.moments[self.output_path(shard).name] = (Moments.of(img), Moments.of(txt))
+        self.moments[self.output_path(shard).name] = {name: moments_of(array) for name, array in arrays.items()}
         self.written += 1
         self.samples += len(entry["key"])
         self.skipped += entry["skipped"]
@@ -185,7 +213,7 @@ class EmbeddingShardWriter(BasePredictionWriter):
             raise RuntimeError(
                 f"{len(missing)} shard(s) were not written, e.g. {missing[0]}; run the command again"
             )
-        self.write_stats(pl_module.identity, moments)
+        self.write_stats(pl_module, moments)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Release the output directory (at the end of a run in-process, e.g. the extraction benchmark)."""
@@ -203,7 +231,7 @@ class EmbeddingShardWriter(BasePredictionWriter):
             )
         self.teardown(trainer, pl_module, "predict")
 
-    def _gather_moments(self, trainer: pl.Trainer) -> dict[str, tuple[Moments, Moments]]:
+    def _gather_moments(self, trainer: pl.Trainer) -> dict[str, dict[str, Moments]]:
         """Every rank's shard moments (a collective: all ranks call it)."""
         if trainer.world_size == 1 or not torch.distributed.is_initialized():
             return dict(self.moments)
@@ -211,48 +239,43 @@ class EmbeddingShardWriter(BasePredictionWriter):
         torch.distributed.all_gather_object(parts, self.moments)
         return {name: value for part in parts for name, value in part.items()}
 
-    def write_stats(self, identity: dict, moments: dict[str, tuple[Moments, Moments]]) -> dict:
+    def write_stats(self, extraction: MirrorExtraction, moments: dict[str, dict[str, Moments]]) -> dict:
         """Write ``stats.json``: ``moments`` of the shards written in this run, the others read back."""
         shards = [self.output_path(source).name for source in self.sources]
-        image, text = Moments.empty(), Moments.empty()
-        for name in shards:
-            image_part, text_part = moments[name] if name in moments else self._read_moments(self.out / name)
-            image, text = image + image_part, text + text_part
-        count = image.count
+        total = {name: Moments.empty() for name in self.members}
+        for shard in shards:
+            part = moments[shard] if shard in moments else self._read_moments(self.out / shard)
+            total = {name: total[name] + part[name] for name in self.members}
+        count = next(iter(total.values())).count
         if not count:
-            raise RuntimeError(f"No embeddings were written to {self.out}: every sample was skipped")
-        mean_img, std_img = image.mean_std()
-        mean_txt, std_txt = text.mean_std()
+            raise RuntimeError(f"No {extraction.what} were written to {self.out}: every sample was skipped")
         source_dir = os.path.dirname(os.path.abspath(self.sources[0]))
         index = read_index(source_dir) or {}
         stats = {
-            **identity,
-            "dim": len(mean_img),
+            **extraction.identity,
+            **extraction.stats(total),
             "count": count,
             "source": source_dir,
             "source_count": sum(s["count"] for s in index.get("splits", {}).values()) if index else None,
             "source_args": index.get("args"),
             "shards": shards,
-            "mean_img": mean_img,
-            "std_img": std_img,
-            "mean_txt": mean_txt,
-            "std_txt": std_txt,
         }
         write_json_atomic(self.out / STATS_NAME, stats)
         (self.out / IN_PROGRESS_NAME).unlink(missing_ok=True)
-        print(
-            f"embeddings -> {self.out}: {count} samples in {len(shards)} shards, dim {len(mean_img)}; {STATS_NAME} written"
-        )
+        print(f"{extraction.what} -> {self.out}: {count} samples in {len(shards)} shards; {STATS_NAME} written")
         return stats
 
-    @staticmethod
-    def _read_moments(path: Path) -> tuple[Moments, Moments]:
-        """The moments of an embedding shard on disk (one an earlier, interrupted run wrote)."""
+    def _read_moments(self, path: Path) -> dict[str, Moments]:
+        """The moments of an output shard on disk (one an earlier, interrupted run wrote)."""
         from .inspect import read_samples
 
         samples = read_samples(str(path))
-        if not samples:
-            return Moments.empty(), Moments.empty()
-        image = np.stack([load_npy(sample[IMAGE_MEMBER]) for sample in samples])
-        text = np.stack([load_npy(sample[TEXT_MEMBER]) for sample in samples])
-        return Moments.of(image), Moments.of(text)
+        return {
+            name: moments_of(np.stack([load_npy(sample[member]) for sample in samples]) if samples else np.zeros((0, 0)))
+            for name, member in self.members.items()
+        }
+
+
+def moments_of(array: np.ndarray) -> Moments:
+    """The moments of an N x ... array's rows, each flattened (an embedding, a latent)."""
+    return Moments.of(array.reshape(len(array), -1)) if len(array) else Moments.empty()

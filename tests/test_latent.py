@@ -1,0 +1,146 @@
+"""The latent route: the autoencoder stage, latent extraction that mirrors the image shards, and the latent
+decoders trained and sampled through the real CLI (tiny overlays in stages/tiny/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from t2i_lightning.data.embeddings import load_npy
+from t2i_lightning.data.inspect import read_samples
+from t2i_lightning.data.latents import LATENT_MEMBER
+from t2i_lightning.diffusion import normal_kl
+from t2i_lightning.nn.autoencoder import KLAutoencoder
+from t2i_lightning.stages.autoencoder import AutoencoderStage
+
+from .cli_runs import ROOT, T2I, run
+
+
+def autoencoder_fit_args(runs: Path, data: Path, *extra: str) -> list[str]:
+    return [
+        T2I, "fit", "--config", "stages/autoencoder.yaml", "--config", "stages/tiny/autoencoder.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs), "--data.init_args.train", str(data),
+        "--data.init_args.val", str(data), *extra,
+    ]  # fmt: skip
+
+
+def encode_args(autoencoder: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        T2I, "predict", "--config", "stages/encode_latents.yaml", "--config", "stages/tiny/encode_latents.yaml",
+        "--model.init_args.autoencoder", str(autoencoder), "--model.init_args.out", str(out),
+        "--data.init_args.predict", str(data), "--trainer.default_root_dir", str(out.parent), *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def latents(pipeline, tmp_path_factory):
+    """A micro autoencoder fitted through the CLI and the latents of the shapes fixture it encodes."""
+    root = tmp_path_factory.mktemp("latent")
+    run(*autoencoder_fit_args(root / "runs", pipeline["data"]))
+    autoencoder = root / "runs" / "autoencoder" / "checkpoints" / "last.ckpt"
+    run(*encode_args(autoencoder, pipeline["data"], root / "latents"))
+    return {**pipeline, "autoencoder": autoencoder, "latents": root / "latents", "root": root}
+
+
+def test_autoencoder_latents_have_the_factors_shape_and_the_kl_is_its_closed_form():
+    net = KLAutoencoder(image_size=32, channels=(8, 16, 16), latent_channels=4, norm_groups=8)
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    mean, logvar = net.encode(images)
+    assert mean.shape == logvar.shape == (3, 4, 8, 8) and net.factor == 4 and net.decode(mean).shape == (3, 3, 32, 32)
+    # KL(N(m, e^lv) || N(0, 1)) = ½ (m² + e^lv − 1 − lv), per value
+    m, lv = torch.tensor([0.0, 1.0, -2.0]), torch.tensor([0.0, 0.5, -1.0])
+    closed = 0.5 * (m**2 + lv.exp() - 1 - lv)
+    assert torch.allclose(normal_kl(m, lv, torch.zeros(()), torch.zeros(())), closed)
+    stage = AutoencoderStage(net, kl_weight=1.0)
+    torch.manual_seed(0)
+    losses = stage.losses(images)
+    expected_kl = (0.5 * (mean**2 + logvar.exp() - 1 - logvar)).flatten(1).sum(1)
+    assert torch.allclose(losses["kl"], expected_kl, rtol=1e-4)
+    values = 3 * 32 * 32
+    assert torch.allclose(losses["loss"], losses["reconstruction"] + expected_kl / values, rtol=1e-4)
+
+
+def test_latents_mirror_the_image_shards_key_for_key_with_the_scale_factor_of_what_was_written(latents):
+    data, out = latents["data"], latents["latents"]
+    stats = json.loads((out / "stats.json").read_text())
+    values = []
+    for image_shard in sorted(data.glob("*.tar")):
+        image_keys = [s["__key__"] for s in read_samples(str(image_shard))]
+        latent_samples = read_samples(str(out / image_shard.name))
+        assert [s["__key__"] for s in latent_samples] == image_keys
+        values += [load_npy(s[LATENT_MEMBER]).astype(np.float64) for s in latent_samples]
+    stacked = np.stack(values)
+    assert list(stacked.shape[1:]) == stats["shape"] == [4, 8, 8] and stats["count"] == len(values)
+    assert stats["scale_factor"] == pytest.approx(1 / stacked.std(), rel=1e-6)
+    assert stats["autoencoder_digest"] and stats["factor"] == 4
+
+
+def test_latent_extraction_resumes_byte_identical_after_a_kill_and_refuses_another_autoencoder(latents, tmp_path):
+    out = tmp_path / "latents"
+    process = subprocess.Popen(encode_args(latents["autoencoder"], latents["data"], out), cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.tar")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    run(*encode_args(latents["autoencoder"], latents["data"], out))
+    for shard in sorted(latents["latents"].glob("*.tar")):
+        assert (out / shard.name).read_bytes() == shard.read_bytes(), shard.name
+    assert (out / "stats.json").read_text() == (latents["latents"] / "stats.json").read_text().replace(
+        str(latents["latents"]), str(out))  # fmt: skip
+    other = latents["root"] / "other"
+    run(*autoencoder_fit_args(other, latents["data"], "--seed_everything", "1"))
+    refused = run(*encode_args(other / "autoencoder" / "checkpoints" / "last.ckpt", latents["data"], out), check=False)
+    assert refused.returncode != 0 and "holds latents of another autoencoder" in refused.stderr
+    assert "replace_other_autoencoder" in refused.stderr
+
+
+def latent_decoder_args(latents: dict, runs: Path, *extra: str) -> list[str]:
+    return [
+        T2I, "fit", "--config", "stages/decoder_latent.yaml", "--config", "stages/tiny/decoder_latent.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs),
+        "--model.init_args.conditioning.init_args.stats", str(latents["emb"] / "stats.json"),
+        "--model.init_args.space.init_args.stats", str(latents["latents"] / "stats.json"),
+        "--model.init_args.space.init_args.autoencoder", str(latents["autoencoder"]),
+        "--model.init_args.samples.init_args.translator", str(latents["translator"]),
+        "--data.init_args.latents", str(latents["latents"]), "--data.init_args.embeddings", str(latents["emb"]),
+        "--data.init_args.train", str(latents["data"]), "--data.init_args.val", str(latents["data"]), *extra,
+    ]  # fmt: skip
+
+
+def test_a_latent_decoder_trains_samples_and_decodes_to_images_through_the_cli(latents, tmp_path):
+    runs = tmp_path / "runs"
+    run(*latent_decoder_args(latents, runs))
+    checkpoint = runs / "decoder_latent" / "checkpoints" / "last.ckpt"
+    grids = sorted((runs / "decoder_latent" / "samples").glob("step-*.png"))
+    assert checkpoint.is_file() and grids
+    out = tmp_path / "sample.png"
+    run(T2I, "sample", "--prompt", "a red circle", "--n", "2", "--steps", "3", "--no-upsample", "--decoder", str(checkpoint),
+        "--translator", str(latents["translator"]), "--clip", str(latents["clip"]), "--out", str(out))  # fmt: skip
+    from PIL import Image
+
+    assert Image.open(out).size == (64, 32)  # two 32px images decoded from 8 x 8 x 4 latents
+
+
+def test_latent_route_errors_name_the_path_and_the_make_target(latents, tmp_path):
+    missing = run(*latent_decoder_args({**latents, "latents": tmp_path / "nowhere"}, tmp_path / "runs"), check=False)
+    assert missing.returncode != 0 and "nowhere" in missing.stderr and "make encode-latents" in missing.stderr
+    wrong = run(*latent_decoder_args(latents, tmp_path / "runs", "--model.init_args.net.init_args.in_channels", "3"),
+                check=False)  # fmt: skip
+    assert wrong.returncode != 0 and "--model.init_args.net.init_args.in_channels 4" in wrong.stderr
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    refused = run(*encode_args(bad, latents["data"], tmp_path / "out"), check=False)
+    assert refused.returncode != 0 and f"{bad} is not a readable checkpoint" in refused.stderr
+    gone = run(*encode_args(tmp_path / "none.ckpt", latents["data"], tmp_path / "out"), check=False)
+    assert gone.returncode != 0 and "make train-autoencoder" in gone.stderr
