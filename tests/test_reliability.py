@@ -313,7 +313,7 @@ def test_a_second_extraction_into_a_busy_output_directory_is_refused_at_once(pip
     started = time.monotonic()
     second = extract(pipeline["clip"], pipeline["data"], out, check=False)
     print(f"second extraction refused in {time.monotonic() - started:.2f} s")
-    holder = f"an embedding extraction (pid {first.pid} on {socket.gethostname()})"
+    holder = f"an extraction of embeddings (pid {first.pid} on {socket.gethostname()})"
     assert second.returncode == 1 and second.stderr.strip().splitlines()[-2:] == [
         f"t2i predict: error: {out} is being written by {holder}: wait for it to end, or set model.init_args.out "
         "to another directory", "(set T2I_DEBUG=1 for a traceback)"]  # fmt: skip
