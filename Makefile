@@ -258,7 +258,8 @@ evaluate: $(JUDGE_DONE) $(EMB)/stats.json | $(STAMP) ## the evaluation table of 
 	$(T2I) evaluate --config stages/evaluate.yaml --data $(DATA) --embeddings $(EMB) --clip $(CLIP_WEIGHTS) \
 	    --clip-model $(CLIP_MODEL) --translator $(TRANSLATOR_CKPT) --decoder $(DECODER_CKPT) \
 	    --upsampler $(UPSAMPLER_CKPT) --decoder-text $(DECODER_TEXT_CKPT) --score $(SCORE_CKPT) \
-	    --captioner $(CAPTIONER_CKPT) --judge $(JUDGE_CKPT) --precision $(PRECISION) --out $(RUNS)/eval $(EVAL_FLAGS)
+	    --captioner $(CAPTIONER_CKPT) --decoder-latent $(DECODER_LATENT_CKPT) --decoder-text-latent $(DECODER_TEXT_LATENT_CKPT) \
+	    --judge $(JUDGE_CKPT) --precision $(PRECISION) --out $(RUNS)/eval $(EVAL_FLAGS)
 
 sample-score: $(SCORE_DONE) $(CAPTIONER_DONE) ## unguided and captioner-guided (GUIDANCE) score-model samples of DEMO_PROMPTS (a row each) -> $(RUNS)/demo/score-*.png
 	$(T2I) sample --method score --prompt "$(PROMPT)" --guidance 0 --n $(N) --score $(SCORE_CKPT) \

@@ -314,7 +314,7 @@ def test_full_256_gives_an_embedding_conditioned_upsampler_the_translated_embedd
         return encode(inputs, **options)
 
     monkeypatch.setattr(upsampler.conditioning, "encode", spy)
-    models = EvalModels(paths={}, _loaded={"chain": Chain(), "upsampler": upsampler})
+    models = EvalModels(paths={}, _loaded={"chain:decoder": Chain(), "upsampler": upsampler})
     ref = ReferenceSet(torch.zeros(5, 3, 64, 64), [f"caption {i}" for i in range(5)], [{}] * 5, [str(i) for i in range(5)])
     images = variant("full_256").draw(models, ref, None, SamplingOptions(batch_size=2), torch.Generator().manual_seed(0))
     assert images.shape == (5, 3, 64, 64) and torch.isfinite(images).all()

@@ -21,7 +21,7 @@ from t2i_lightning.diffusion import normal_kl
 from t2i_lightning.nn.autoencoder import KLAutoencoder
 from t2i_lightning.stages.autoencoder import AutoencoderStage
 
-from .cli_runs import ROOT, T2I, run
+from .cli_runs import MICRO, ROOT, T2I, run
 
 
 def autoencoder_fit_args(runs: Path, data: Path, *extra: str) -> list[str]:
@@ -118,18 +118,58 @@ def latent_decoder_args(latents: dict, runs: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_a_latent_decoder_trains_samples_and_decodes_to_images_through_the_cli(latents, tmp_path):
-    runs = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def latent_decoders(latents, tmp_path_factory):
+    """The micro unCLIP and text-conditioned latent decoders fitted through `t2i fit` with their tiny overlays."""
+    runs = tmp_path_factory.mktemp("latent_decoders")
     run(*latent_decoder_args(latents, runs))
-    checkpoint = runs / "decoder_latent" / "checkpoints" / "last.ckpt"
-    grids = sorted((runs / "decoder_latent" / "samples").glob("step-*.png"))
+    run(
+        T2I, "fit", "--config", "stages/decoder_text_latent.yaml", "--config", "stages/tiny/decoder_text_latent.yaml",
+        "--trainer.logger.init_args.save_dir", str(runs),
+        "--model.init_args.conditioning.init_args.text_encoder.init_args.pretrained", str(latents["clip"]),
+        "--model.init_args.space.init_args.stats", str(latents["latents"] / "stats.json"),
+        "--model.init_args.space.init_args.autoencoder", str(latents["autoencoder"]),
+        "--data.init_args.latents", str(latents["latents"]), "--data.init_args.train", str(latents["data"]),
+        "--data.init_args.val", str(latents["data"]),
+    )  # fmt: skip
+    return {**latents, "runs": runs, "decoder_latent": runs / "decoder_latent" / "checkpoints" / "last.ckpt",
+            "decoder_text_latent": runs / "decoder_text_latent" / "checkpoints" / "last.ckpt"}  # fmt: skip
+
+
+@pytest.mark.parametrize("key", ["decoder_latent", "decoder_text_latent"])
+def test_a_latent_decoder_trains_samples_and_decodes_to_images_through_the_cli(latent_decoders, key, tmp_path):
+    checkpoint = latent_decoders[key]
+    grids = sorted((latent_decoders["runs"] / key / "samples").glob("step-*.png"))
     assert checkpoint.is_file() and grids
     out = tmp_path / "sample.png"
+    chain = ["--translator", str(latent_decoders["translator"]), "--clip", str(latent_decoders["clip"])] \
+        if key == "decoder_latent" else []  # a text-conditioned decoder takes the caption itself  # fmt: skip
     run(T2I, "sample", "--prompt", "a red circle", "--n", "2", "--steps", "3", "--no-upsample", "--decoder", str(checkpoint),
-        "--translator", str(latents["translator"]), "--clip", str(latents["clip"]), "--out", str(out))  # fmt: skip
+        *chain, "--out", str(out))  # fmt: skip
     from PIL import Image
 
     assert Image.open(out).size == (64, 32)  # two 32px images decoded from 8 x 8 x 4 latents
+
+
+def test_evaluate_draws_the_latent_rows_beside_the_pixel_ones(latent_decoders, judge_run, tmp_path):
+    out = tmp_path / "eval"
+    run(
+        T2I, "evaluate", "--config", "stages/evaluate.yaml", "--data", str(latent_decoders["data"]),
+        "--embeddings", str(latent_decoders["emb"]), "--n", "4", "--seeds", "0", "--subset-sizes", "4",
+        "--variants", "full_latent", "decoder_only_latent", "no_translator_latent", "text_decoder_latent", "text_decoder",
+        "--clip", str(latent_decoders["clip"]), "--clip-model", MICRO, "--translator", str(latent_decoders["translator"]),
+        "--decoder-latent", str(latent_decoders["decoder_latent"]),
+        "--decoder-text-latent", str(latent_decoders["decoder_text_latent"]), "--decoder-text", str(tmp_path / "none.ckpt"),
+        "--judge", str(judge_run / "judge" / "checkpoints" / "last.ckpt"),
+        "--steps", "2", "--batch-size", "4", "--precision", "32-true", "--out", str(out),
+    )  # fmt: skip
+    rows = {row["variant"]: row for row in json.loads((out / "table.json").read_text())["rows"]}
+    drawn = ("full_latent", "decoder_only_latent", "no_translator_latent", "text_decoder_latent")
+    for name in drawn:
+        assert "skipped" not in rows[name] and np.isfinite(rows[name]["metrics"]["judge_fd"]["mean"]), rows[name]
+        assert (out / "grids" / f"{name}.png").is_file()
+    assert "psnr" in rows["decoder_only_latent"]["metrics"] and "psnr" not in rows["full_latent"]["metrics"]
+    assert "make train-decoder-text" in rows["text_decoder"]["skipped"]
 
 
 def test_latent_route_errors_name_the_path_and_the_make_target(latents, tmp_path):

@@ -54,6 +54,8 @@ class EvaluateOptions:
     decoder_text: str
     score: str
     captioner: str
+    decoder_latent: str
+    decoder_text_latent: str
     judge: str
     clip_model: str
     eval_clip: str | None
@@ -71,6 +73,8 @@ class EvaluateOptions:
 
 
 DEFAULT_VARIANTS = ["real", "full", "decoder_only", "no_translator"]
+CHECKPOINTS = ("clip", "translator", "decoder", "upsampler", "decoder_text", "score", "captioner", "decoder_latent",
+               "decoder_text_latent")  # the stages a row may need (fields of EvaluateOptions)  # fmt: skip
 
 
 def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +91,7 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS,
                         help=f"rows: {', '.join(FIXED_VARIANTS)}, cfg_<scale>, score_guided_<lambda> "
                              f"(default: {' '.join(DEFAULT_VARIANTS)})")  # fmt: skip
-    for stage in ("clip", "translator", "decoder", "upsampler", "decoder_text", "score", "captioner"):
+    for stage in CHECKPOINTS:
         default, name = default_checkpoint(stage), stage.replace("_", "-")
         parser.add_argument(f"--{name}", default=default, help=f"{name} checkpoint (default: {default})")
     parser.add_argument("--judge", default=default_checkpoint("judge"),
@@ -219,8 +223,7 @@ def run(options: EvaluateOptions) -> None:
     steps = options.steps if options.steps == "all" else int(options.steps)
     sampling = SamplingOptions(options.sampler, steps, options.cfg, options.threshold or None, options.batch_size, options.precision)
     settings = EvaluationSettings(len(ref), list(options.seeds), list(options.variants), list(options.subset_sizes), sampling)
-    paths = {"clip": options.clip, "translator": options.translator, "decoder": options.decoder, "upsampler": options.upsampler,
-             "decoder_text": options.decoder_text, "score": options.score, "captioner": options.captioner}  # fmt: skip
+    paths = {stage: getattr(options, stage) for stage in CHECKPOINTS}
     warning = path_check_line(options)
     header = {"PATH CHECK": warning} if warning else {}
     header |= {

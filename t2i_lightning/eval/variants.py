@@ -19,6 +19,10 @@ decoder) and differ only in what conditions the decoder and how it samples (the 
   at scale w (x_t ← x_t + w·(t/T)·(z − x_t), the study's form); against ``decoder_only`` it is image
   guidance on vs off, PSNR/SSIM against that base image.
 - ``text_decoder``: the Imagen-like text-conditioned decoder.
+- ``full_latent``, ``decoder_only_latent``, ``no_translator_latent``: ``full``, ``decoder_only`` and
+  ``no_translator`` with the latent unCLIP decoder (``decoder_latent``: it diffuses the autoencoder's
+  latents and decodes them) in place of the pixel one; same CLIP and translator.
+- ``text_decoder_latent``: the text-conditioned latent decoder (the Stable-Diffusion-style route).
 - ``score_unguided``, ``score_guided_<λ>``: the score model by annealed Langevin dynamics, unguided or
   guided by the captioner at scale λ towards each caption (32px: the instruments resize).
 
@@ -68,7 +72,7 @@ class SamplingOptions:
 @dataclass
 class EvalModels:
     """Checkpoint paths (``clip``, ``translator``, ``decoder``, ``upsampler``, ``decoder_text``, ``score``,
-    ``captioner``), loaded on ``device`` on first use."""
+    ``captioner``, ``decoder_latent``, ``decoder_text_latent``), loaded on ``device`` on first use."""
 
     paths: dict[str, str | None]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -89,11 +93,11 @@ class EvalModels:
             self._loaded[name] = load()
         return self._loaded[name]
 
-    @property
-    def chain(self) -> TextToImage:
+    def chain(self, decoder: str = "decoder") -> TextToImage:
+        """CLIP, translator and the unCLIP decoder of checkpoint key ``decoder`` (pixel or latent)."""
         paths = self.paths
-        return self._get("chain", lambda: TextToImage.from_checkpoints(paths["decoder"], paths["translator"], paths.get("clip"),
-                                                                       device=self.device))  # fmt: skip
+        return self._get(f"chain:{decoder}", lambda: TextToImage.from_checkpoints(
+            paths[decoder], paths["translator"], paths.get("clip"), device=self.device))  # fmt: skip
 
     @property
     def upsampler(self):
@@ -114,9 +118,9 @@ class EvalModels:
 
         return self._get("captioner", load)
 
-    @property
-    def text_decoder(self):
-        return self._get("text_decoder", lambda: load_decoder(self.paths["decoder_text"], self.device))
+    def text_decoder(self, decoder: str = "decoder_text"):
+        """The text-conditioned decoder of checkpoint key ``decoder`` (pixel or latent)."""
+        return self._get(decoder, lambda: load_decoder(self.paths[decoder], self.device))
 
 
 Draw = Callable[[EvalModels, ReferenceSet, ReferenceSet | None, SamplingOptions, torch.Generator], torch.Tensor]
@@ -139,6 +143,7 @@ class Variant:
 
 
 CHAIN = ("clip", "translator", "decoder")
+LATENT_CHAIN = ("clip", "translator", "decoder_latent")
 
 
 def _batched(fn: Callable[[slice], torch.Tensor], n: int, batch_size: int) -> torch.Tensor:
@@ -147,13 +152,13 @@ def _batched(fn: Callable[[slice], torch.Tensor], n: int, batch_size: int) -> to
 
 def _chain_draw(
     models: EvalModels, ref: ReferenceSet, options: SamplingOptions, generator: torch.Generator, conditioning: str,
-    image_guidance: float = 0.0, **overrides,
+    image_guidance: float = 0.0, decoder: str = "decoder", **overrides,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Images from the loaded chain, in batches, conditioned on the captions (through the translator), the
-    true image embeddings or the raw text embeddings (``conditioning``), with sampling ``overrides``;
-    ``image_guidance`` > 0 guides each image towards its reference image at that scale. Also returns the
-    embeddings the decoder was given."""
-    chain = models.chain
+    """Images from the loaded chain with the unCLIP decoder of checkpoint key ``decoder``, in batches,
+    conditioned on the captions (through the translator), the true image embeddings or the raw text
+    embeddings (``conditioning``), with sampling ``overrides``; ``image_guidance`` > 0 guides each image
+    towards its reference image at that scale. Also returns the embeddings the decoder was given."""
+    chain = models.chain(decoder)
     kwargs = options.as_kwargs(**overrides)
     images, conditions = [], []
     for start in range(0, len(ref), options.batch_size):
@@ -166,11 +171,11 @@ def _chain_draw(
     return torch.cat(images), torch.cat(conditions)
 
 
-def _chain_rows(conditioning: str, image_guidance: float = 0.0, **overrides) -> Draw:
+def _chain_rows(conditioning: str, image_guidance: float = 0.0, decoder: str = "decoder", **overrides) -> Draw:
     """A row drawing from the loaded chain (:func:`_chain_draw`)."""
 
     def draw(models, ref, real, options, generator):
-        return _chain_draw(models, ref, options, generator, conditioning, image_guidance, **overrides)[0]
+        return _chain_draw(models, ref, options, generator, conditioning, image_guidance, decoder, **overrides)[0]
 
     return draw
 
@@ -184,12 +189,17 @@ def _full_256(models, ref, real, options, generator):
                                    precision=options.precision)  # fmt: skip
 
 
-def _text_decoder(models, ref, real, options, generator):
-    decoder = models.text_decoder
-    return _batched(
-        lambda rows: decoder.sample(ref.captions[rows], generator=generator, progress=False, **options.as_kwargs()),
-        len(ref), options.batch_size,
-    )  # fmt: skip
+def _text_rows(key: str) -> Draw:
+    """A row drawing from the text-conditioned decoder of checkpoint key ``key``."""
+
+    def draw(models, ref, real, options, generator):
+        decoder = models.text_decoder(key)
+        return _batched(
+            lambda rows: decoder.sample(ref.captions[rows], generator=generator, progress=False, **options.as_kwargs()),
+            len(ref), options.batch_size,
+        )  # fmt: skip
+
+    return draw
 
 
 def _score_rows(guidance: float) -> Draw:
@@ -219,8 +229,14 @@ FIXED = {  # its keys are names.FIXED_VARIANTS (tested)
     "full_256": Variant("full_256", (*CHAIN, "upsampler"), _full_256),
     "ddpm": Variant("ddpm", CHAIN, _chain_rows("caption", sampler="ddpm", steps="all")),
     "no_dynamic_threshold": Variant("no_dynamic_threshold", CHAIN, _chain_rows("caption", threshold=None)),
-    "text_decoder": Variant("text_decoder", ("decoder_text",), _text_decoder),
+    "text_decoder": Variant("text_decoder", ("decoder_text",), _text_rows("decoder_text")),
     "score_unguided": Variant("score_unguided", ("score",), _score_rows(0.0)),
+    "full_latent": Variant("full_latent", LATENT_CHAIN, _chain_rows("caption", decoder="decoder_latent")),
+    "decoder_only_latent": Variant("decoder_only_latent", LATENT_CHAIN, _chain_rows("img_emb", decoder="decoder_latent"),
+                                   ground_truth=True, reference_embeddings=True),  # fmt: skip
+    "no_translator_latent": Variant("no_translator_latent", LATENT_CHAIN, _chain_rows("txt_emb", decoder="decoder_latent"),
+                                    reference_embeddings=True),  # fmt: skip
+    "text_decoder_latent": Variant("text_decoder_latent", ("decoder_text_latent",), _text_rows("decoder_text_latent")),
 }
 _CFG = re.compile(r"^cfg_(\d+(?:\.\d+)?)$")
 _GUIDED = re.compile(r"^score_guided_(\d+(?:\.\d+)?)$")
