@@ -206,14 +206,26 @@ class MirrorShardWriter(BasePredictionWriter):
         if self.bar is not None:
             self.bar.close()
         moments = self._gather_moments(trainer)
-        if not trainer.is_global_zero:
-            return
+        error = None
+        if trainer.is_global_zero:
+            try:
+                self._finish(pl_module, moments)
+            except Exception as caught:  # raised after the barrier: the other ranks must not wait on it forever
+                error = caught
+        # the ranks leave together: a rank tearing down its process group while rank 0 still wrote
+        # stats.json once killed a two-rank run at exit ("terminate called without an active exception")
+        trainer.strategy.barrier()
+        if error is not None:
+            raise error
+
+    def _finish(self, extraction: MirrorExtraction, moments: dict[str, dict[str, Moments]]) -> None:
+        """Check that every shard exists, then write ``stats.json`` (rank 0)."""
         missing = [u for u in self.sources if not self.output_path(u).exists()]
         if missing:
             raise RuntimeError(
                 f"{len(missing)} shard(s) were not written, e.g. {missing[0]}; run the command again"
             )
-        self.write_stats(pl_module, moments)
+        self.write_stats(extraction, moments)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Release the output directory (at the end of a run in-process, e.g. the extraction benchmark)."""
