@@ -281,14 +281,15 @@ demo-samples: $(DECODER_DONE) $(UPSAMPLER_DONE) ## N samples of each DEMO_PROMPT
 	$(T2I) sample --prompt $(DEMO_PROMPTS) --n $(N) --steps $(STEPS) --cfg $(CFG) --precision $(PRECISION) --decoder $(DECODER_CKPT) \
 	    --translator $(TRANSLATOR_CKPT) --upsampler $(UPSAMPLER_CKPT) --out $(RUNS)/demo/prompts.png
 
-demo: data inspect clip embed probe-layout train-translator embed-text train-decoder train-upsampler demo-samples train-score train-captioner sample-score judge evaluate ## the whole pipeline that exists so far, on the embedded data
+demo: data inspect clip embed probe-layout train-translator embed-text train-decoder train-upsampler demo-samples train-score train-captioner sample-score train-autoencoder encode-latents train-decoder-latent train-decoder-text-latent judge evaluate ## the whole pipeline that exists so far, on the embedded data
 
 # The same targets, each stage shortened by stages/quick/ and trained on a 5,000-image dataset, in
 # their own DATA and RUNS (so the full demo's results stay untouched); its stage times go to
 # $(QUICK_RUNS)/bench/stages.jsonl (`make bench RUNS=$(QUICK_RUNS) DATA=$(QUICK_DATA)` sums them).
 QUICK_DATA   ?= data/shapes-quick
 QUICK_RUNS   ?= runs/quick
-QUICK_EVAL_FLAGS ?= --n 20 --seeds 0 --subset-sizes 10 20 --variants real full decoder_only no_translator full_256 score_guided_3
+QUICK_EVAL_FLAGS ?= --n 20 --seeds 0 --subset-sizes 10 20 --variants real full decoder_only no_translator full_256 score_guided_3 \
+                    full_latent decoder_only_latent text_decoder_latent
 
 demo-quick: ## the whole pipeline in about half an hour on 2 cores: every stage shortened (stages/quick/), 5,000 training images -> $(QUICK_RUNS)
 	$(MAKE) --no-print-directory demo DATA=$(QUICK_DATA) RUNS=$(QUICK_RUNS) TRAIN_N=5000 VAL_N=500 TEST_N=500 \
