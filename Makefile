@@ -259,6 +259,7 @@ evaluate: $(JUDGE_DONE) $(EMB)/stats.json | $(STAMP) ## the evaluation table of 
 	    --clip-model $(CLIP_MODEL) --translator $(TRANSLATOR_CKPT) --decoder $(DECODER_CKPT) \
 	    --upsampler $(UPSAMPLER_CKPT) --decoder-text $(DECODER_TEXT_CKPT) --score $(SCORE_CKPT) \
 	    --captioner $(CAPTIONER_CKPT) --decoder-latent $(DECODER_LATENT_CKPT) --decoder-text-latent $(DECODER_TEXT_LATENT_CKPT) \
+	    --autoencoder $(AUTOENCODER_CKPT) \
 	    --judge $(JUDGE_CKPT) --precision $(PRECISION) --out $(RUNS)/eval $(EVAL_FLAGS)
 
 sample-score: $(SCORE_DONE) $(CAPTIONER_DONE) ## unguided and captioner-guided (GUIDANCE) score-model samples of DEMO_PROMPTS (a row each) -> $(RUNS)/demo/score-*.png
@@ -289,7 +290,7 @@ demo: data inspect clip embed probe-layout train-translator embed-text train-dec
 QUICK_DATA   ?= data/shapes-quick
 QUICK_RUNS   ?= runs/quick
 QUICK_EVAL_FLAGS ?= --n 20 --seeds 0 --subset-sizes 10 20 --variants real full decoder_only no_translator full_256 score_guided_3 \
-                    full_latent decoder_only_latent text_decoder_latent
+                    autoencoder full_latent decoder_only_latent text_decoder_latent
 
 demo-quick: ## the whole pipeline in about half an hour on 2 cores: every stage shortened (stages/quick/), 5,000 training images -> $(QUICK_RUNS)
 	$(MAKE) --no-print-directory demo DATA=$(QUICK_DATA) RUNS=$(QUICK_RUNS) TRAIN_N=5000 VAL_N=500 TEST_N=500 \

@@ -157,6 +157,7 @@ def test_evaluate_draws_the_latent_rows_beside_the_pixel_ones(latent_decoders, j
         T2I, "evaluate", "--config", "stages/evaluate.yaml", "--data", str(latent_decoders["data"]),
         "--embeddings", str(latent_decoders["emb"]), "--n", "4", "--seeds", "0", "--subset-sizes", "4",
         "--variants", "full_latent", "decoder_only_latent", "no_translator_latent", "text_decoder_latent", "text_decoder",
+        "autoencoder", "--autoencoder", str(latent_decoders["autoencoder"]),
         "--clip", str(latent_decoders["clip"]), "--clip-model", MICRO, "--translator", str(latent_decoders["translator"]),
         "--decoder-latent", str(latent_decoders["decoder_latent"]),
         "--decoder-text-latent", str(latent_decoders["decoder_text_latent"]), "--decoder-text", str(tmp_path / "none.ckpt"),
@@ -164,12 +165,14 @@ def test_evaluate_draws_the_latent_rows_beside_the_pixel_ones(latent_decoders, j
         "--steps", "2", "--batch-size", "4", "--precision", "32-true", "--out", str(out),
     )  # fmt: skip
     rows = {row["variant"]: row for row in json.loads((out / "table.json").read_text())["rows"]}
-    drawn = ("full_latent", "decoder_only_latent", "no_translator_latent", "text_decoder_latent")
+    drawn = ("full_latent", "decoder_only_latent", "no_translator_latent", "text_decoder_latent", "autoencoder")
     for name in drawn:
         assert "skipped" not in rows[name] and np.isfinite(rows[name]["metrics"]["judge_fd"]["mean"]), rows[name]
         assert (out / "grids" / f"{name}.png").is_file()
     assert "psnr" in rows["decoder_only_latent"]["metrics"] and "psnr" not in rows["full_latent"]["metrics"]
     assert "make train-decoder-text" in rows["text_decoder"]["skipped"]
+    # the autoencoder's reconstructions are the latent rows' ceiling: nearer their references than any draw
+    assert rows["autoencoder"]["metrics"]["psnr"]["mean"] > rows["decoder_only_latent"]["metrics"]["psnr"]["mean"]
 
 
 def test_latent_route_errors_name_the_path_and_the_make_target(latents, tmp_path):

@@ -56,6 +56,7 @@ class EvaluateOptions:
     captioner: str
     decoder_latent: str
     decoder_text_latent: str
+    autoencoder: str
     judge: str
     clip_model: str
     eval_clip: str | None
@@ -74,7 +75,7 @@ class EvaluateOptions:
 
 DEFAULT_VARIANTS = ["real", "full", "decoder_only", "no_translator"]
 CHECKPOINTS = ("clip", "translator", "decoder", "upsampler", "decoder_text", "score", "captioner", "decoder_latent",
-               "decoder_text_latent")  # the stages a row may need (fields of EvaluateOptions)  # fmt: skip
+               "decoder_text_latent", "autoencoder")  # the stages a row may need (fields of EvaluateOptions)  # fmt: skip
 
 
 def add_evaluate_options(parser: argparse.ArgumentParser) -> None:

@@ -6,4 +6,4 @@ from __future__ import annotations
 
 FIXED_VARIANTS = ("real", "full", "decoder_only", "no_translator", "full_256", "ddpm", "no_dynamic_threshold",
                   "text_decoder", "score_unguided", "full_latent", "decoder_only_latent", "no_translator_latent",
-                  "text_decoder_latent")  # fmt: skip
+                  "text_decoder_latent", "autoencoder")  # fmt: skip

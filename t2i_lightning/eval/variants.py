@@ -23,6 +23,9 @@ decoder) and differ only in what conditions the decoder and how it samples (the 
   ``no_translator`` with the latent unCLIP decoder (``decoder_latent``: it diffuses the autoencoder's
   latents and decodes them) in place of the pixel one; same CLIP and translator.
 - ``text_decoder_latent``: the text-conditioned latent decoder (the Stable-Diffusion-style route).
+- ``autoencoder``: the latent route's autoencoder reconstructing each reference image from its latent
+  (the posterior mean): the ceiling of every latent row (PSNR/SSIM against the reference image; what the
+  judge reads of it beside what it reads of the originals, in the header).
 - ``score_unguided``, ``score_guided_<λ>``: the score model by annealed Langevin dynamics, unguided or
   guided by the captioner at scale λ towards each caption (32px: the instruments resize).
 
@@ -49,6 +52,7 @@ from ..pipeline import (
     load_upsampler,
 )
 from ..registry import stage
+from ..training.stage_loading import load_frozen_stage
 from .reference import ReferenceSet, images_at_size
 
 
@@ -72,7 +76,7 @@ class SamplingOptions:
 @dataclass
 class EvalModels:
     """Checkpoint paths (``clip``, ``translator``, ``decoder``, ``upsampler``, ``decoder_text``, ``score``,
-    ``captioner``, ``decoder_latent``, ``decoder_text_latent``), loaded on ``device`` on first use."""
+    ``captioner``, ``decoder_latent``, ``decoder_text_latent``, ``autoencoder``), loaded on ``device`` on first use."""
 
     paths: dict[str, str | None]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -117,6 +121,10 @@ class EvalModels:
             return captioner
 
         return self._get("captioner", load)
+
+    @property
+    def autoencoder(self):
+        return self._get("autoencoder", lambda: load_frozen_stage(self.paths["autoencoder"], "autoencoder", device=self.device))
 
     def text_decoder(self, decoder: str = "decoder_text"):
         """The text-conditioned decoder of checkpoint key ``decoder`` (pixel or latent)."""
@@ -217,6 +225,12 @@ def _score_rows(guidance: float) -> Draw:
     return draw
 
 
+def _autoencoder(models, ref, real, options, generator):
+    autoencoder = models.autoencoder
+    images = ref.images.to(autoencoder.device)
+    return _batched(lambda rows: autoencoder.reconstruct(images[rows]).cpu(), len(ref), options.batch_size)
+
+
 def _real(models, ref, real, options, generator):
     return real.images
 
@@ -237,6 +251,7 @@ FIXED = {  # its keys are names.FIXED_VARIANTS (tested)
     "no_translator_latent": Variant("no_translator_latent", LATENT_CHAIN, _chain_rows("txt_emb", decoder="decoder_latent"),
                                     reference_embeddings=True),  # fmt: skip
     "text_decoder_latent": Variant("text_decoder_latent", ("decoder_text_latent",), _text_rows("decoder_text_latent")),
+    "autoencoder": Variant("autoencoder", ("autoencoder",), _autoencoder, ground_truth=True, seeded=False),
 }
 _CFG = re.compile(r"^cfg_(\d+(?:\.\d+)?)$")
 _GUIDED = re.compile(r"^score_guided_(\d+(?:\.\d+)?)$")
