@@ -227,8 +227,8 @@ def _score_rows(guidance: float) -> Draw:
 
 def _autoencoder(models, ref, real, options, generator):
     autoencoder = models.autoencoder
-    images = ref.images.to(autoencoder.device)
-    return _batched(lambda rows: autoencoder.reconstruct(images[rows]).cpu(), len(ref), options.batch_size)
+    return _batched(lambda rows: autoencoder.reconstruct(ref.images[rows].to(autoencoder.device)).cpu(), len(ref),
+                    options.batch_size)  # fmt: skip
 
 
 def _real(models, ref, real, options, generator):
