@@ -78,7 +78,7 @@ def test_latents_mirror_the_image_shards_key_for_key_with_the_scale_factor_of_wh
         assert [s["__key__"] for s in latent_samples] == image_keys
         values += [load_npy(s[LATENT_MEMBER]).astype(np.float64) for s in latent_samples]
     stacked = np.stack(values)
-    assert list(stacked.shape[1:]) == stats["shape"] == [8, 8, 8] and stats["count"] == len(values)
+    assert list(stacked.shape[1:]) == stats["shape"] == [4, 8, 8] and stats["count"] == len(values)
     assert stats["scale_factor"] == pytest.approx(1 / stacked.std(), rel=1e-6)
     assert stats["autoencoder_digest"] and stats["factor"] == 4
 
@@ -148,7 +148,7 @@ def test_a_latent_decoder_trains_samples_and_decodes_to_images_through_the_cli(l
         *chain, "--out", str(out))  # fmt: skip
     from PIL import Image
 
-    assert Image.open(out).size == (64, 32)  # two 32px images decoded from 8 x 8 x 8 latents
+    assert Image.open(out).size == (64, 32)  # two 32px images decoded from 8 x 8 x 4 latents
 
 
 def test_evaluate_draws_the_latent_rows_beside_the_pixel_ones(latent_decoders, judge_run, tmp_path):
@@ -180,7 +180,7 @@ def test_latent_route_errors_name_the_path_and_the_make_target(latents, tmp_path
     assert missing.returncode != 0 and "nowhere" in missing.stderr and "make encode-latents" in missing.stderr
     wrong = run(*latent_decoder_args(latents, tmp_path / "runs", "--model.init_args.net.init_args.in_channels", "3"),
                 check=False)  # fmt: skip
-    assert wrong.returncode != 0 and "--model.init_args.net.init_args.in_channels 8" in wrong.stderr
+    assert wrong.returncode != 0 and "--model.init_args.net.init_args.in_channels 4" in wrong.stderr
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
     refused = run(*encode_args(bad, latents["data"], tmp_path / "out"), check=False)

@@ -1,8 +1,8 @@
 """Latent vs pixel decoder: the training step at equal batch, side by side (issue 37's >= 3x target).
 
 Both decoders are their stage configs' U-Nets with random weights (``stages/decoder.yaml``: 64px pixels in
-2 x 2 patches; ``stages/decoder_latent.yaml``: the autoencoder's 16 x 16 x 8 latents), trained by the same
-bare loop (:func:`t2i_lightning.bench.training.bare_loop_seconds`: loss, backward, clipping, AdamW, EMA) on
+2 x 2 patches; ``stages/decoder_latent.yaml``: the autoencoder's 32 x 32 x 4 latents in 2 x 2 patches),
+trained by the same bare loop (:func:`t2i_lightning.bench.training.bare_loop_seconds`: loss, backward, clipping, AdamW, EMA) on
 in-memory batches of the same size, alternated so that the machine's state is shared. The latents are
 precomputed (``make encode-latents``), so the autoencoder costs nothing per step; both decode nothing.
 """
