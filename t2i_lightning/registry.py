@@ -77,7 +77,7 @@ STAGES: dict[str, Stage] = {
               "64px decoder conditioned on text tokens (Imagen-like)",
               conditioning="t2i_lightning.stages.text_tokens.TextTokens"),
         Stage("autoencoder", "t2i_lightning.stages.autoencoder.AutoencoderStage", "stages/autoencoder.yaml",
-              "train-autoencoder", (), "KL autoencoder of the latent route (64px -> 32x32x4)"),
+              "train-autoencoder", (), "KL autoencoder of the latent route (64px -> latents)"),
         Stage("encode", "t2i_lightning.stages.encode_latents.LatentEncodeStage", "stages/encode_latents.yaml",
               "encode-latents", ("autoencoder",), "latent shards mirroring the image shards + stats.json", trains=False),
         Stage("decoder_latent", DIFFUSION, "stages/decoder_latent.yaml", "train-decoder-latent",

@@ -1,9 +1,9 @@
 """Latent vs pixel decoder: the training step at equal batch, side by side (issue 37's >= 3x target).
 
 Both decoders are their stage configs' U-Nets with random weights (``stages/decoder.yaml``: 64px pixels in
-2 x 2 patches; ``stages/decoder_latent.yaml``: the autoencoder's 32 x 32 x 4 latents in 2 x 2 patches),
-trained by the same bare loop (:func:`t2i_lightning.bench.training.bare_loop_seconds`: loss, backward, clipping, AdamW, EMA) on
-in-memory batches of the same size, alternated so that the machine's state is shared. The latents are
+2 x 2 patches; ``stages/decoder_latent.yaml``: the autoencoder's latents, shape recorded in the result),
+trained by the same bare loop (:func:`t2i_lightning.bench.training.bare_loop_seconds`: loss, backward,
+clipping, AdamW, EMA) on in-memory batches of the same size, alternated so that the machine's state is shared. The latents are
 precomputed (``make encode-latents``), so the autoencoder costs nothing per step; both decode nothing.
 """
 
@@ -62,4 +62,5 @@ def bench_latent_step(
         **{f"{key}_img_per_s": value for key, value in best.items()},
         "speedup": best["latent"] / best["pixel"], "bf16_speedup": best["latent_bf16"] / best["pixel_bf16"],
         "pixel_config": pixel_config, "latent_config": latent_config,
+        "latent_shape": [latent.net.in_channels, latent.net.image_size, latent.net.image_size],
     }  # fmt: skip

@@ -114,7 +114,8 @@ def table(results: dict) -> str:
              t["ratio"], "<= 1.05x", t["ratio"] <= 1.05),
         table_row("decoder training step: bf16 autocast vs float32, bare loop (speed-up)",
              f"{t['bf16_img_per_s']:.1f} vs {t['bare_img_per_s']:.1f} img/s", t["bf16_speedup"], "-", None),
-        table_row("decoder training step: latent (32x32x4) vs pixel (64px) at equal batch, bare loop (speed-up)",
+        table_row(f"decoder training step: latent ({'x'.join(map(str, results['latent']['latent_shape']))}) vs pixel (64px) "
+                  "at equal batch, bare loop (speed-up)",
              f"{results['latent']['latent_img_per_s']:.1f} vs {results['latent']['pixel_img_per_s']:.1f} img/s float32, "
              f"{results['latent']['latent_bf16_img_per_s']:.1f} vs {results['latent']['pixel_bf16_img_per_s']:.1f} bf16 "
              f"(batch {results['latent']['batch_size']})", results["latent"]["speedup"], ">= 3x", results["latent"]["speedup"] >= 3),
