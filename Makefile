@@ -274,15 +274,19 @@ evaluate-guidance: $(SCORE_DONE) $(CAPTIONER_DONE) ## prompt-colour match of sco
 # The upsampler is used when its checkpoint exists (256px out), else the images stay at 64px.
 UPSAMPLE_FLAGS = $(if $(wildcard $(UPSAMPLER_CKPT)),--upsampler $(UPSAMPLER_CKPT),--no-upsample)
 
-sample: $(DECODER_DONE) ## draw N images for PROMPT (SAMPLER, STEPS, CFG) -> $(SAMPLE_OUT), upsampled when an upsampler exists
+# The demo's main route is the unCLIP decoder in the autoencoder's latent space: at the pixel decoder's training
+# time it draws more of what captions say than the pixel and the text-conditioned routes (docs/experiments.md).
+sample: $(DECODER_LATENT_DONE) ## draw N images for PROMPT (SAMPLER, STEPS, CFG) with the latent unCLIP decoder -> $(SAMPLE_OUT), upsampled when an upsampler exists
 	$(T2I) sample --prompt "$(PROMPT)" --n $(N) --sampler $(SAMPLER) --steps $(STEPS) --cfg $(CFG) --precision $(PRECISION) \
-	    --decoder $(DECODER_CKPT) --translator $(TRANSLATOR_CKPT) $(UPSAMPLE_FLAGS) --out $(SAMPLE_OUT)
+	    --decoder $(DECODER_LATENT_CKPT) --translator $(TRANSLATOR_CKPT) $(UPSAMPLE_FLAGS) --out $(SAMPLE_OUT)
 
-demo-samples: $(DECODER_DONE) $(UPSAMPLER_DONE) ## N samples of each DEMO_PROMPTS caption (a row each), 256px -> $(RUNS)/demo/prompts.png
-	$(T2I) sample --prompt $(DEMO_PROMPTS) --n $(N) --steps $(STEPS) --cfg $(CFG) --precision $(PRECISION) --decoder $(DECODER_CKPT) \
+demo-samples: $(DECODER_LATENT_DONE) $(UPSAMPLER_DONE) ## N samples of each DEMO_PROMPTS caption by the latent unCLIP decoder (a row each), 256px -> $(RUNS)/demo/prompts.png
+	$(T2I) sample --prompt $(DEMO_PROMPTS) --n $(N) --steps $(STEPS) --cfg $(CFG) --precision $(PRECISION) --decoder $(DECODER_LATENT_CKPT) \
 	    --translator $(TRANSLATOR_CKPT) --upsampler $(UPSAMPLER_CKPT) --out $(RUNS)/demo/prompts.png
 
-demo: data inspect clip embed probe-layout train-translator embed-text train-decoder train-upsampler demo-samples train-score train-captioner sample-score train-autoencoder encode-latents train-decoder-latent train-decoder-text-latent judge evaluate ## the whole pipeline that exists so far, on the embedded data
+# The main route first (CLIP, translator, autoencoder, latent decoder, upsampler, its grids), then the
+# routes it is compared with (pixel decoder, text latent decoder, score model), then the evaluation.
+demo: data inspect clip embed probe-layout train-translator embed-text train-autoencoder encode-latents train-decoder-latent train-upsampler demo-samples train-decoder train-decoder-text-latent train-score train-captioner sample-score judge evaluate ## the whole pipeline that exists so far, on the embedded data
 
 # The same targets, each stage shortened by stages/quick/ and trained on a 5,000-image dataset, in
 # their own DATA and RUNS (so the full demo's results stay untouched); its stage times go to

@@ -26,6 +26,7 @@ from .stages.score import ScoreStage
 from .stages.translator import TranslatorStage
 from .training.stage_loading import (
     checkpoint_hparams,
+    checkpoint_stage,
     load_frozen_stage,
     require_checkpoint,
 )
@@ -39,12 +40,19 @@ DEFAULT_CAPTIONER = default_checkpoint("captioner")
 DEFAULT_JUDGE = default_checkpoint("judge")
 NOISE_LEVEL_KEYS = ("sigma_max", "sigma_min", "num_levels")
 OTHER_DECODERS = ("decoder_text", "decoder_latent", "decoder_text_latent")
+DECODERS = ("decoder", *OTHER_DECODERS)
 """The stages whose checkpoints a ``--decoder`` also takes: the text decoder and the latent decoders."""
+
+
+def decoder_named_by(path: str) -> str:
+    """The decoder stage whose default checkpoint ``path`` is ("decoder" for any other path): a missing one is
+    reported with that stage's make target."""
+    return next((name for name in DECODERS if os.path.normpath(path) == os.path.normpath(default_checkpoint(name))), "decoder")
 
 
 def is_text_decoder(path: str) -> bool:
     """Whether a decoder checkpoint is text-conditioned (the text decoder's, pixel or latent, in the registry's terms)."""
-    hparams = checkpoint_hparams(path, "decoder")
+    hparams = checkpoint_hparams(path, decoder_named_by(path))
     return any(registry_stage(name).made(hparams) for name in ("decoder_text", "decoder_text_latent"))
 
 
@@ -79,7 +87,8 @@ def load_judge(path: str = DEFAULT_JUDGE, device: torch.device | str = "cpu") ->
 def load_decoder(path: str = DEFAULT_DECODER, device: torch.device | str = "cpu") -> DiffusionStage:
     """A 64px decoder of a checkpoint (EMA weights), frozen, on ``device``: conditioned on CLIP image
     embeddings (the decoder stage) or on captions (the text decoder), in pixels or in an autoencoder's latents."""
-    return load_frozen_stage(path, "decoder", *OTHER_DECODERS, device=device)
+    named = decoder_named_by(path)
+    return load_frozen_stage(path, named, *(name for name in DECODERS if name != named), device=device)
 
 
 def load_recorded_clip(
@@ -183,9 +192,10 @@ class TextToImage:
         embedder = TextToImageEmbedding.from_checkpoints(translator, clip, device=device)
         ours, theirs = stage.clip_identity.get("clip_id"), embedder.translator.clip_identity.get("clip_id")
         if ours and theirs and ours != theirs:
+            retrain = registry_stage(checkpoint_stage(decoder, *DECODERS)).make_target
             raise ValueError(
                 f"The decoder was trained on {ours} embeddings but the translator on {theirs}: "
-                f"re-run `make {registry_stage('translator').make_target} {registry_stage('decoder').make_target}` "
+                f"re-run `make {registry_stage('translator').make_target} {retrain}` "
                 "on one embedding directory"
             )
         return cls(embedder, stage)

@@ -201,8 +201,8 @@ def test_demo_quick_runs_the_demo_targets_with_the_overlays_in_their_own_data_an
     stages = [re.search(r"fit --config stages/(\w+)\.yaml --config stages/quick/(\w+)\.yaml ", line) for line in fits]
     assert all(match and match[1] == match[2] for match in stages), fits
     assert [match[1] for match in stages] == [
-        "clip", "translator", "decoder", "upsampler", "score", "captioner", "autoencoder", "decoder_latent",
-        "decoder_text_latent", "judge",
+        "clip", "translator", "autoencoder", "decoder_latent", "upsampler", "decoder", "decoder_text_latent", "score",
+        "captioner", "judge",
     ]  # fmt: skip
     assert not any("stages/quick" in line for line in full)
     assert len(fits) == sum(" fit --config " in line for line in full)

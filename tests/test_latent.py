@@ -151,6 +151,41 @@ def test_a_latent_decoder_trains_samples_and_decodes_to_images_through_the_cli(l
     assert Image.open(out).size == (64, 32)  # two 32px images decoded from 8 x 8 x 4 latents
 
 
+def test_image_guidance_pulls_a_latent_sample_towards_the_latents_of_its_image(latent_decoders, tmp_path):
+    """`t2i sample --image-guidance` with a latent decoder encodes the image into the latents it pulls towards
+    (a pixel image would not even have the latents' channels): strong guidance lands near the autoencoder's
+    reconstruction of the image (the micro autoencoder's is far from the image itself)."""
+    from PIL import Image
+
+    from t2i_lightning.training.stage_loading import load_frozen_stage
+
+    base = tmp_path / "blue.png"
+    Image.new("RGB", (32, 32), (20, 40, 230)).save(base)
+    autoencoder = load_frozen_stage(str(latent_decoders["autoencoder"]), "autoencoder")
+    pixels = torch.tensor([20.0, 40.0, 230.0]).div(127.5).sub(1).view(1, 3, 1, 1).expand(1, 3, 32, 32)
+    target = (autoencoder.reconstruct(pixels)[0].permute(1, 2, 0).numpy() + 1) * 127.5
+    chain = ["--decoder", str(latent_decoders["decoder_latent"]), "--translator", str(latent_decoders["translator"]),
+             "--clip", str(latent_decoders["clip"])]  # fmt: skip
+
+    def distance_to_target(*guidance: str) -> float:
+        out = tmp_path / f"sample{len(guidance)}.png"
+        run(T2I, "sample", "--prompt", "a red circle", "--n", "2", "--steps", "4", "--no-upsample", *chain, *guidance,
+            "--out", str(out))  # fmt: skip
+        drawn = np.asarray(Image.open(out), dtype=np.float64)
+        assert drawn.shape == (32, 64, 3)  # images at the decoded size, not the latents'
+        return float(np.abs(drawn - np.concatenate([target, target], axis=1)).mean())
+
+    assert distance_to_target("--image-guidance", str(base), "--ig-scale", "1") < 0.75 * distance_to_target()
+
+
+def test_sample_defaults_to_the_latent_unclip_decoder_and_names_its_make_target(tmp_path):
+    """The demo's main route is `t2i sample`'s default; missing, the error names the target that trains it."""
+    result = subprocess.run([T2I, "sample", "--prompt", "a red circle", "--no-upsample", "--out", "x.png"], cwd=tmp_path,
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert result.returncode != 0 and "runs/decoder_latent/checkpoints/last.ckpt" in result.stderr
+    assert "make train-decoder-latent" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_evaluate_draws_the_latent_rows_beside_the_pixel_ones(latent_decoders, judge_run, tmp_path):
     out = tmp_path / "eval"
     run(

@@ -112,10 +112,10 @@ def run(options: DecoderReportOptions) -> None:
     if embeddings is None:
         raise ValueError(f"{options.decoder} recorded no embedding directory: pass --embeddings (and --data)")
     data = options.data or str(Path(embeddings).parent)
-    references = validation_references(data, embeddings, stage.net.image_size, options.n)
+    references = validation_references(data, embeddings, stage.image_size, options.n)
     if len(references["image"]) < options.n:
         print(f"Only {len(references['image'])} validation images in {data} (asked for {options.n})")
-    nearest = None if options.no_nearest else nearest_reference(embeddings, references, stage.net.image_size)
+    nearest = None if options.no_nearest else nearest_reference(embeddings, references, stage.image_size)
     steps = options.steps if options.steps == "all" else int(options.steps)
     report, drawn = decoder_report(
         stage, references, options.cfg, sampler=options.sampler, steps=steps, threshold=options.threshold or None,

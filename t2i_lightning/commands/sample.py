@@ -119,7 +119,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--ig-scale", type=non_negative_float, default=0.005, help="image-guidance scale w (default: 0.005)")
     sample.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     sample.add_argument("--size", type=int, default=None, help="image side (default: the decoder's)")
-    sample.add_argument("--decoder", default=default_checkpoint("decoder"), help="decoder checkpoint (default: %(default)s)")
+    sample.add_argument(
+        "--decoder", default=default_checkpoint("decoder_latent"),
+        help="decoder checkpoint: the unCLIP decoder in pixels or latents, or a text-conditioned one (default: %(default)s, "
+        "the demo's main route)",
+    )  # fmt: skip
     sample.add_argument(
         "--translator", default=default_checkpoint("translator"),
         help="translator checkpoint (default: %(default)s; unused with a text-conditioned decoder)",
@@ -238,7 +242,7 @@ def run(options: SampleOptions) -> None:
     chain = load_chain(options.decoder, options.translator, options.clip, options.device)
     guidance = None
     if options.image_guidance:
-        size = options.size or chain.decoder.net.image_size
+        size = options.size or chain.decoder.image_size
         base = to_rgb(open_image(options.image_guidance)).resize((size, size), Image.Resampling.LANCZOS)
         pixels = torch.from_numpy(np.asarray(base, dtype=np.float32)).permute(2, 0, 1)
         guidance = ImageGuidance(image=(pixels[None] / 127.5 - 1.0).to(options.device), scale=options.ig_scale)

@@ -172,7 +172,7 @@ def _chain_draw(
     for start in range(0, len(ref), options.batch_size):
         rows = slice(start, min(start + options.batch_size, len(ref)))
         cond = chain.embedder(ref.captions[rows]) if conditioning == "caption" else getattr(ref, conditioning)[rows]
-        guide = ImageGuidance(images_at_size(ref.images[rows], chain.decoder.net.image_size), image_guidance) \
+        guide = ImageGuidance(images_at_size(ref.images[rows], chain.decoder.image_size), image_guidance) \
             if image_guidance > 0 else None  # fmt: skip
         images.append(chain.decode(cond, generator=generator, progress=False, image_guidance=guide, **kwargs))
         conditions.append(cond)

@@ -122,6 +122,11 @@ class DiffusionStage(StageTraining, pl.LightningModule):
         return self.conditioning is not None and self.conditioning.takes_embedding
 
     @property
+    def image_size(self) -> int:
+        """The side of the images ``sample`` returns by default: the network's, times the autoencoder's factor in latents."""
+        return self.net.image_size * (self.space.factor if self.space is not None else 1)
+
+    @property
     def clip_identity(self) -> dict[str, Any]:
         """The CLIP whose embeddings the stage was trained on ({} when none)."""
         return self.conditioning.clip_identity if self.conditioning is not None else {}
@@ -245,8 +250,9 @@ class DiffusionStage(StageTraining, pl.LightningModule):
         conditioning, hp = self.conditioning, self.hparams
         n = len(inputs) if inputs is not None else n
         size = conditioning.output_size(inputs, self.net) if inputs is not None and conditioning is not None else None
-        if self.space is not None:  # ``image_size`` is the decoded images'
+        if self.space is not None:  # ``image_size`` is the decoded images'; image guidance pulls towards their latents
             image_size = self.space.latent_side(image_size) if image_size else None
+            image_guidance = self.space.guidance_in_latents(image_guidance, self.device)
         size = size or (image_size or self.net.image_size,) * 2
         if max_batch_pixels == STAGE_DEFAULT:
             max_batch_pixels = conditioning.max_batch_pixels if conditioning is not None else None

@@ -13,6 +13,7 @@ when it is not the one that made the training latents).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from ..data.latents import read_latent_stats
+from ..diffusion import ImageGuidance
 from ..registry import make_command
 from ..training.stage_loading import load_frozen_stage
 from .encode_latents import DEFAULT_AUTOENCODER, autoencoder_identity
@@ -81,6 +83,16 @@ class LatentSpace(nn.Module):
     def x0(self, batch: dict) -> torch.Tensor:
         """The diffused data of a training batch: its latents times the scale factor."""
         return batch["latent"].float() * self.scale_factor
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> the scaled latents the diffusion runs on (the autoencoder's posterior means, as
+        extraction writes them, times the scale factor)."""
+        autoencoder = self.autoencoder(images.device)
+        return autoencoder.encode_latents(images.float()) * self.scale_factor
+
+    def guidance_in_latents(self, guidance: ImageGuidance | None, device: torch.device) -> ImageGuidance | None:
+        """Image guidance (x_t pulled towards an image z) for a latent sample: z replaced by its scaled latents."""
+        return None if guidance is None else dataclasses.replace(guidance, image=self.encode(guidance.image.to(device)))
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         """Sampled (scaled) latents -> images in [-1, 1], through the autoencoder's decoder."""
