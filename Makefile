@@ -296,7 +296,7 @@ QUICK_RUNS   ?= runs/quick
 QUICK_EVAL_FLAGS ?= --n 20 --seeds 0 --subset-sizes 10 20 --variants real full decoder_only no_translator full_256 score_guided_3 \
                     autoencoder full_latent decoder_only_latent text_decoder_latent
 
-demo-quick: ## the whole pipeline in about half an hour on 2 cores: every stage shortened (stages/quick/), 5,000 training images -> $(QUICK_RUNS)
+demo-quick: ## the whole pipeline in about 50 minutes on 2 cores: every stage shortened (stages/quick/), 5,000 training images -> $(QUICK_RUNS)
 	$(MAKE) --no-print-directory demo DATA=$(QUICK_DATA) RUNS=$(QUICK_RUNS) TRAIN_N=5000 VAL_N=500 TEST_N=500 \
 	    STAGE_OVERLAY=stages/quick N=4 EVAL_FLAGS="$(QUICK_EVAL_FLAGS)" T2I_TIMINGS=$(abspath $(QUICK_RUNS))/bench/stages.jsonl
 
