@@ -40,8 +40,8 @@ DEFAULT_CAPTIONER = default_checkpoint("captioner")
 DEFAULT_JUDGE = default_checkpoint("judge")
 NOISE_LEVEL_KEYS = ("sigma_max", "sigma_min", "num_levels")
 OTHER_DECODERS = ("decoder_text", "decoder_latent", "decoder_text_latent")
-DECODERS = ("decoder", *OTHER_DECODERS)
 """The stages whose checkpoints a ``--decoder`` also takes: the text decoder and the latent decoders."""
+DECODERS = ("decoder", *OTHER_DECODERS)
 
 
 def decoder_named_by(path: str) -> str:
