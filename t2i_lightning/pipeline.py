@@ -44,15 +44,9 @@ OTHER_DECODERS = ("decoder_text", "decoder_latent", "decoder_text_latent")
 DECODERS = ("decoder", *OTHER_DECODERS)
 
 
-def decoder_named_by(path: str) -> str:
-    """The decoder stage whose default checkpoint ``path`` is ("decoder" for any other path): a missing one is
-    reported with that stage's make target."""
-    return next((name for name in DECODERS if os.path.normpath(path) == os.path.normpath(default_checkpoint(name))), "decoder")
-
-
 def is_text_decoder(path: str) -> bool:
     """Whether a decoder checkpoint is text-conditioned (the text decoder's, pixel or latent, in the registry's terms)."""
-    hparams = checkpoint_hparams(path, decoder_named_by(path))
+    hparams = checkpoint_hparams(path, "decoder")
     return any(registry_stage(name).made(hparams) for name in ("decoder_text", "decoder_text_latent"))
 
 
@@ -87,8 +81,7 @@ def load_judge(path: str = DEFAULT_JUDGE, device: torch.device | str = "cpu") ->
 def load_decoder(path: str = DEFAULT_DECODER, device: torch.device | str = "cpu") -> DiffusionStage:
     """A 64px decoder of a checkpoint (EMA weights), frozen, on ``device``: conditioned on CLIP image
     embeddings (the decoder stage) or on captions (the text decoder), in pixels or in an autoencoder's latents."""
-    named = decoder_named_by(path)
-    return load_frozen_stage(path, named, *(name for name in DECODERS if name != named), device=device)
+    return load_frozen_stage(path, "decoder", *OTHER_DECODERS, device=device)
 
 
 def load_recorded_clip(

@@ -12,6 +12,7 @@ is named by its class path, resolved with :func:`stage_class`), so every layer m
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 
 RUNS = "runs"
@@ -128,8 +129,10 @@ def make_command(name: str) -> str:
 
 
 def missing_checkpoint_message(path: str, name: str) -> str:
-    """What a user reads when the named stage's checkpoint is not at ``path``."""
-    return f"Checkpoint not found: {path} (produce it with `make {stage(name).make_target}`)"
+    """What a user reads when the named stage's checkpoint is not at ``path``: the make target of the stage whose
+    default checkpoint ``path`` is (a decoder option's default may be a latent decoder's), else the named stage's."""
+    owner = next((s for s in STAGES.values() if s.trains and os.path.normpath(path) == os.path.normpath(s.checkpoint())), stage(name))
+    return f"Checkpoint not found: {path} (produce it with `make {owner.make_target}`)"
 
 
 def table() -> str:
