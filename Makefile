@@ -342,11 +342,17 @@ real-chain: embed train-translator train-decoder
 	    --translator $(TRANSLATOR_CKPT) --decoder $(DECODER_CKPT) --steps 10 --batch-size 16 --precision $(PRECISION) \
 	    $(if $(strip $(INCEPTION)),--inception-weights $(INCEPTION),) --out $(RUNS)/eval
 
-test: install ## run the fast test suite (what CI runs)
-	T2I_TIMINGS= $(PY) -m pytest -q $(PYTEST_ARGS)
+# The tests run in TEST_WORKERS processes (pytest-xdist), a test file per process so that a file's fixtures are
+# built once; each process and the commands it runs use one thread (OMP_NUM_THREADS=1): two processes of two
+# threads on two cores spend most of their time waiting on each other's spinning threads.
+TEST_WORKERS ?= 2
+PYTEST       = T2I_TIMINGS= OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+test: install ## run the fast test suite (what CI runs), in TEST_WORKERS processes
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-all: install ## run every test, the slow ones included
-	T2I_TIMINGS= $(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "slow or not slow" $(PYTEST_ARGS)
 
 bench: $(DATA)/index.json | $(STAMP) ## benchmarks as side-by-side ratios, plus the demo's stage times and memory -> $(RUNS)/bench/bench.json (BENCH_FLAGS=--quick: smoke test)
 	T2I_TIMINGS= $(T2I) bench --out $(RUNS)/bench/bench.json --data $(DATA) --clip-model $(CLIP_MODEL) \

@@ -29,9 +29,11 @@ from .training import bench_training
 
 SIZES = {
     "full": {"steps": 30, "warmup": 5, "train_batch": None, "input_batches": 40, "n": 4, "ddim": 50,
-             "ddpm": "all", "shards": 2, "precision_steps": 10, "precision_warmup": 3, "precision_batch": None},
+             "ddpm": "all", "shards": 2, "precision_steps": 10, "precision_warmup": 3, "precision_batch": None,
+             "latent_rounds": 2},
     "quick": {"steps": 8, "warmup": 2, "train_batch": 8, "input_batches": 8, "n": 2, "ddim": 10,
-              "ddpm": "100", "shards": 1, "precision_steps": 3, "precision_warmup": 1, "precision_batch": 4},
+              "ddpm": "100", "shards": 1, "precision_steps": 3, "precision_warmup": 1, "precision_batch": 4,
+              "latent_rounds": 1},  # the latent row times the demo's full-size U-Nets: one round is its minute
 }  # fmt: skip
 # The stages besides the decoder (its own rows) that `make` trains at *_PRECISION: bf16-mixed vs float32.
 PRECISION_CONFIGS = ("stages/clip.yaml", "stages/upsampler.yaml", "stages/score.yaml", "stages/captioner.yaml",
@@ -77,7 +79,7 @@ def run_benchmarks(
     size = SIZES["quick" if quick else "full"]
     results: dict = {"machine": machine(), "quick": quick}
     results["training"] = bench_training(config, size["steps"], size["warmup"], size["train_batch"])
-    results["latent"] = bench_latent_step(size["steps"], size["warmup"], size["train_batch"])
+    results["latent"] = bench_latent_step(size["steps"], size["warmup"], size["train_batch"], rounds=size["latent_rounds"])
     results["input"] = bench_input(config, data, size["input_batches"])
     results["input"]["ratio_to_training"] = (
         results["input"]["samples_per_s"] / results["training"]["lightning_img_per_s"]
