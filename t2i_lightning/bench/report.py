@@ -33,7 +33,7 @@ SIZES = {
              "latent_rounds": 2},
     "quick": {"steps": 8, "warmup": 2, "train_batch": 8, "input_batches": 8, "n": 2, "ddim": 10,
               "ddpm": "100", "shards": 1, "precision_steps": 3, "precision_warmup": 1, "precision_batch": 4,
-              "latent_rounds": 1},  # the latent row times the demo's full-size U-Nets: one round is its minute
+              "latent_rounds": 1},  # the latent row times the demo's full-size U-Nets: one round keeps --quick near two minutes
 }  # fmt: skip
 # The stages besides the decoder (its own rows) that `make` trains at *_PRECISION: bf16-mixed vs float32.
 PRECISION_CONFIGS = ("stages/clip.yaml", "stages/upsampler.yaml", "stages/score.yaml", "stages/captioner.yaml",
