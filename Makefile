@@ -96,6 +96,7 @@ help: ## list the targets (this message)
 	@echo "  WORKERS=$(WORKERS) SEED=$(SEED) SIZE=$(SIZE) TRAIN_N=$(TRAIN_N) VAL_N=$(VAL_N) TEST_N=$(TEST_N) POSITION_PROB=$(POSITION_PROB)"
 	@echo "  PRECISION=$(PRECISION) (auto: bf16-mixed where the accelerator computes bf16 natively, else 32-true)"
 	@echo "  STAGE_OVERLAY=$(STAGE_OVERLAY) (config files layered over each stage's own, e.g. stages/quick; make demo-quick sets it)"
+	@echo "  TEST_WORKERS=$(TEST_WORKERS) (make test's pytest processes, one thread each)"
 
 install: $(STAMP) ## create .venv (if missing) and install the package with dev extras
 
