@@ -28,6 +28,7 @@ from t2i_lightning.diffusion import (
     gradient_guidance,
     hybrid_loss,
     linear_betas,
+    min_snr_weights,
     network_in_precision,
     noise_augment,
     normal_kl,
@@ -36,6 +37,7 @@ from t2i_lightning.diffusion import (
     predict_x0_eps,
     q_posterior,
     q_sample,
+    simple_loss,
     static_threshold,
     v_from_x0_eps,
     vlb_terms,
@@ -365,6 +367,27 @@ def test_p2_weights():
     abar = schedule.alphas_cumprod[t]
     expected = (1 / (0.5 + abar / (1 - abar)) ** 1.5).float()
     torch.testing.assert_close(p2_weights(schedule, t, gamma=1.5, k=0.5), expected)
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "x0", "v"])
+def test_min_snr_weights_weigh_every_parameterization_as_the_x0_error_times_min_snr_gamma(parameterization):
+    """Oracle: for one x̂₀ written in each parameterization, weight · L_simple = min(SNR, γ) · ‖x̂₀ − x₀‖²."""
+    torch.manual_seed(0)
+    schedule, gamma = NoiseSchedule.from_name("cosine"), 5.0
+    t = torch.tensor([0, 30, 200, 400, 600, 800, 950, 999])
+    x0, noise = torch.randn(8, 3, 4, 4), torch.randn(8, 3, 4, 4)
+    xt = q_sample(schedule, x0, t, noise)
+    x0_hat = x0 + 0.1 * torch.randn_like(x0)
+    eps_hat = eps_from_x0(schedule, xt, t, x0_hat)
+    predicted = {"eps": (eps_hat, noise), "x0": (x0_hat, x0),
+                 "v": (v_from_x0_eps(schedule, t, x0_hat, eps_hat), v_from_x0_eps(schedule, t, x0, noise))}  # fmt: skip
+    prediction, target = predicted[parameterization]
+    weighted = min_snr_weights(schedule, t, gamma, parameterization) * simple_loss(prediction, target)
+    snr = schedule.snr[t].clamp(max=gamma).float()
+    torch.testing.assert_close(weighted, snr * simple_loss(x0_hat, x0), rtol=2e-3, atol=1e-9)
+    assert min_snr_weights(schedule, t, gamma, parameterization).dtype == torch.get_default_dtype()
+    with pytest.raises(ValueError, match="parameterization"):
+        min_snr_weights(schedule, t, gamma, "score")
 
 
 def test_dsm_loss():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from t2i_lightning.diffusion import min_snr_weights
 from t2i_lightning.nn.unet import ConditionalUNet
 from t2i_lightning.stages.conditioning import ImageEmbedding
 from t2i_lightning.stages.diffusion import DiffusionStage, per_batch
@@ -34,6 +35,28 @@ def test_an_unconditional_stage_trains_and_samples_without_a_conditioning():
         stage.sample(torch.randn(2, 8), steps=3, progress=False)
     with pytest.raises(ValueError, match="sample count"):
         stage.sample(steps=3, progress=False)
+
+
+def test_the_stage_weighs_l_simple_by_min_snr_gamma_or_p2_but_not_both():
+    net = ConditionalUNet(**MICRO_UNET, cond_dim=0, learn_variance=True)
+    batch = {"image": torch.rand(4, 3, 16, 16) * 2 - 1, "key": list("abcd")}
+
+    def losses(**weighting):
+        stage = DiffusionStage(net, parameterization="v", **weighting)
+        torch.manual_seed(0)  # the same t and noise for each weighting
+        torch.rand(4)  # _losses draws the dropped rows first, then t
+        t = torch.randint(0, stage.schedule.num_steps, (4,))
+        torch.manual_seed(0)
+        return stage, t, stage._losses(batch, 0.0)
+
+    _, _, plain = losses()
+    stage, t, weighted = losses(min_snr_gamma=5.0)
+    torch.testing.assert_close(weighted["simple"], plain["simple"])
+    expected = plain["simple"] * min_snr_weights(stage.schedule, t, 5.0, "v") + 1e-3 * plain["vlb"]
+    torch.testing.assert_close(weighted["loss"], expected)
+    assert not torch.allclose(weighted["loss"], plain["loss"])
+    with pytest.raises(ValueError, match="at most one"):
+        DiffusionStage(net, p2_gamma=1.0, min_snr_gamma=5.0)
 
 
 def test_the_image_embedding_null_is_learned_or_fixed_and_dropping_replaces_exactly_the_dropped_rows():

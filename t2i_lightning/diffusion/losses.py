@@ -124,6 +124,22 @@ def p2_weights(schedule: NoiseSchedule, t: Tensor, gamma: float = 1.0, k: float 
     return weights.to(t.device)[t]
 
 
+def min_snr_weights(schedule: NoiseSchedule, t: Tensor, gamma: float, parameterization: str) -> Tensor:
+    """Min-SNR-γ weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting", eq. 10), [B].
+
+    Weighs each step's x̂₀ error by min(SNR(t), γ): the easy low-noise steps, where SNR is large, stop
+    dominating the gradient. Expressed relative to the parameterization's own L_simple, whose error is
+    the x̂₀ error times SNR ("eps"), 1 ("x0") or SNR + 1 ("v"; x₀ − x̂₀ = √(1 − ᾱ)(v̂ − v)), the weight is
+    min(SNR, γ)/SNR, min(SNR, γ) or min(SNR, γ)/(SNR + 1). Returned in the default float dtype on ``t``'s device.
+    """
+    snr = schedule.snr.double()
+    clipped = snr.clamp(max=gamma)
+    relative = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}
+    if parameterization not in relative:
+        raise ValueError(f"unknown parameterization {parameterization!r}; valid: {tuple(relative)}")
+    return relative[parameterization].to(torch.get_default_dtype()).to(t.device)[t]
+
+
 def dsm_loss(score: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
     """Denoising score matching with λ(σ) = σ² (Song & Ermon 2019, "NCSN", eqs. 5–6), per sample [B].
 

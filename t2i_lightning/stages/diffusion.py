@@ -1,22 +1,18 @@
 """The diffusion stage: one LightningModule for every DDPM-family model of the pipeline.
 
-Training (Ho et al. 2020; Nichol & Dhariwal 2021): x_0 from the batch (or what the conditioning makes
-of it, e.g. a residual), t uniform, the hybrid loss L_simple + λ·L_vlb with learned variance,
-optionally P2 weighted (Choi et al. 2022); the condition comes from the injected
-:class:`~t2i_lightning.stages.conditioning.Conditioning` and, for classifier-free guidance (Ho &
-Salimans 2021), is replaced by its null condition with the conditioning's ``drop_prob``. EMA weights
-come from :class:`~t2i_lightning.training.ema.FusedEMA` (Lightning's ``WeightAveraging`` with torch's
-fused update): the checkpoint's ``state_dict`` and every validation (hence every sample grid) use them.
+Training (Ho et al. 2020; Nichol & Dhariwal 2021): x_0 from the batch (or what the conditioning makes of
+it, e.g. a residual), t uniform, the hybrid loss L_simple + λ·L_vlb with learned variance, optionally P2
+(Choi et al. 2022) or Min-SNR-γ (Hang et al. 2023) weighted; the condition comes from the injected
+:class:`~t2i_lightning.stages.conditioning.Conditioning`, replaced by its null condition with its
+``drop_prob`` for classifier-free guidance (Ho & Salimans 2021). EMA weights come from
+:class:`~t2i_lightning.training.ema.FusedEMA`: the checkpoint's ``state_dict`` and every validation use them.
+Sampling: respaced DDPM or DDIM, classifier-free guidance, dynamic or static thresholding, image guidance,
+in batches of at most the conditioning's ``max_batch_pixels`` output pixels.
 
-Sampling: respaced DDPM or DDIM (:data:`t2i_lightning.diffusion.SAMPLERS`), classifier-free guidance,
-dynamic or static thresholding, image guidance, in batches of at most the conditioning's
-``max_batch_pixels`` output pixels.
-
-What the stage is conditioned on is its ``conditioning`` (stages/decoder.yaml: the CLIP image
-embedding; stages/decoder_text.yaml: text tokens; stages/upsampler.yaml: the low-resolution image);
-where it diffuses is its ``space`` (None: pixels; :class:`~t2i_lightning.stages.latent_space.LatentSpace`:
-an autoencoder's latents, stages/decoder_latent.yaml); the network is its ``net``. All the diffusion math is in :mod:`t2i_lightning.diffusion`; this file
-unpacks batches, calls it and logs.
+The conditioning (stages/decoder.yaml: the CLIP image embedding; decoder_text.yaml: text tokens;
+upsampler.yaml: the low-resolution image), the ``space`` (None: pixels; a
+:class:`~t2i_lightning.stages.latent_space.LatentSpace`: an autoencoder's latents) and the ``net`` are
+injected. The diffusion math is in :mod:`t2i_lightning.diffusion`; this file unpacks batches, calls it and logs.
 """
 
 from __future__ import annotations
@@ -37,6 +33,7 @@ from ..diffusion import (
     classifier_free_guidance,
     draw_samples,
     hybrid_loss,
+    min_snr_weights,
     network_in_precision,
     p2_weights,
     q_sample,
@@ -61,6 +58,7 @@ class DiffusionStage(StageTraining, pl.LightningModule):
     parameterization: what the network predicts: "eps" (default), "x0" or "v".
     vlb_weight: λ of the hybrid loss (0.001); only used with a learned variance.
     p2_gamma, p2_k: P2 weighting of L_simple (γ = 0 turns it off).
+    min_snr_gamma: Min-SNR-γ weighting of L_simple instead (0 turns it off; Hang et al. 2023 take 5).
     sampler, steps, threshold: the default sampling settings (see :meth:`sample`).
     lr, weight_decay, warmup_steps, lr_decay: AdamW, warmup then "linear" (the study) or "cosine" decay.
     ema_decay, ema_start_step: EMA of the weights (copied from the raw weights at the start step).
@@ -81,6 +79,7 @@ class DiffusionStage(StageTraining, pl.LightningModule):
         vlb_weight: float = 1e-3,
         p2_gamma: float = 0.0,
         p2_k: float = 1.0,
+        min_snr_gamma: float = 0.0,
         sampler: str = "ddim",
         steps: int | str = 50,
         threshold: float | None = 0.995,
@@ -96,6 +95,8 @@ class DiffusionStage(StageTraining, pl.LightningModule):
         super().__init__()
         if sampler not in SAMPLERS:
             raise ValueError(f"Unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+        if p2_gamma and min_snr_gamma:
+            raise ValueError("p2_gamma and min_snr_gamma are two weightings of one loss: set at most one")
         with warnings.catch_warnings():  # the net's config is kept on purpose: load_from_checkpoint rebuilds it
             warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`.*")
             self.save_hyperparameters(ignore=["samples"])
@@ -132,10 +133,8 @@ class DiffusionStage(StageTraining, pl.LightningModule):
         return self.conditioning.clip_identity if self.conditioning is not None else {}
 
     def optimizer_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """The conditioning's own parameters (its null vectors), the network's, then those of the
-        conditioning's modules (the upsampler's predictor): the order the three classes this stage replaced
-        gave the optimizer, so their checkpoints' optimizer states carry over and the gradient norm is
-        summed as before (its rounding changed with the order, and so did training after clipping began)."""
+        """The conditioning's own parameters (null vectors), the network's, then the conditioning's modules':
+        the order of the classes this stage replaced, so their checkpoints' optimizer states carry over."""
         conditioning = self.conditioning
         if conditioning is None:
             yield from self.named_parameters()
@@ -176,7 +175,8 @@ class DiffusionStage(StageTraining, pl.LightningModule):
         noise = torch.randn_like(x0)
         xt = q_sample(self.schedule, x0, t, noise)
         hp = self.hparams
-        weights = p2_weights(self.schedule, t, hp.p2_gamma, hp.p2_k) if hp.p2_gamma else None
+        weights = min_snr_weights(self.schedule, t, hp.min_snr_gamma, hp.parameterization) if hp.min_snr_gamma else (
+            p2_weights(self.schedule, t, hp.p2_gamma, hp.p2_k) if hp.p2_gamma else None)
         losses = hybrid_loss(
             self.schedule, self.net(xt, t, cond), x0, xt, t, noise,
             parameterization=hp.parameterization, vlb_weight=hp.vlb_weight,
