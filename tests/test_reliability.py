@@ -421,6 +421,23 @@ def test_nested_setting_changes_are_named(tmp_path):
     assert move_aside(tmp_path).name.startswith(f"{tmp_path.name}.replaced-")
 
 
+def test_an_option_added_after_the_checkpoint_resumes_when_left_at_its_default(tmp_path):
+    """A checkpoint written before an argument existed lacks it: left at the class's default (top level or a
+    nested class's init_args) it is no change; set to anything else it is named."""
+    stage, unet = "t2i_lightning.stages.diffusion.DiffusionStage", "t2i_lightning.nn.unet.ConditionalUNet"
+    _fake_checkpoint(tmp_path / "last.ckpt", 7, class_path=stage, lr=0.1, net={"class_path": unet, "init_args": {}})
+
+    def current(min_snr_gamma: float, layout_size: int) -> dict:
+        net = {"class_path": unet, "init_args": {"layout_size": layout_size}}
+        return {"lr": 0.1, "min_snr_gamma": min_snr_gamma, "net": net}
+
+    assert find_resume_point(tmp_path, stage, current(0.0, 0)).global_step == 7
+    with pytest.raises(ResumeError, match=r"other model settings: min_snr_gamma;"):
+        find_resume_point(tmp_path, stage, current(5.0, 0))
+    with pytest.raises(ResumeError, match=r"other model settings: net\.init_args\.layout_size;"):
+        find_resume_point(tmp_path, stage, current(0.0, 8))
+
+
 def test_a_checkpoint_save_that_dies_midway_leaves_the_previous_file_whole(tmp_path, monkeypatch):
     target = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"global_step": 1}, target)

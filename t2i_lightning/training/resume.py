@@ -10,6 +10,8 @@ the old checkpoints aside (nothing is deleted).
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import time
 from dataclasses import dataclass
@@ -42,20 +44,40 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, str | int | float | bool | type(None)) else str(value)
 
 
-def changed_hyperparameters(saved: dict, current: dict) -> list[str]:
-    """Dotted names of the hyperparameters that differ between a checkpoint and the current config."""
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def init_defaults(class_path: str | None) -> dict[str, Any]:
+    """The default of each ``__init__`` argument of the class at ``class_path`` ({} when it cannot be imported)."""
+    module, _, name = (class_path or "").rpartition(".")
+    try:
+        parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return {}
+    return {key: _plain(p.default) for key, p in parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def changed_hyperparameters(saved: dict, current: dict, class_path: str | None = None) -> list[str]:
+    """Dotted names of the hyperparameters that differ between a checkpoint and the current config.
+
+    An argument the checkpoint lacks is no change when the config leaves it at the class's default (of
+    ``class_path`` at the top, of each nested ``class_path`` under its ``init_args``): an option added after
+    the checkpoint was written, left off, trains as the code that wrote it did."""
     saved, current = _plain(saved), _plain(current)
 
-    def walk(a: Any, b: Any, prefix: str) -> list[str]:
-        if isinstance(a, dict) and isinstance(b, dict):
-            return [
-                name
-                for key in sorted(set(a) | set(b))
-                for name in walk(a.get(key), b.get(key), f"{prefix}{key}.")
-            ]
-        return [] if json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True) else [prefix.rstrip(".")]
+    def walk(a: Any, b: Any, prefix: str, defaults: dict[str, Any]) -> list[str]:
+        if not (isinstance(a, dict) and isinstance(b, dict)):
+            return [] if _same(a, b) else [prefix.rstrip(".")]
+        names = []
+        for key in sorted(set(a) | set(b)):
+            if key not in a and key in defaults and _same(b[key], defaults[key]):
+                continue
+            inner = init_defaults(b.get("class_path")) if key == "init_args" else {}
+            names += walk(a.get(key), b.get(key), f"{prefix}{key}.", inner)
+        return names
 
-    return walk(saved, current, "")
+    return walk(saved, current, "", init_defaults(class_path))
 
 
 def check_explicit_checkpoint(path: str | Path, class_path: str) -> None:
@@ -123,7 +145,7 @@ def find_resume_point(
             raise ResumeError(
                 f"{path} was written by {saved_class}, but this config trains {class_path}; {hint}"
             )
-        changed = changed_hyperparameters(saved_hparams, hyperparameters)
+        changed = changed_hyperparameters(saved_hparams, hyperparameters, class_path)
         if changed and not allow_changed_config:
             raise ResumeError(
                 f"{path} (step {step}) was trained with other model settings: {', '.join(changed)}; "
