@@ -112,10 +112,16 @@ def default_checkpoint(name: str) -> str:
     return stage(name).checkpoint()
 
 
+def import_class(class_path: str) -> type | None:
+    """The object a dotted ``module.Name`` path names, its module imported on demand (ImportError when there is
+    no such module); None when the module has no such name."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name, None)
+
+
 def stage_class(name: str) -> type:
     """The LightningModule class of the named stage (imported on demand)."""
-    module, _, cls = stage(name).class_path.rpartition(".")
-    return getattr(importlib.import_module(module), cls)
+    return import_class(stage(name).class_path)
 
 
 def made_by(hparams: dict) -> str | None:

@@ -16,7 +16,6 @@ of a stage (the stage holds them outside its module tree).
 
 from __future__ import annotations
 
-import importlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..registry import DEMO_CLIP, default_checkpoint
+from ..registry import DEMO_CLIP, default_checkpoint, import_class
 from .clip import clip_id, create_clip, file_digest, tokenizer_for
 
 
@@ -67,8 +66,7 @@ class TextEncoder(nn.Module):
     @staticmethod
     def from_config(config: dict) -> TextEncoder:
         """Rebuild an encoder from :meth:`class_config`'s dict (only a ``TextEncoder`` subclass is built)."""
-        module, _, name = config["class_path"].rpartition(".")
-        cls = getattr(importlib.import_module(module), name, None)
+        cls = import_class(config["class_path"])
         if not (isinstance(cls, type) and issubclass(cls, TextEncoder)):
             raise ValueError(f"{config['class_path']} is not a TextEncoder")
         return cls(**config.get("init_args", {}))

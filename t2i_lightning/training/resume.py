@@ -10,7 +10,6 @@ the old checkpoints aside (nothing is deleted).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..registry import import_class
 from .checkpoint_io import error_summary, read_checkpoint, verify_integrity
 from .checkpoint_upgrade import is_legacy, legacy_message
 
@@ -50,9 +50,8 @@ def _same(a: Any, b: Any) -> bool:
 
 def init_defaults(class_path: str | None) -> dict[str, Any]:
     """The default of each ``__init__`` argument of the class at ``class_path`` ({} when it cannot be imported)."""
-    module, _, name = (class_path or "").rpartition(".")
     try:
-        parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+        parameters = inspect.signature(import_class(class_path or "")).parameters
     except (ImportError, AttributeError, ValueError, TypeError):
         return {}
     return {key: _plain(p.default) for key, p in parameters.items() if p.default is not inspect.Parameter.empty}
