@@ -121,9 +121,10 @@ def import_class(class_path: str) -> type | None:
 
 def stage_class(name: str) -> type:
     """The LightningModule class of the named stage (imported on demand)."""
-    cls = import_class(stage(name).class_path)
+    class_path = stage(name).class_path
+    cls = import_class(class_path)
     if cls is None:
-        raise AttributeError(f"stage {name!r}: no class {stage(name).class_path}")
+        raise AttributeError(f"stage {name!r}: no class {class_path}")
     return cls
 
 
