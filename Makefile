@@ -345,9 +345,10 @@ real-chain: embed train-translator train-decoder
 
 # The tests run in TEST_WORKERS processes (pytest-xdist), a test file per process so that a file's fixtures are
 # built once; each process and the commands it runs use one thread (OMP_NUM_THREADS=1): two processes of two
-# threads on two cores spend most of their time waiting on each other's spinning threads.
+# threads on two cores spend most of their time waiting on each other's spinning threads. The fifteen slowest
+# tests are listed at the end, so that a suite creeping past CI's ~15 minutes shows where to trim.
 TEST_WORKERS ?= 2
-PYTEST       = T2I_TIMINGS= OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST       = T2I_TIMINGS= OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test: install ## run the fast test suite (what CI runs), in TEST_WORKERS processes
 	$(PYTEST) $(PYTEST_ARGS)
