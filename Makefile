@@ -294,12 +294,12 @@ demo: data inspect clip embed probe-layout train-translator embed-text train-aut
 # $(QUICK_RUNS)/bench/stages.jsonl (`make bench RUNS=$(QUICK_RUNS) DATA=$(QUICK_DATA)` sums them).
 QUICK_DATA   ?= data/shapes-quick
 QUICK_RUNS   ?= runs/quick
-QUICK_EVAL_FLAGS ?= --n 20 --seeds 0 --subset-sizes 10 20 --variants real full decoder_only no_translator full_256 score_guided_3 \
+QUICK_EVAL_FLAGS ?= --n 10 --seeds 0 --subset-sizes 5 10 --variants real full decoder_only no_translator full_256 score_guided_3 \
                     autoencoder full_latent decoder_only_latent text_decoder_latent
 
-demo-quick: ## the whole pipeline in about 50 minutes on 2 cores: every stage shortened (stages/quick/), 5,000 training images -> $(QUICK_RUNS)
+demo-quick: ## the whole pipeline in about 20 minutes on 2 cores with bf16: every stage shortened (stages/quick/), 5,000 training images -> $(QUICK_RUNS)
 	$(MAKE) --no-print-directory demo DATA=$(QUICK_DATA) RUNS=$(QUICK_RUNS) TRAIN_N=5000 VAL_N=500 TEST_N=500 \
-	    STAGE_OVERLAY=stages/quick N=4 EVAL_FLAGS="$(QUICK_EVAL_FLAGS)" T2I_TIMINGS=$(abspath $(QUICK_RUNS))/bench/stages.jsonl
+	    STAGE_OVERLAY=stages/quick N=2 EVAL_FLAGS="$(QUICK_EVAL_FLAGS)" T2I_TIMINGS=$(abspath $(QUICK_RUNS))/bench/stages.jsonl
 
 # The real user's path, on CPU in minutes: COCO-format photos (default: the 79 COCO validation photos of
 # ../shared/data/coco-val-mini, carved into train/val/test by image id) -> a CLIP of a pretrained

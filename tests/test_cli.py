@@ -209,7 +209,7 @@ def test_demo_quick_runs_the_demo_targets_with_the_overlays_in_their_own_data_an
     assert any("data shapes --out /nonexistent/data --train 5000 --val 500 --test 500" in line for line in quick)
     assert any("T2I_TIMINGS=/nonexistent/runs/bench/stages.jsonl" in line for line in quick)
     evaluate = [line for line in quick if " evaluate --config " in line]
-    assert len(evaluate) == 1 and "--n 20 --seeds 0" in evaluate[0] and "--out /nonexistent/runs/eval" in evaluate[0]
+    assert len(evaluate) == 1 and "--n 10 --seeds 0" in evaluate[0] and "--out /nonexistent/runs/eval" in evaluate[0]
     assert not [line for line in quick if re.search(r"(^|[\s=])(data/shapes|runs)/", line)]  # the full demo's
 
 
