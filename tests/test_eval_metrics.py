@@ -10,10 +10,12 @@ import torch
 
 from t2i_lightning.data.decode import image_to_tensor
 from t2i_lightning.data.image_io import open_image, tensor_to_images
+from t2i_lightning.data.shapes.captions import parse_caption
 from t2i_lightning.data.shapes.generate import ShapesConfig, make_sample
-from t2i_lightning.data.shapes.scene import COLOURS
+from t2i_lightning.data.shapes.scene import COLOURS, KINDS
 from t2i_lightning.eval.clip_space import ClipInstrument
 from t2i_lightning.eval.layout_probe import probe_layout
+from t2i_lightning.eval.table import format_table
 from t2i_lightning.metrics.alignment import alignment_report
 from t2i_lightning.metrics.colour import object_colour_report
 from t2i_lightning.metrics.distances import feature_distances
@@ -80,6 +82,48 @@ def test_alignment_is_perfect_on_real_scenes_and_drops_where_a_generator_breaks(
     assert report["kind"] == report["count"] == 1.0  # shapes and counts are untouched
     if report["size"] is not None:
         assert report["size"] == 0.0  # a group whose pair is absent has no object of the stated size
+
+
+def test_alignment_splits_by_object_count_so_a_generator_that_draws_one_shape_right_shows_it():
+    """Every multi-object scene's kinds swapped (single objects untouched): the pooled kind share falls to the
+    single-object captions' share of all, the split keeps 1.0 for one object and 0.0 for more."""
+    config = ShapesConfig(seed=5, size=64)
+    metas = [json.loads(make_sample(config, "val", i)["json"]) for i in range(80)]
+    captions = [m["captions"][0] for m in metas]
+    counts = [parse_caption(c).object_count for c in captions]
+    assert {1, 2} <= set(counts)  # the data has both
+    real = alignment_report(captions, metas)
+    for c in set(counts):
+        assert real[f"n_{c}obj"] == counts.count(c) and real[f"all_{c}obj"] == real[f"kind_{c}obj"] == 1.0
+
+    broken = copy.deepcopy(metas)
+    for meta in broken:
+        if len(meta["objects"]) > 1:
+            for obj in meta["objects"]:
+                obj["kind"] = KINDS[(KINDS.index(obj["kind"]) + 1) % len(KINDS)]
+    report = alignment_report(captions, broken)
+    assert report["kind_1obj"] == report["all_1obj"] == 1.0
+    assert all(report[f"kind_{c}obj"] == report[f"all_{c}obj"] == 0.0 for c in set(counts) - {1})
+    assert report["kind"] == pytest.approx(counts.count(1) / len(counts))
+    assert sum(report[f"n_{c}obj"] for c in set(counts)) == report["n"] == len(captions)
+
+
+def test_the_table_shows_alignment_by_object_count_for_the_rows_that_have_it():
+    def metric(mean, std=0.0):
+        return {"mean": mean, "std": std}
+
+    split = {"align_all": metric(0.2), "align_n_1obj": metric(10), "align_all_1obj": metric(0.5, 0.1),
+             "align_kind_1obj": metric(0.6), "align_n_3obj": metric(4), "align_all_3obj": metric(0.0),
+             "align_kind_3obj": metric(0.25)}  # fmt: skip
+    table = {"header": {}, "settings": {"n": 14, "seeds": [0, 1], "options": {"sampler": "ddim", "steps": 25, "cfg_scale": 3.0, "threshold": None}},
+             "rows": [{"variant": "full", "metrics": split}, {"variant": "real", "metrics": {"align_all": metric(1.0)}},
+                      {"variant": "text", "skipped": "no checkpoint"}]}  # fmt: skip
+    lines = format_table(table).splitlines()
+    start = lines.index("Exact alignment and kind by the number of objects the caption states.")
+    assert lines[start + 2] == "| variant | aligned, 1 object (n=10) | kind, 1 object (n=10) | aligned, 3 objects (n=4) | kind, 3 objects (n=4) |"
+    assert lines[start + 4:] == ["| full | 0.5 ± 0.1 | 0.6 | 0 | 0.25 |"]  # rows without the split are left out
+    del split["align_n_1obj"], split["align_n_3obj"]
+    assert "by the number of objects" not in format_table(table)
 
 
 def test_object_colours_are_read_where_each_object_is_and_nowhere_else():

@@ -64,6 +64,8 @@ def test_evaluate_writes_the_table_with_every_row_and_labelled_gaps(evaluation):
     assert "no Inception weights" in markdown and "skipped:" in markdown and "accuracy on these reference images" in markdown
     header_row = next(line for line in markdown.splitlines() if line.startswith("| variant |"))
     assert all(f"| {name} |" in header_row for name in ("judge FD", "judge P", "aligned", "kind", "FID", "KID", "PSNR"))
+    split = [key for key in rows["full"]["metrics"] if key.startswith("align_kind_") and key.endswith("obj")]
+    assert split and "Exact alignment and kind by the number of objects the caption states." in markdown
     assert (out / "grids" / "full.png").is_file() and not (out / "grids" / "full_256.png").exists()
     logged = scalars(out)
     assert logged["judge_fd/full"][-1] == pytest.approx(rows["full"]["metrics"]["judge_fd"]["mean"], rel=1e-5)

@@ -2,10 +2,13 @@
 
 A column appears when some row has its metric: without a judge the judge-space and alignment columns
 are absent (the header says why), not filled with zeros. The Inception columns always appear: without
-Inception weights their cells say so.
+Inception weights their cells say so. Below it, the judge-space distance at several N, and the exact
+alignment and kind split by the caption's object count, for the rows that have them.
 """
 
 from __future__ import annotations
+
+import re
 
 from .inception import INCEPTION_KEYS, MISSING
 
@@ -59,4 +62,26 @@ def format_table(table: dict) -> str:
             if "judge_fd_at_n" in row:
                 values = [row["judge_fd_at_n"].get(str(n)) for n in sizes]
                 lines.append(f"| {row['variant']} | " + " | ".join("–" if v is None else f"{v:.3g}" for v in values) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _by_object_count(table["rows"], header)) + "\n"
+
+
+def _by_object_count(rows: list[dict], header: dict) -> list[str]:
+    """The table of exact alignment and kind by the number of objects the captions state
+    (:func:`~t2i_lightning.metrics.alignment.alignment_report`'s ``all_{c}obj``, ``kind_{c}obj``, ``n_{c}obj``)."""
+    sizes: dict[int, int] = {}
+    for row in rows:
+        for key, metric in row.get("metrics", {}).items():
+            if match := re.fullmatch(r"align_n_(\d+)obj", key):
+                sizes.setdefault(int(match.group(1)), int(metric["mean"]))
+    if not sizes:
+        return []
+    counts = sorted(sizes)
+    names = [f"{name}, {c} object{'s' * (c > 1)} (n={sizes[c]})" for c in counts for name in ("aligned", "kind")]
+    lines = ["", "Exact alignment and kind by the number of objects the caption states.", ""]
+    lines += ["| variant | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for row in rows:
+        metrics = row.get("metrics", {})
+        if any(f"align_n_{c}obj" in metrics for c in counts):
+            cells = [_cell(metrics.get(f"align_{name}_{c}obj"), "", header) for c in counts for name in ("all", "kind")]
+            lines.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
+    return lines
