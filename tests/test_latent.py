@@ -19,7 +19,7 @@ from t2i_lightning.data.inspect import read_samples
 from t2i_lightning.data.latents import LATENT_MEMBER
 from t2i_lightning.diffusion import normal_kl
 from t2i_lightning.nn.autoencoder import KLAutoencoder
-from t2i_lightning.stages.autoencoder import AutoencoderStage
+from t2i_lightning.stages.autoencoder import AutoencoderStage, gradient_difference
 
 from .cli_runs import MICRO, ROOT, T2I, run
 
@@ -66,6 +66,26 @@ def test_autoencoder_latents_have_the_factors_shape_and_the_kl_is_its_closed_for
     assert torch.allclose(losses["kl"], expected_kl, rtol=1e-4)
     values = 3 * 32 * 32
     assert torch.allclose(losses["loss"], losses["reconstruction"] + expected_kl / values, rtol=1e-4)
+
+
+def test_the_autoencoders_edge_term_is_the_error_of_the_images_gradients_added_with_its_weight():
+    # An error the same everywhere has no gradient; a spike h at an interior pixel differs from its four
+    # neighbours (4 h^p), at a corner from its two (2 h^p).
+    assert gradient_difference(torch.full((1, 3, 6, 6), 0.5), 2).item() == 0
+    spikes = torch.zeros(2, 1, 5, 5)
+    spikes[0, 0, 2, 2] = spikes[1, 0, 0, 0] = -0.5
+    assert torch.allclose(gradient_difference(spikes, 2), torch.tensor([4 * 0.25, 2 * 0.25]))
+    assert torch.allclose(gradient_difference(spikes, 1), torch.tensor([4 * 0.5, 2 * 0.5]))
+    net = KLAutoencoder(image_size=32, channels=(8, 16), latent_channels=4, norm_groups=8)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    torch.manual_seed(0)
+    plain = AutoencoderStage(net, reconstruction="l2").losses(images)
+    torch.manual_seed(0)
+    edged = AutoencoderStage(net, reconstruction="l2", edge_weight=2.0).losses(images)
+    assert "edges" not in plain and torch.allclose(edged["reconstruction"], plain["reconstruction"])
+    assert (edged["edges"] > 0).all() and torch.allclose(edged["loss"], plain["loss"] + 2.0 * edged["edges"])
+    with pytest.raises(ValueError, match="edge_weight must be >= 0"):
+        AutoencoderStage(net, edge_weight=-1.0)
 
 
 def test_latents_mirror_the_image_shards_key_for_key_with_the_scale_factor_of_what_was_written(latents):
