@@ -7,7 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from t2i_lightning.diffusion import min_snr_weights
+from t2i_lightning.diffusion import (
+    SELF_CONDITION_PROB,
+    SelfConditionedSampling,
+    classifier_free_guidance,
+    min_snr_weights,
+    training_inputs,
+    x0_from_v,
+)
 from t2i_lightning.nn.unet import ConditionalUNet
 from t2i_lightning.stages.conditioning import ImageEmbedding
 from t2i_lightning.stages.diffusion import DiffusionStage, per_batch
@@ -106,3 +113,56 @@ def test_the_optimizer_holds_every_parameter_once_in_the_order_of_the_classes_it
     assert all(n.startswith("conditioning.predictor.") for n in names[first_predictor:])
     for stage in (decoder, upsampler, DiffusionStage(ConditionalUNet(**MICRO_UNET, cond_dim=0))):
         assert sorted(n for n, _ in stage.optimizer_parameters()) == sorted(n for n, _ in stage.named_parameters())
+
+
+def test_self_conditioning_trains_on_its_own_detached_estimate_and_samples_from_the_step_before():
+    torch.manual_seed(0)
+    net = ConditionalUNet(**MICRO_UNET, cond_dim=0, learn_variance=True, self_condition=True)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 500])
+    assert torch.equal(net(x, t), net(x, t, None, torch.zeros_like(x)))
+    assert not torch.allclose(net(x, t), net(x, t, None, torch.ones_like(x)))
+    with pytest.raises(ValueError, match="not self-conditioned"):
+        ConditionalUNet(**MICRO_UNET, cond_dim=0)(x, t, None, x)
+
+    # Training (Algorithm 1): zeros, or with probability 1/2 the x̂_0 of a forward that read zeros.
+    stage = DiffusionStage(net, parameterization="v")
+    schedule, v = stage.schedule, torch.full_like(x, 0.5)
+    read = []
+
+    def constant_v(xt, t, cond, estimate):
+        read.append(estimate)
+        return v
+
+    constant_v.self_condition = True
+    assert training_inputs(ConditionalUNet(**MICRO_UNET, cond_dim=0), schedule, x, t, None, "v") == ()
+    for seed in range(6):
+        (estimate,) = training_inputs(constant_v, schedule, x, t, None, "v", torch.Generator().manual_seed(seed))
+        refined = torch.rand((), generator=torch.Generator().manual_seed(seed)) < SELF_CONDITION_PROB
+        torch.testing.assert_close(estimate, x0_from_v(schedule, x, t, v) if refined else torch.zeros_like(x))
+    assert all(torch.equal(e, torch.zeros_like(x)) for e in read) and 0 < len(read) < 6
+    batch = {"image": torch.rand(3, 3, 16, 16) * 2 - 1, "key": ["a", "b", "c"]}
+    for _ in range(2):
+        stage._losses(batch, 0.0)["loss"].mean().backward()
+    assert all(p.grad is not None for p in stage.net.parameters() if p.requires_grad)
+
+    # Sampling (Algorithm 2): each call reads the x̂_0 of the guided output before it, both guidance halves alike.
+    read.clear()
+
+    def zero_v(xt, t, cond, estimate):
+        read.append(estimate)
+        return torch.zeros(len(xt), 6, *xt.shape[2:])  # v and a learned variance
+
+    sampling = SelfConditionedSampling(zero_v, schedule, "v", channels=3)
+    guided = sampling.follow(classifier_free_guidance(sampling, torch.ones(2, 4), torch.zeros(2, 4), 3.0, eps_channels=3))
+    guided(x, t)
+    guided(x, t)
+    assert [len(e) for e in read] == [4, 4] and torch.equal(read[0], torch.zeros(4, 3, 16, 16))
+    previous = x0_from_v(schedule, x, t, torch.zeros_like(x))
+    torch.testing.assert_close(read[1], torch.cat([previous, previous]))
+    estimates = []
+    hook = net.register_forward_pre_hook(lambda module, args: estimates.append(args[3]))
+    draw = lambda seed: stage.sample(n=2, steps=3, progress=False, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    images = draw(0)
+    hook.remove()
+    assert len(estimates) == 3 and not estimates[0].any() and all(e.abs().sum() > 0 for e in estimates[1:])
+    assert images.shape == (2, 3, 16, 16) and torch.equal(images, draw(0)) and not torch.equal(images, draw(1))

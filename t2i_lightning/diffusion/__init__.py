@@ -2,7 +2,7 @@
 
 Schedules and respacing, the forward process and its posterior, ε/x_0/v parameterizations, the
 learned-range variance, losses (simple, hybrid with the VLB term, P2 weights, DSM), samplers (DDPM
-ancestral, DDIM η, the network optionally in bfloat16), guidance (classifier-free, thresholding, image guidance, gradient guidance) and
+ancestral, DDIM η, the network optionally in bfloat16), self-conditioning, guidance (classifier-free, thresholding, image guidance, gradient guidance) and
 the conditioning augmentation of cascaded models (noise level, blur).
 
 Importing the package imports no torch: the names a user chooses (:mod:`.names`) are here at once, and
@@ -28,6 +28,8 @@ _LAZY = {
                          "x0_from_eps", "x0_from_v"),
     "process": ("q_posterior", "q_sample"),
     "samplers": ("SAMPLERS", "annealed_langevin", "ddim_sample", "ddpm_sample", "draw_samples"),
+    "self_conditioning": ("SELF_CONDITION_PROB", "SelfConditionedSampling", "estimate_x0", "sampling_denoiser",
+                          "training_inputs"),
     "schedules": ("NoiseSchedule", "cosine_alpha_bar", "cosine_betas", "extract", "geometric_sigmas", "linear_betas",
                   "shift_alpha_bar"),
     "variance": ("learned_range_log_variance", "split_learned_variance"),

@@ -19,6 +19,10 @@ reads it, upsampled bilinearly and detached, as C more input channels beside x_t
 coarse layout given where each position can see it, as SR3 / Cascaded Diffusion Models (Saharia et al.
 2021; Ho et al. 2021) give their low-resolution image. The same head maps the null condition to the
 average picture, so classifier-free guidance's unconditional half reads that.
+
+With ``self_condition`` the U-Net reads C more input channels, an estimate of the clean image
+(self-conditioning, Chen et al. 2023; :mod:`t2i_lightning.diffusion.self_conditioning`): ``forward``'s
+``x0_estimate``, zeros when it is not given.
 """
 
 from __future__ import annotations
@@ -121,6 +125,7 @@ class ConditionalUNet(nn.Module):
         patch_size: side of the pixel patches each U-Net position holds (1: one pixel, no patching).
         layout_size: side g of the layout picture regressed from the condition and read beside x_t
             (0: none); needs ``cond_dim`` > 0.
+        self_condition: read an estimate of x_0 beside x_t (self-conditioning).
     """
 
     def __init__(
@@ -138,6 +143,7 @@ class ConditionalUNet(nn.Module):
         groups: int = 32,
         patch_size: int = 1,
         layout_size: int = 0,
+        self_condition: bool = False,
     ):
         super().__init__()
         if layout_size < 0 or (layout_size and not cond_dim):
@@ -146,11 +152,13 @@ class ConditionalUNet(nn.Module):
         channels, attend = level_layout(grid, base_channels, channel_mult, attention_resolutions, head_channels, groups)
         self.image_size, self.in_channels, self.cond_dim = image_size, in_channels, cond_dim
         self.learn_variance, self.patch_size, self.layout_size = learn_variance, patch_size, layout_size
+        self.self_condition = self_condition
+        inputs = 1 + bool(layout_size) + self_condition  # x_t, the layout picture, the estimate of x_0
         self.downsampling = patch_size * 2 ** (len(channel_mult) - 1)
         # Per patch position: p² values of each image channel in, and of each output channel out; the
         # prediction's channels come first, so pixel_shuffle returns [prediction, variance] per pixel.
         self.unet = adm_unet(
-            grid, in_channels * (2 if layout_size else 1) * patch_size**2,
+            grid, in_channels * inputs * patch_size**2,
             in_channels * (2 if learn_variance else 1) * patch_size**2, channels,
             attend, num_res_blocks, dropout, head_channels, groups, add_attention=True,
             class_embed_type="identity" if cond_dim else None,
@@ -176,8 +184,14 @@ class ConditionalUNet(nn.Module):
         g = self.layout_size
         return self.layout_head(cond).view(len(cond), self.in_channels, g, g)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, x0_estimate: torch.Tensor | None = None
+    ) -> torch.Tensor:
         check_divisible(x, self.downsampling)
+        if x0_estimate is not None and not self.self_condition:
+            raise ValueError("This U-Net is not self-conditioned (self_condition=False): it reads no x0_estimate")
+        if self.self_condition:  # before the layout picture: the channels' order is x_t, estimate, picture
+            x = torch.cat([x, torch.zeros_like(x) if x0_estimate is None else x0_estimate.to(x.dtype)], 1)
         if self.cond_proj is not None:
             if cond is None:
                 raise ValueError("This U-Net is conditioned: pass cond (batch x cond_dim)")

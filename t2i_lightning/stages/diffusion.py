@@ -7,7 +7,8 @@ it, e.g. a residual), t uniform, the hybrid loss L_simple + λ·L_vlb with learn
 ``drop_prob`` for classifier-free guidance (Ho & Salimans 2021). EMA weights come from
 :class:`~t2i_lightning.training.ema.FusedEMA`: the checkpoint's ``state_dict`` and every validation use them.
 Sampling: respaced DDPM or DDIM, classifier-free guidance, dynamic or static thresholding, image guidance,
-in batches of at most the conditioning's ``max_batch_pixels`` output pixels.
+in batches of at most the conditioning's ``max_batch_pixels`` output pixels; self-conditioning
+(:mod:`t2i_lightning.diffusion.self_conditioning`) where the network has ``self_condition``.
 
 The conditioning (stages/decoder.yaml: the CLIP image embedding; decoder_text.yaml: text tokens;
 upsampler.yaml: the low-resolution image), the ``space`` (None: pixels; a
@@ -37,6 +38,8 @@ from ..diffusion import (
     network_in_precision,
     p2_weights,
     q_sample,
+    sampling_denoiser,
+    training_inputs,
 )
 from ..training.stage_training import GENERATIVE, StageTraining, fixed_seed
 from .conditioning import Conditioning
@@ -100,12 +103,10 @@ class DiffusionStage(StageTraining, pl.LightningModule):
         with warnings.catch_warnings():  # the net's config is kept on purpose: load_from_checkpoint rebuilds it
             warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`.*")
             self.save_hyperparameters(ignore=["samples"])
-        self.net = net
-        self.conditioning = conditioning
+        self.net, self.conditioning = net, conditioning
         if conditioning is not None:
             conditioning.bind(net)
-        self.samples = samples
-        self.space = space
+        self.samples, self.space = samples, space
         if space is not None:
             space.bind(net)
         self.schedule = NoiseSchedule.from_name(schedule, timesteps, schedule_shift)
@@ -164,8 +165,7 @@ class DiffusionStage(StageTraining, pl.LightningModule):
     def _losses(self, batch: dict[str, Any], drop_prob: float) -> dict[str, torch.Tensor]:
         if self.space is not None:  # the conditioning's target is then the scaled latent
             batch = {**batch, "image": self.space.x0(batch)}
-        image = batch["image"]
-        n = image.shape[0]
+        image, n = batch["image"], len(batch["image"])
         drop = torch.rand(n, device=image.device) < drop_prob
         conditioning, cond, x0, extra = self.conditioning, None, image, {}
         if conditioning is not None:
@@ -177,8 +177,9 @@ class DiffusionStage(StageTraining, pl.LightningModule):
         hp = self.hparams
         weights = min_snr_weights(self.schedule, t, hp.min_snr_gamma, hp.parameterization) if hp.min_snr_gamma else (
             p2_weights(self.schedule, t, hp.p2_gamma, hp.p2_k) if hp.p2_gamma else None)
+        prediction = self.net(xt, t, cond, *training_inputs(self.net, self.schedule, xt, t, cond, hp.parameterization))
         losses = hybrid_loss(
-            self.schedule, self.net(xt, t, cond), x0, xt, t, noise,
+            self.schedule, prediction, x0, xt, t, noise,
             parameterization=hp.parameterization, vlb_weight=hp.vlb_weight,
             learn_variance=self.net.learn_variance, weights=weights,
         )  # fmt: skip
@@ -189,10 +190,8 @@ class DiffusionStage(StageTraining, pl.LightningModule):
     def _log_losses(self, losses: dict[str, torch.Tensor], name: str, n: int) -> torch.Tensor:
         means = {key: value.mean() for key, value in losses.items()}
         self.log(f"{name}/loss", means["loss"], prog_bar=True, batch_size=n, sync_dist=name != "train")
-        self.log_dict(
-            {f"{name}/{key}": value for key, value in means.items() if key != "loss"},
-            batch_size=n, sync_dist=name != "train",
-        )  # fmt: skip
+        others = {f"{name}/{key}": value for key, value in means.items() if key != "loss"}
+        self.log_dict(others, batch_size=n, sync_dist=name != "train")
         return means["loss"]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -271,10 +270,11 @@ class DiffusionStage(StageTraining, pl.LightningModule):
                 options = per_batch(condition_options, rows, n)
                 cond = conditioning.encode(inputs[rows], device=self.device, generator=generator, **options)
                 offset, scale = conditioning.offset(inputs[rows], cond, self.net)
+            denoiser, follow = sampling_denoiser(net, self.net, self.schedule, hp.parameterization)
             model_fn = classifier_free_guidance(
-                net, cond, null, cfg_scale, eps_channels=self.net.in_channels, batched=cfg_batched
-            ) if inputs is not None and null is not None and cfg_scale != 1.0 else (lambda x, t: net(x, t, cond))  # fmt: skip
-            return self.draw(model_fn, (count, self.net.in_channels, *size), offset=offset, scale=scale, **settings)
+                denoiser, cond, null, cfg_scale, eps_channels=self.net.in_channels, batched=cfg_batched
+            ) if inputs is not None and null is not None and cfg_scale != 1.0 else (lambda x, t: denoiser(x, t, cond))  # fmt: skip
+            return self.draw(follow(model_fn), (count, self.net.in_channels, *size), offset=offset, scale=scale, **settings)
 
         per = n if max_batch_pixels is None else max(1, max_batch_pixels // (size[0] * size[1]))
         drawn = torch.cat([draw_rows(slice(i, i + per)) for i in range(0, n, per)])
