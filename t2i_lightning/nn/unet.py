@@ -153,7 +153,7 @@ class ConditionalUNet(nn.Module):
         self.image_size, self.in_channels, self.cond_dim = image_size, in_channels, cond_dim
         self.learn_variance, self.patch_size, self.layout_size = learn_variance, patch_size, layout_size
         self.self_condition = self_condition
-        inputs = 1 + bool(layout_size) + self_condition  # x_t, the layout picture, the estimate of x_0
+        inputs = 1 + self_condition + bool(layout_size)  # x_t, the estimate of x_0, the layout picture
         self.downsampling = patch_size * 2 ** (len(channel_mult) - 1)
         # Per patch position: p² values of each image channel in, and of each output channel out; the
         # prediction's channels come first, so pixel_shuffle returns [prediction, variance] per pixel.
